@@ -1,0 +1,51 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "sddit-oracle",
+    products: [
+        .executable(name: "oracle", targets: ["oracle"]),
+        .library(name: "SDDiTReference", targets: ["SDDiTReference"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-numerics", from: "1.1.1"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+    ],
+    targets: [
+        // System HDF5 (Debian: libhdf5-dev). Include and library paths come from `pkg-config hdf5`;
+        // shim.h wraps HDF5's macro constants as functions Swift can call.
+        .systemLibrary(
+            name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
+        // float64 / float32 / integer datasets of any rank, groups, attributes; atomic writes.
+        .target(name: "HDF5IO", dependencies: ["CHDF5"]),
+        // Config, tensors, parameter keys, activation names, tolerances and comparison.
+        .target(
+            name: "SDDiTCore",
+            dependencies: [.product(name: "RealModule", package: "swift-numerics")]),
+        // The float64 truth: plain loops generic over `Real` (Double, Float80); no BLAS.
+        .target(
+            name: "SDDiTReference",
+            dependencies: ["SDDiTCore", .product(name: "RealModule", package: "swift-numerics")]),
+        // The SPEC §7 exchange layout ("sddit-oracle/1") over HDF5IO: load, validate, save.
+        .target(name: "SDDiTExchange", dependencies: ["SDDiTCore", "SDDiTReference", "HDF5IO"]),
+        .executableTarget(
+            name: "oracle",
+            dependencies: [
+                "SDDiTCore", "SDDiTReference", "SDDiTExchange",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .testTarget(
+            name: "SDDiTReferenceTests",
+            dependencies: [
+                "SDDiTCore", "SDDiTReference",
+                .product(name: "RealModule", package: "swift-numerics"),
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ]),
+        .testTarget(
+            name: "HDF5IOTests",
+            dependencies: ["HDF5IO"],
+            // types.h5: an h5py-written file (see make_fixtures.py), so type coverage needs no Python.
+            resources: [.copy("Fixtures")]),
+    ]
+)

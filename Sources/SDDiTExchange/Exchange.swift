@@ -1,0 +1,1 @@
+// SPEC §7 exchange layout.

@@ -1,0 +1,193 @@
+// The SD-DiT objective of SPEC §3-4: student D(x_S) with masking, EDM loss, teacher
+// encoder at sigma_T, DINO head on CLS and visible patch tokens, and the hand-written
+// backward of the total loss to every trainable student parameter.
+
+/// The inputs of one training step (SPEC §7 /inputs).
+public struct StepInputs<T: RefScalar>: Sendable {
+    public var x0: Tensor<T>          // [N, C, H, W]
+    public var labels: [Int]          // [N]
+    public var sigmaS: [T]            // [N]
+    public var noiseS: Tensor<T>      // [N, C, H, W], unit noise
+    public var noiseT: Tensor<T>      // [N, C, H, W], unit noise
+    public var mask: [[Int]]          // [N][T], 1 = hidden
+    public var centerCls: Tensor<T>   // [K]
+    public var centerPatch: Tensor<T> // [K]
+    public var step: Int = 0
+
+    public init(x0: Tensor<T>, labels: [Int], sigmaS: [T], noiseS: Tensor<T>, noiseT: Tensor<T>,
+                mask: [[Int]], centerCls: Tensor<T>, centerPatch: Tensor<T>, step: Int = 0) {
+        self.x0 = x0; self.labels = labels; self.sigmaS = sigmaS; self.noiseS = noiseS
+        self.noiseT = noiseT; self.mask = mask; self.centerCls = centerCls
+        self.centerPatch = centerPatch; self.step = step
+    }
+
+    public func converted<U: RefScalar>(to: U.Type = U.self) -> StepInputs<U> {
+        StepInputs<U>(x0: x0.converted(), labels: labels, sigmaS: sigmaS.map { U($0) },
+                      noiseS: noiseS.converted(), noiseT: noiseT.converted(), mask: mask,
+                      centerCls: centerCls.converted(), centerPatch: centerPatch.converted(), step: step)
+    }
+}
+
+public struct MaskError: Error, CustomStringConvertible { public let description: String }
+
+/// Visible token indices per sample, ascending (SPEC §2.4 Decision); every row must keep
+/// the same number V of visible tokens.
+public func visibleIndices(mask: [[Int]], tokens: Int) throws -> [[Int]] {
+    var keep: [[Int]] = []
+    for (n, row) in mask.enumerated() {
+        guard row.count == tokens else {
+            throw MaskError(description: "mask row \(n) has \(row.count) entries, expected T = \(tokens)")
+        }
+        if let bad = row.first(where: { $0 != 0 && $0 != 1 }) {
+            throw MaskError(description: "mask row \(n) holds \(bad); entries must be 0 (visible) or 1 (hidden)")
+        }
+        keep.append(row.indices.filter { row[$0] == 0 })
+        if keep[n].count != keep[0].count {
+            throw MaskError(description: "mask row \(n) keeps \(keep[n].count) visible tokens, row 0 keeps \(keep[0].count); every sample must keep the same V")
+        }
+        if keep[n].isEmpty { throw MaskError(description: "mask row \(n) hides every token") }
+    }
+    return keep
+}
+
+public struct ObjectiveResult<T: RefScalar> {
+    public var activations: Activations<T>
+    public var losses: [String: T]
+    /// d total / d trainable student parameter (empty when not requested).
+    public var grads: [String: Tensor<T>]
+    public var newCenterCls: Tensor<T>
+    public var newCenterPatch: Tensor<T>
+}
+
+public enum Objective {
+    /// Forward (and, with `gradients`, backward) of L = L_G + L_D^cls + L_D^patch.
+    public static func run<T: RefScalar>(_ cfg: ModelConfig, student P: Parameters<T>, teacher TP: Parameters<T>,
+                                         inputs I: StepInputs<T>, gradients: Bool = true,
+                                         recordActivations: Bool = true) throws -> ObjectiveResult<T> {
+        let N = I.x0.shape[0], K = cfg.headOutDim, sd = T(cfg.sigmaData)
+        let keep = try visibleIndices(mask: I.mask, tokens: cfg.tokens)
+        let V = keep[0].count
+        var acts: Activations<T>? = recordActivations ? [:] : nil
+
+        // Student view x_S = x0 + sigma_S n_S; D = c_skip x_S + c_out F(c_in x_S)
+        let per = I.x0.count / N
+        var xS = I.x0
+        for n in 0..<N { for i in 0..<per { xS.data[n * per + i] += I.sigmaS[n] * I.noiseS.data[n * per + i] } }
+        let coef = I.sigmaS.map { EDMCoefficients(sigma: $0, sigmaData: sd) }
+        var xIn = xS
+        for n in 0..<N { for i in 0..<per { xIn.data[n * per + i] *= coef[n].cIn } }
+        let enc = Encoder(cfg, xIn: xIn, cNoise: coef.map(\.cNoise), labels: I.labels, keep: keep, P,
+                          acts: &acts, prefix: "student")
+        let dec = Decoder(cfg, tokens: enc.tokens, enc: enc.out, siluC: enc.cond.siluC, keep: keep, P, acts: &acts)
+        let F = Unpatchify.forward(dec.out, channels: cfg.inChannels, p: cfg.patchSize)
+        var D = F
+        for n in 0..<N { for i in 0..<per { D.data[n * per + i] = coef[n].cSkip * xS.data[n * per + i] + coef[n].cOut * F.data[n * per + i] } }
+        let LG = EDMLoss.forward(D: D, x0: I.x0, sigma: I.sigmaS, sigmaData: sd)
+
+        // Student head on every encoder output row: row 0 is CLS, rows 1...V the visible patches.
+        let head = ProjectionHead(enc.out, P)                                       // [N, 1+V, K]
+        let (sCls, sPatch) = splitClsPatch(head.out)
+
+        // Teacher: EMA encoder on x_T at sigma_T, no mask, same labels; head at CLS and the
+        // student's visible positions. No gradient.
+        let sT = T(cfg.teacherSigma), cT = EDMCoefficients(sigma: sT, sigmaData: sd)
+        var xT = I.x0
+        for i in 0..<xT.count { xT.data[i] = (xT.data[i] + sT * I.noiseT.data[i]) * cT.cIn }
+        let all = Array(repeating: Array(0..<cfg.tokens), count: N)
+        let tenc = Encoder(cfg, xIn: xT, cNoise: Array(repeating: cT.cNoise, count: N), labels: I.labels,
+                           keep: all, TP, acts: &acts, prefix: "teacher")
+        let rows = keep.map { [0] + $0.map { $0 + 1 } }                             // CLS + visible
+        let tSel = TokenGather.forward(tenc.out, keep: rows)                         // [N, 1+V, D]
+        let (tCls, tPatch) = splitClsPatch(ProjectionHead(tSel, TP).out)
+
+        let tauS = T(cfg.tauS), tauT = T(cfg.tauT)
+        let qCls = DINOCrossEntropy.teacherProbs(tCls, center: I.centerCls, tauT: tauT)
+        let qPatch = DINOCrossEntropy.teacherProbs(tPatch, center: I.centerPatch, tauT: tauT)
+        let Lcls = DINOCrossEntropy.forward(student: sCls, teacherProbs: qCls, tauS: tauS)
+        let Lpatch = DINOCrossEntropy.forward(student: sPatch, teacherProbs: qPatch, tauS: tauS)
+
+        // Centers (SPEC §5): this step's teacher outputs, momentum m.
+        let m = T(cfg.centerMomentum)
+        var ncc = I.centerCls, ncp = I.centerPatch
+        for k in 0..<K {
+            var a: T = 0, b: T = 0
+            for n in 0..<N { a += tCls.data[n * K + k] }
+            for r in 0..<(N * V) { b += tPatch.data[r * K + k] }
+            ncc.data[k] = m * ncc.data[k] + (1 - m) * a / T(N)
+            ncp.data[k] = m * ncp.data[k] + (1 - m) * b / T(N * V)
+        }
+
+        if acts != nil {
+            acts![ActivationName.F] = F; acts![ActivationName.D] = D
+            acts![ActivationName.headCls] = sCls; acts![ActivationName.headPatch] = sPatch
+            acts![ActivationName.teacherHeadCls] = tCls; acts![ActivationName.teacherHeadPatch] = tPatch
+        }
+        let losses: [String: T] = [LossName.generative: LG, LossName.disCls: Lcls,
+                                   LossName.disPatch: Lpatch, LossName.total: LG + Lcls + Lpatch]
+        var result = ObjectiveResult(activations: acts ?? [:], losses: losses, grads: [:],
+                                     newCenterCls: ncc, newCenterPatch: ncp)
+        guard gradients else { return result }
+
+        // Backward, the forward read bottom-up (d total / d each loss = 1).
+        let grads = Gradients<T>(cfg.studentParameters)
+        var dsCls = Tensor<T>.zeros(like: sCls), dsPatch = Tensor<T>.zeros(like: sPatch)
+        DINOCrossEntropy.backward(dL: 1, student: sCls, teacherProbs: qCls, tauS: tauS, ds: &dsCls)
+        DINOCrossEntropy.backward(dL: 1, student: sPatch, teacherProbs: qPatch, tauS: tauS, ds: &dsPatch)
+        var dEnc = head.backward(dOut: joinClsPatch(dsCls, dsPatch), P, grads: grads)
+        var dD = Tensor<T>.zeros(like: D)
+        EDMLoss.backward(dL: 1, D: D, x0: I.x0, sigma: I.sigmaS, sigmaData: sd, dD: &dD)
+        var dF = dD
+        for n in 0..<N { for i in 0..<per { dF.data[n * per + i] *= coef[n].cOut } }
+        var dOut = Tensor<T>.zeros(like: dec.out)
+        Unpatchify.backward(dy: dF, p: cfg.patchSize, dx: &dOut)
+        var dsiluC = Tensor<T>.zeros(like: enc.cond.siluC)
+        let (dTokens, dEncDec) = dec.backward(cfg, dOut: dOut, siluC: enc.cond.siluC, P, grads: grads, dsiluC: &dsiluC)
+        dEnc += dEncDec
+        enc.backward(cfg, dOut: dEnc, dTokens: dTokens, dsiluC: dsiluC, P, grads: grads)
+        result.grads = grads.tensors
+        return result
+    }
+
+    /// [N, 1+V, K] -> ([N, K], [N, V, K])
+    static func splitClsPatch<T: RefScalar>(_ x: Tensor<T>) -> (Tensor<T>, Tensor<T>) {
+        let N = x.shape[0], V = x.shape[1] - 1, K = x.lastDim
+        var cls = [T](), patch = [T]()
+        for n in 0..<N {
+            let lo: Int = n * (1 + V) * K
+            cls += x.data[lo..<(lo + K)]
+            patch += x.data[(lo + K)..<(lo + (1 + V) * K)]
+        }
+        return (Tensor(shape: [N, K], data: cls), Tensor(shape: [N, V, K], data: patch))
+    }
+
+    static func joinClsPatch<T: RefScalar>(_ cls: Tensor<T>, _ patch: Tensor<T>) -> Tensor<T> {
+        let N = cls.shape[0], K = cls.lastDim, V = patch.shape[1]
+        var out = [T](); out.reserveCapacity(N * (1 + V) * K)
+        for n in 0..<N {
+            let c0: Int = n * K, p0: Int = n * V * K
+            out += cls.data[c0..<(c0 + K)]
+            out += patch.data[p0..<(p0 + V * K)]
+        }
+        return Tensor(shape: [N, 1 + V, K], data: out)
+    }
+}
+
+/// The denoiser D(x; sigma, y) = c_skip x + c_out F(c_in x; c_noise, y), every token
+/// visible (SPEC §2.10, §3). `nullLabel` uses row num_classes (classifier-free guidance).
+public enum Denoiser {
+    public static func evaluate<T: RefScalar>(_ cfg: ModelConfig, _ P: Parameters<T>, x: Tensor<T>, sigma: [T],
+                                              labels: [Int], keep: [[Int]]? = nil) -> Tensor<T> {
+        let N = x.shape[0], per = x.count / N
+        let coef = sigma.map { EDMCoefficients(sigma: $0, sigmaData: T(cfg.sigmaData)) }
+        var xIn = x
+        for n in 0..<N { for i in 0..<per { xIn.data[n * per + i] *= coef[n].cIn } }
+        let keep = keep ?? Array(repeating: Array(0..<cfg.tokens), count: N)
+        var none: Activations<T>? = nil
+        let enc = Encoder(cfg, xIn: xIn, cNoise: coef.map(\.cNoise), labels: labels, keep: keep, P, acts: &none, prefix: "student")
+        let dec = Decoder(cfg, tokens: enc.tokens, enc: enc.out, siluC: enc.cond.siluC, keep: keep, P, acts: &none)
+        let F = Unpatchify.forward(dec.out, channels: cfg.inChannels, p: cfg.patchSize)
+        var D = F
+        for n in 0..<N { for i in 0..<per { D.data[n * per + i] = coef[n].cSkip * x.data[n * per + i] + coef[n].cOut * F.data[n * per + i] } }
+        return D
+    }
+}

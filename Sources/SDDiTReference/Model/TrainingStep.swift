@@ -1,0 +1,93 @@
+import RealModule
+
+// One training step (SPEC §5): AdamW on the student, EMA teacher, center update.
+
+/// PyTorch's AdamW (decoupled weight decay, bias-corrected moments).
+public struct AdamW<T: RefScalar>: Sendable {
+    public var lr: T, beta1: T, beta2: T, eps: T, weightDecay: T
+    public var m: [String: Tensor<T>] = [:], v: [String: Tensor<T>] = [:]
+    public var step = 0
+
+    public init(_ cfg: ModelConfig) {
+        lr = T(cfg.lr); beta1 = T(cfg.adamBeta1); beta2 = T(cfg.adamBeta2)
+        eps = T(cfg.adamEps); weightDecay = T(cfg.weightDecay)
+    }
+
+    /// p <- p (1 - lr wd); m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2;
+    /// p <- p - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    public mutating func update(_ P: inout Parameters<T>, grads: [String: Tensor<T>]) {
+        step += 1
+        let bc1 = 1 - T.pow(beta1, step), bc2 = 1 - T.pow(beta2, step)
+        for key in grads.keys.sorted() {
+            let g = grads[key]!
+            var p = P[key], mk = m[key] ?? .zeros(like: g), vk = v[key] ?? .zeros(like: g)
+            for i in 0..<p.count {
+                p.data[i] *= 1 - lr * weightDecay
+                mk.data[i] = beta1 * mk.data[i] + (1 - beta1) * g.data[i]
+                vk.data[i] = beta2 * vk.data[i] + (1 - beta2) * g.data[i] * g.data[i]
+                let denom = vk.data[i].squareRoot() / bc2.squareRoot() + eps
+                p.data[i] -= lr / bc1 * mk.data[i] / denom
+            }
+            P[key] = p; m[key] = mk; v[key] = vk
+        }
+    }
+}
+
+public enum EMA {
+    /// teacher <- beta teacher + (1 - beta) student, for every teacher key (encoder + head).
+    public static func update<T: RefScalar>(teacher: inout Parameters<T>, student: Parameters<T>, beta: T) {
+        for key in teacher.tensors.keys.sorted() {
+            var t = teacher[key]
+            let s = student[key]
+            for i in 0..<t.count { t.data[i] = beta * t.data[i] + (1 - beta) * s.data[i] }
+            teacher[key] = t
+        }
+    }
+}
+
+/// The schedules of SPEC §5 as functions of (step, total steps, warm-up steps).
+public enum Schedules {
+    /// DINO's cosine_scheduler: beta = final + (base - final)(1 + cos(pi step/total))/2, 0.996 -> 0.999.
+    public static func emaBeta(step: Int, totalSteps: Int, base: Double = 0.996, final: Double = 0.999) -> Double {
+        guard totalSteps > 0 else { return base }
+        let s = Double(min(max(step, 0), totalSteps))
+        return final + (base - final) * (1 + Double.cos(Double.pi * s / Double(totalSteps))) / 2
+    }
+    /// DINO's teacher-temperature warm-up: linspace(0.09, 0.099, warmup), then 0.099.
+    public static func tauT(step: Int, warmupSteps: Int, start: Double = 0.09, end: Double = 0.099) -> Double {
+        if step >= warmupSteps { return end }
+        if warmupSteps <= 1 { return start }
+        return start + (end - start) * Double(max(step, 0)) / Double(warmupSteps - 1)
+    }
+}
+
+/// Student, teacher, optimizer and centers: everything one step changes.
+public struct TrainingState<T: RefScalar>: Sendable {
+    public var student: Parameters<T>
+    public var teacher: Parameters<T>
+    public var optimizer: AdamW<T>
+    public var centerCls: Tensor<T>
+    public var centerPatch: Tensor<T>
+
+    /// Teacher and centers start as a copy of the student and zeros (SPEC §5).
+    public init(_ cfg: ModelConfig, student: Parameters<T>, teacher: Parameters<T>? = nil,
+                centerCls: Tensor<T>? = nil, centerPatch: Tensor<T>? = nil) {
+        self.student = student
+        self.teacher = teacher ?? student.subset(cfg.teacherParameters)
+        optimizer = AdamW(cfg)
+        self.centerCls = centerCls ?? .zeros([cfg.headOutDim])
+        self.centerPatch = centerPatch ?? .zeros([cfg.headOutDim])
+    }
+
+    /// Forward, backward, AdamW, EMA (beta = cfg.emaBeta), centers. The inputs' centers are
+    /// replaced by this state's.
+    public mutating func step(_ cfg: ModelConfig, inputs: StepInputs<T>) throws -> ObjectiveResult<T> {
+        var I = inputs
+        I.centerCls = centerCls; I.centerPatch = centerPatch
+        let r = try Objective.run(cfg, student: student, teacher: teacher, inputs: I)
+        optimizer.update(&student, grads: r.grads)
+        EMA.update(teacher: &teacher, student: student, beta: T(cfg.emaBeta))
+        centerCls = r.newCenterCls; centerPatch = r.newCenterPatch
+        return r
+    }
+}

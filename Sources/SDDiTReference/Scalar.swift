@@ -1,0 +1,21 @@
+import RealModule
+@_exported import SDDiTCore
+
+/// The scalar types the reference runs in: Double is the truth, Float80 checks it.
+/// `Real` (swift-numerics) gives exp, log, tanh and erf generically.
+public protocol RefScalar: Real, BinaryFloatingPoint, Sendable {}
+extension Double: RefScalar {}
+extension Float: RefScalar {}
+#if arch(x86_64) || arch(i386)
+extension Float80: RefScalar {}
+#endif
+
+extension Tensor where T: RefScalar {
+    /// Element-wise conversion between scalar types (Double <-> Float80).
+    public func converted<U: RefScalar>(to: U.Type = U.self) -> Tensor<U> { map { U($0) } }
+
+    public static func += (a: inout Tensor, b: Tensor) {
+        precondition(a.count == b.count, "+=: \(a.shape) vs \(b.shape)")
+        for i in 0..<a.count { a.data[i] += b.data[i] }
+    }
+}

@@ -1,0 +1,202 @@
+import Testing
+import SDDiTReference
+
+// Finite-difference checks of every layer kind's backward, on all inputs and parameters:
+// f(inputs) = sum(forward(inputs) * g) for a seeded random upstream gradient g.
+
+/// Checks every entry of every named input of one layer.
+func checkLayer(_ name: String, _ inputs: [(String, Tensor<Double>)],
+                forward: ([Tensor<Double>]) -> Tensor<Double>,
+                backward: ([Tensor<Double>], Tensor<Double>) -> [Tensor<Double>],
+                sourceLocation: SourceLocation = #_sourceLocation) {
+    let xs = inputs.map(\.1)
+    let y = forward(xs)
+    let g = randomTensor(y.shape, seed: 991)
+    let grads = backward(xs, g)
+    for (j, (label, x)) in inputs.enumerated() {
+        let c = checkGradient("\(name) d/d\(label)", shape: x.shape, x: x.data, analytic: grads[j].data) { v in
+            var ys = xs
+            ys[j] = Tensor(shape: x.shape, data: v)
+            return dot(forward(ys), g)
+        }
+        expectPasses(c, sourceLocation: sourceLocation)
+    }
+}
+
+@Suite("Layer gradients (central differences, h = 1e-6)")
+struct LayerGradientTests {
+    @Test func linear() {
+        checkLayer("Linear", [("x", randomTensor([2, 3, 5], seed: 1)), ("weight", randomTensor([4, 5], seed: 2)),
+                              ("bias", randomTensor([4], seed: 3))],
+                   forward: { Linear.forward($0[0], weight: $0[1], bias: $0[2]) },
+                   backward: { xs, dy in
+                       var dx = Tensor<Double>.zeros(like: xs[0]), dw = Tensor<Double>.zeros(like: xs[1])
+                       var db: Tensor<Double>? = Tensor<Double>.zeros(like: xs[2])
+                       Linear.backwardInput(dy: dy, weight: xs[1], dx: &dx)
+                       Linear.backwardParams(dy: dy, x: xs[0], dw: &dw, db: &db)
+                       return [dx, dw, db!]
+                   })
+    }
+
+    @Test func layerNorm() {
+        checkLayer("LayerNorm", [("x", randomTensor([3, 4, 6], seed: 4, std: 2))],
+                   forward: { LayerNorm.forward($0[0]).y },
+                   backward: { xs, dy in
+                       var dx = Tensor<Double>.zeros(like: xs[0])
+                       LayerNorm.backward(dy: dy, x: xs[0], saved: LayerNorm.forward(xs[0]).saved, dx: &dx)
+                       return [dx]
+                   })
+    }
+
+    @Test func modulate() {
+        checkLayer("Modulate", [("h", randomTensor([2, 3, 4], seed: 5)), ("shift", randomTensor([2, 4], seed: 6)),
+                                ("scale", randomTensor([2, 4], seed: 7))],
+                   forward: { Modulate.forward($0[0], shift: $0[1], scale: $0[2]) },
+                   backward: { xs, dy in
+                       var dh = Tensor<Double>.zeros(like: xs[0]), ds = Tensor<Double>.zeros(like: xs[1]), dk = ds
+                       Modulate.backward(dy: dy, h: xs[0], scale: xs[2], dh: &dh, dshift: &ds, dscale: &dk)
+                       return [dh, ds, dk]
+                   })
+    }
+
+    @Test func gatedResidual() {
+        checkLayer("GatedResidual", [("x", randomTensor([2, 3, 4], seed: 8)), ("gate", randomTensor([2, 4], seed: 9)),
+                                     ("h", randomTensor([2, 3, 4], seed: 10))],
+                   forward: { GatedResidual.forward($0[0], gate: $0[1], $0[2]) },
+                   backward: { xs, dy in
+                       var dx = Tensor<Double>.zeros(like: xs[0]), dg = Tensor<Double>.zeros(like: xs[1])
+                       var dh = Tensor<Double>.zeros(like: xs[2])
+                       GatedResidual.backward(dy: dy, gate: xs[1], h: xs[2], dx: &dx, dgate: &dg, dh: &dh)
+                       return [dx, dg, dh]
+                   })
+    }
+
+    @Test func elementwise() {
+        let x = randomTensor([3, 7], seed: 11, std: 2)
+        checkLayer("SiLU", [("x", x)], forward: { SiLU.forward($0[0]) }, backward: { xs, dy in
+            var dx = Tensor<Double>.zeros(like: xs[0]); SiLU.backward(dy: dy, x: xs[0], dx: &dx); return [dx]
+        })
+        checkLayer("GELUTanh", [("x", x)], forward: { GELUTanh.forward($0[0]) }, backward: { xs, dy in
+            var dx = Tensor<Double>.zeros(like: xs[0]); GELUTanh.backward(dy: dy, x: xs[0], dx: &dx); return [dx]
+        })
+        checkLayer("GELUErf", [("x", x)], forward: { GELUErf.forward($0[0]) }, backward: { xs, dy in
+            var dx = Tensor<Double>.zeros(like: xs[0]); GELUErf.backward(dy: dy, x: xs[0], dx: &dx); return [dx]
+        })
+    }
+
+    @Test func attention() {
+        for heads in [1, 2] {
+            checkLayer("Attention(heads \(heads))", [("qkv", randomTensor([2, 5, 3 * 8], seed: 12))],
+                       forward: { Attention.forward($0[0], heads: heads).y },
+                       backward: { xs, dy in
+                           var d = Tensor<Double>.zeros(like: xs[0])
+                           Attention.backward(dy: dy, qkv: xs[0], heads: heads,
+                                              saved: Attention.forward(xs[0], heads: heads).saved, dqkv: &d)
+                           return [d]
+                       })
+        }
+    }
+
+    @Test func labelEmbedding() {
+        let labels = [2, 0, 2, 3]
+        checkLayer("LabelEmbedding", [("table", randomTensor([4, 5], seed: 13))],
+                   forward: { LabelEmbedding.forward(labels, table: $0[0]) },
+                   backward: { xs, dy in
+                       var d = Tensor<Double>.zeros(like: xs[0])
+                       LabelEmbedding.backward(dy: dy, labels: labels, dtable: &d); return [d]
+                   })
+    }
+
+    @Test func unpatchify() {
+        checkLayer("Unpatchify", [("x", randomTensor([2, 9, 2 * 2 * 3], seed: 14))],
+                   forward: { Unpatchify.forward($0[0], channels: 3, p: 2) },
+                   backward: { xs, dy in
+                       var d = Tensor<Double>.zeros(like: xs[0]); Unpatchify.backward(dy: dy, p: 2, dx: &d); return [d]
+                   })
+    }
+
+    @Test func tokenGatherScatter() {
+        let keep = [[0, 2, 3], [1, 2, 4]]
+        checkLayer("TokenGather", [("x", randomTensor([2, 5, 3], seed: 15))],
+                   forward: { TokenGather.forward($0[0], keep: keep) },
+                   backward: { xs, dy in
+                       var d = Tensor<Double>.zeros(like: xs[0]); TokenGather.backward(dy: dy, keep: keep, dx: &d); return [d]
+                   })
+        checkLayer("TokenScatter", [("base", randomTensor([2, 5, 3], seed: 16)), ("enc", randomTensor([2, 3, 3], seed: 17))],
+                   forward: { TokenScatter.forward(base: $0[0], $0[1], keep: keep) },
+                   backward: { xs, dy in
+                       var db = Tensor<Double>.zeros(like: xs[0]), de = Tensor<Double>.zeros(like: xs[1])
+                       TokenScatter.backward(dy: dy, keep: keep, dbase: &db, denc: &de); return [db, de]
+                   })
+    }
+
+    @Test func l2Normalize() {
+        checkLayer("L2Normalize", [("x", randomTensor([3, 6], seed: 18))],
+                   forward: { L2Normalize.forward($0[0]).y },
+                   backward: { xs, dy in
+                       let (y, n) = L2Normalize.forward(xs[0])
+                       var d = Tensor<Double>.zeros(like: xs[0]); L2Normalize.backward(dy: dy, y: y, norms: n, dx: &d); return [d]
+                   })
+    }
+
+    @Test func weightNormLinear() {
+        let g = Tensor(shape: [4, 1], data: [1, 0.5, 2, 1.5])
+        checkLayer("WeightNormLinear", [("x", randomTensor([2, 3, 5], seed: 19)), ("weight_v", randomTensor([4, 5], seed: 20))],
+                   forward: { WeightNormLinear.forward($0[0], v: $0[1], g: g) },
+                   backward: { xs, dy in
+                       var dx = Tensor<Double>.zeros(like: xs[0]), dv = Tensor<Double>.zeros(like: xs[1])
+                       WeightNormLinear.backward(dy: dy, x: xs[0], v: xs[1], g: g, dx: &dx, dv: &dv); return [dx, dv]
+                   })
+    }
+
+    @Test func dinoCrossEntropy() {
+        let t = randomTensor([3, 7], seed: 21), c = randomTensor([7], seed: 22, std: 0.1)
+        let q = DINOCrossEntropy.teacherProbs(t, center: c, tauT: 0.09)
+        checkLayer("DINOCrossEntropy", [("s", randomTensor([3, 7], seed: 23))],
+                   forward: { Tensor(shape: [], data: [DINOCrossEntropy.forward(student: $0[0], teacherProbs: q, tauS: 0.1)]) },
+                   backward: { xs, dy in
+                       var d = Tensor<Double>.zeros(like: xs[0])
+                       DINOCrossEntropy.backward(dL: dy[0], student: xs[0], teacherProbs: q, tauS: 0.1, ds: &d); return [d]
+                   })
+    }
+
+    @Test func edmLoss() {
+        let x0 = randomTensor([2, 3, 2, 2], seed: 24), sigma = [0.3, 2.5]
+        checkLayer("EDMLoss", [("D", randomTensor([2, 3, 2, 2], seed: 25))],
+                   forward: { Tensor(shape: [], data: [EDMLoss.forward(D: $0[0], x0: x0, sigma: sigma, sigmaData: 0.5)]) },
+                   backward: { xs, dy in
+                       var d = Tensor<Double>.zeros(like: xs[0])
+                       EDMLoss.backward(dL: dy[0], D: xs[0], x0: x0, sigma: sigma, sigmaData: 0.5, dD: &d); return [d]
+                   })
+    }
+
+    @Test func ditBlock() {
+        // One adaLN-Zero block with random (non-zero) parameters: d/dx, d/dSiLU(c), d/dparams.
+        let W = 8, D = 6, heads = 2, prefix = "blocks.0."
+        var P = Parameters<Double>()
+        let shapes: [(String, [Int])] = [("attn.qkv.weight", [3 * W, W]), ("attn.qkv.bias", [3 * W]),
+                                         ("attn.proj.weight", [W, W]), ("attn.proj.bias", [W]),
+                                         ("mlp.fc1.weight", [4 * W, W]), ("mlp.fc1.bias", [4 * W]),
+                                         ("mlp.fc2.weight", [W, 4 * W]), ("mlp.fc2.bias", [W]),
+                                         ("adaLN_modulation.1.weight", [6 * W, D]), ("adaLN_modulation.1.bias", [6 * W])]
+        for (i, (k, s)) in shapes.enumerated() { P[prefix + k] = randomTensor(s, seed: 100 + UInt64(i), std: 0.3) }
+        let block = DiTBlock(prefix: prefix, heads: heads)
+        let x = randomTensor([2, 4, W], seed: 30), sc = randomTensor([2, D], seed: 31)
+        let g = randomTensor([2, 4, W], seed: 32)
+        let (_, cache) = block.forward(x, siluC: sc, P)
+        let grads = Gradients<Double>(shapes.map { ParameterSpec(key: prefix + $0.0, shape: $0.1, part: .encoder, frozen: false) })
+        var dsc = Tensor<Double>.zeros(like: sc)
+        let dx = block.backward(dy: g, cache, siluC: sc, P, grads: grads, dsiluC: &dsc)
+        expectPasses(checkGradient("DiTBlock d/dx", shape: x.shape, x: x.data, analytic: dx.data) {
+            dot(block.forward(Tensor(shape: x.shape, data: $0), siluC: sc, P).0, g) })
+        expectPasses(checkGradient("DiTBlock d/dSiLU(c)", shape: sc.shape, x: sc.data, analytic: dsc.data) {
+            dot(block.forward(x, siluC: Tensor(shape: sc.shape, data: $0), P).0, g) })
+        for (k, s) in shapes {
+            let key = prefix + k
+            expectPasses(checkGradient("DiTBlock d/d\(key)", shape: s, x: P[key].data, analytic: grads[key].value.data) { v in
+                var Q = P; Q[key] = Tensor(shape: s, data: v)
+                return dot(block.forward(x, siluC: sc, Q).0, g)
+            })
+        }
+    }
+}
