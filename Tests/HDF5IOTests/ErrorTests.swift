@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import HDF5IO
+import HDF5IO
 
 @Suite struct ErrorTests {
     @Test func missingFile() throws {

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import HDF5IO
+import HDF5IO
 
 /// Reads Fixtures/types.h5, written by h5py (see make_fixtures.py); runs without Python.
 @Suite struct FixtureTests {

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import HDF5IO
+import HDF5IO
 
 /// Parses the JSON file a Python helper wrote.
 private func loadJSON(_ url: URL) throws -> [String: Any] {

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import HDF5IO
+import HDF5IO
 
 /// Ranks 0...4, plus zero-sized dimensions.
 let roundTripShapes: [[Int]] = [[], [5], [2, 3], [2, 3, 4], [2, 1, 3, 2], [0], [2, 0, 3]]

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import HDF5IO
+import HDF5IO
 
 /// Runs `body` with a fresh temporary directory that is removed afterwards.
 func withTempDir<T>(_ body: (URL) throws -> T) throws -> T {
