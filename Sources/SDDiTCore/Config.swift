@@ -173,28 +173,27 @@ extension ModelConfig {
     /// Parses the config JSON; a missing or mistyped required key is one clear error.
     public init(json: String) throws {
         guard let data = json.data(using: .utf8),
-              let any = try? JSONSerialization.jsonObject(with: data),
-              let o = any as? [String: Any] else {
+              case .object(let o)? = try? JSONDecoder().decode(JSONValue.self, from: data) else {
             throw ConfigError("config: not a JSON object: \(json.prefix(60))")
-        }
-        func int(_ k: String) throws -> Int {
-            guard let v = o[k] else { throw ConfigError("config: missing key '\(k)'") }
-            if let n = v as? NSNumber, !(v is Bool) {
-                let d = n.doubleValue
-                if d == d.rounded(), abs(d) < 1e15 { return Int(d) }
-            }
-            throw ConfigError("config: key '\(k)' must be an integer, found \(v)")
         }
         func dbl(_ k: String) throws -> Double {
             guard let v = o[k] else { throw ConfigError("config: missing key '\(k)'") }
-            guard let n = v as? NSNumber, !(v is Bool) else {
-                throw ConfigError("config: key '\(k)' must be a number, found \(v)")
-            }
-            return n.doubleValue
+            guard case .number(let d) = v else { throw ConfigError("config: key '\(k)' must be a number, found \(v)") }
+            return d
         }
-        func optDbl(_ k: String) throws -> Double? { o[k] == nil || o[k] is NSNull ? nil : try dbl(k) }
+        func int(_ k: String) throws -> Int {
+            let d = try dbl(k)
+            guard d == d.rounded(), abs(d) < 1e15 else { throw ConfigError("config: key '\(k)' must be an integer, found \(d)") }
+            return Int(d)
+        }
+        func optDbl(_ k: String) throws -> Double? {
+            if o[k] == nil || o[k] == .null { return nil }
+            return try dbl(k)
+        }
+        var configName = "custom"
+        if case .string(let s)? = o["config_name"] { configName = s }
 
-        self.init(name: (o["config_name"] as? String) ?? "custom",
+        self.init(name: configName,
                   inputSize: try int("input_size"), inChannels: try int("in_channels"),
                   patchSize: try int("patch_size"), hiddenSize: try int("hidden_size"),
                   depth: try int("depth"), numHeads: try int("num_heads"), mlpRatio: try dbl("mlp_ratio"),
@@ -216,5 +215,31 @@ extension ModelConfig {
         maskRatio = try optDbl("mask_ratio") ?? maskRatio
         cfgScale = try optDbl("cfg_scale")
         try validate()
+    }
+}
+
+/// A JSON value that keeps numbers and booleans apart (Foundation's NSNumber does not on Linux).
+public enum JSONValue: Decodable, Equatable, CustomStringConvertible {
+    case null, bool(Bool), number(Double), string(String), array([JSONValue]), object([String: JSONValue])
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if c.decodeNil() { self = .null }
+        else if let b = try? c.decode(Bool.self) { self = .bool(b) }
+        else if let d = try? c.decode(Double.self) { self = .number(d) }
+        else if let s = try? c.decode(String.self) { self = .string(s) }
+        else if let a = try? c.decode([JSONValue].self) { self = .array(a) }
+        else { self = .object(try c.decode([String: JSONValue].self)) }
+    }
+
+    public var description: String {
+        switch self {
+        case .null: return "null"
+        case .bool(let b): return "\(b)"
+        case .number(let d): return "\(d)"
+        case .string(let s): return "\"\(s)\""
+        case .array(let a): return "[\(a.count) items]"
+        case .object: return "{...}"
+        }
     }
 }

@@ -1,10 +1,58 @@
 import ArgumentParser
-import SDDiTReference
+import Foundation
+import SDDiTCore
+import SDDiTExchange
 
 @main
 struct Oracle: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "oracle",
-        abstract: "The SD-DiT verification oracle.")
-    func run() throws { print("oracle") }
+        abstract: "The SD-DiT verification oracle: a float64 reference and tensor-by-tensor comparisons.",
+        discussion: """
+        Compare your SD-DiT (PyTorch, JAX, ...) with the float64 reference: write your run in the
+        "sddit-oracle/1" HDF5 layout (SPEC §7) and ask where it parts from the truth.
+
+          oracle diff --a my_run.h5 --b ref       # the reference reruns your file's setup
+          oracle dump --backend ref --config tiny --out tiny.h5 --sample 5
+          oracle info tiny.h5                     # or: oracle info XL/2
+        """,
+        subcommands: [Diff.self, Dump.self, Info.self])
+}
+
+/// Options shared by commands that build a run from a config and a seed.
+struct SetupOptions: ParsableArguments {
+    @Option(help: "Model config: tiny, S/2, B/2, XL/2 (an SD-DiT- prefix is accepted).")
+    var config: String = "tiny"
+    @Option(help: "Seed for parameters and inputs (same seed, same numbers).")
+    var seed: UInt64 = 0
+    @Option(help: "Batch size N.")
+    var batch: Int = 2
+    @Option(name: .customLong("mask-ratio"), help: "Mask ratio in [0, 1) (default: the config's, 0.2).")
+    var maskRatio: Double?
+    @Option(help: "Also run the Heun sampler for this many steps (0: no sampler).")
+    var sample: Int = 5
+    @Option(name: .customLong("cfg-scale"), help: "Classifier-free guidance scale for the sampler.")
+    var cfgScale: Double?
+
+    func modelConfig() throws -> ModelConfig {
+        guard let c = ModelConfig.named(config) else {
+            throw ValidationError("unknown config '\(config)'; expected one of: tiny, S/2, B/2, XL/2")
+        }
+        return c
+    }
+
+    func validate() throws {
+        _ = try modelConfig()
+        if batch < 1 { throw ValidationError("--batch must be at least 1, found \(batch)") }
+        if let r = maskRatio, !(r >= 0 && r < 1) { throw ValidationError("--mask-ratio must lie in [0, 1), found \(r)") }
+        if sample < 0 { throw ValidationError("--sample must be >= 0, found \(sample)") }
+    }
+}
+
+/// Runs `body`, turning any error into one line on stderr and exit status 2.
+func reportingErrors<R>(_ body: () throws -> R) throws -> R {
+    do { return try body() } catch let e as ExitCode { throw e } catch let e as ValidationError { throw e } catch {
+        FileHandle.standardError.write(("error: \(error)\n").data(using: .utf8)!)
+        throw ExitCode(2)
+    }
 }

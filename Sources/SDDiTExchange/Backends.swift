@@ -1,0 +1,100 @@
+import SDDiTCore
+import SDDiTReference
+
+/// The implementations `oracle` can run by name.
+public enum Backend: String, CaseIterable, Sendable {
+    /// The float64 reference: the truth.
+    case ref
+    /// The same reference code in Float80 (x86 extended precision): checks the truth's rounding.
+    case ref80
+
+    public var precision: Precision { self == .ref ? .float64 : .float80 }
+
+    public func run(_ setup: RunSetup) throws -> [String: NamedTensor] {
+        switch self {
+        case .ref: return try ReferenceBackend.run(setup, as: Double.self)
+        case .ref80:
+            #if arch(x86_64) || arch(i386)
+            return try ReferenceBackend.run(setup, as: Float80.self)
+            #else
+            throw ExchangeError("ref80: Float80 is not available on this architecture")
+            #endif
+        }
+    }
+}
+
+/// A run made from a seed: random non-zero parameters (no adaLN-Zero), a teacher that
+/// differs from the student, random inputs and centers, and a sampler setup.
+public enum SeededSetup {
+    public static func make(_ cfg: ModelConfig, seed: UInt64, batch: Int, maskRatio: Double,
+                            sampleSteps: Int?, cfgScale: Double? = nil, init mode: Initialization.Mode = .random) -> RunSetup {
+        let P: Parameters<Double> = Initialization.parameters(cfg, mode: mode, seed: seed)
+        var TP = P.subset(cfg.teacherParameters)
+        if mode == .random {
+            // Teacher = student + small seeded perturbation (fixed tensors stay as they are).
+            let Q: Parameters<Double> = Initialization.parameters(cfg, mode: .random, seed: seed &+ 1)
+            for s in cfg.teacherParameters where !s.frozen {
+                var t = TP[s.key]
+                for i in 0..<t.count { t.data[i] += 0.1 * Q[s.key].data[i] }
+                TP[s.key] = t
+            }
+        }
+        let I: StepInputs<Double> = Initialization.inputs(cfg, batch: batch, maskRatio: maskRatio, seed: seed &+ 2)
+        var sampler: SamplerSetup? = nil
+        if let steps = sampleSteps, steps > 0 {
+            var rng = SeededRandom(seed: seed &+ 3)
+            let shape = [batch, cfg.inChannels, cfg.inputSize, cfg.inputSize]
+            let x = rng.normals(shape.reduce(1, *), std: cfg.sigmaMax)
+            let labels = (0..<batch).map { _ in Int(rng.next() % UInt64(cfg.numClasses)) }
+            sampler = SamplerSetup(xInit: Tensor(shape: shape, data: x), labels: labels, steps: steps, cfgScale: cfgScale)
+        }
+        return RunSetup(config: cfg, student: P, teacher: TP, inputs: I, sampler: sampler)
+    }
+}
+
+extension ExchangeFile {
+    /// The setup a backend needs to reproduce this file.
+    public func runSetup() throws -> RunSetup {
+        let cfg = config
+        guard has(group: "params") else { throw fail("group /params is missing: a backend needs the student parameters") }
+        let student = try parameters("params", cfg.studentParameters)
+        var s = RunSetup(config: cfg, student: student)
+        if hasTrainingStep {
+            guard has(group: "teacher") else { throw fail("group /teacher is missing: a training step needs the teacher") }
+            s.teacher = try parameters("teacher", cfg.teacherParameters)
+            s.inputs = try stepInputs()
+        }
+        if hasSampler { s.sampler = try samplerSetup() }
+        if s.inputs == nil && s.sampler == nil {
+            throw fail("neither /inputs nor /sampler/x_init: nothing for a backend to run")
+        }
+        return s
+    }
+
+    /// Paths that configure a run rather than record its results.
+    public static func isSetup(_ p: String) -> Bool {
+        p.hasPrefix("params/") && p != "params/pos_embed" && p != "params/decoder_pos_embed"
+            || p.hasPrefix("teacher/") || p.hasPrefix("inputs/") || p == "sampler/x_init" || p == "sampler/labels"
+    }
+}
+
+/// The datasets of a setup as a file records them (for `oracle dump`).
+public func setupDatasets(_ s: RunSetup) -> (floats: [String: NamedTensor], ints: [String: ([Int64], [Int])]) {
+    var f: [String: NamedTensor] = [:], i: [String: ([Int64], [Int])] = [:]
+    for (k, v) in s.student.tensors { f["params/" + k] = v.named() }
+    if let t = s.teacher { for (k, v) in t.tensors { f["teacher/" + k] = v.named() } }
+    if let I = s.inputs {
+        let N = I.labels.count
+        f["inputs/x0"] = I.x0.named(); f["inputs/noise_s"] = I.noiseS.named(); f["inputs/noise_t"] = I.noiseT.named()
+        f["inputs/sigma_s"] = Tensor(shape: [N], data: I.sigmaS).named()
+        f["inputs/center_cls"] = I.centerCls.named(); f["inputs/center_patch"] = I.centerPatch.named()
+        i["inputs/labels"] = (I.labels.map { Int64($0) }, [N])
+        i["inputs/mask"] = (I.mask.flatMap { $0 }.map { Int64($0) }, [N, s.config.tokens])
+        i["inputs/step"] = ([Int64(I.step)], [])
+    }
+    if let sm = s.sampler {
+        f["sampler/x_init"] = sm.xInit.named()
+        i["sampler/labels"] = (sm.labels.map { Int64($0) }, [sm.labels.count])
+    }
+    return (f, i)
+}

@@ -1,0 +1,123 @@
+import Foundation
+import SDDiTCore
+import SDDiTReference
+
+/// One side of a comparison: a backend by name, or an exchange file.
+public enum Side: Sendable, CustomStringConvertible {
+    case backend(Backend)
+    case file(String)
+
+    public static func parse(_ s: String) -> Side {
+        if let b = Backend(rawValue: s) { return .backend(b) }
+        return .file(s)
+    }
+    public var description: String {
+        switch self {
+        case .backend(let b): return b.rawValue
+        case .file(let p): return (p as NSString).lastPathComponent
+        }
+    }
+}
+
+public struct DiffOptions: Sendable {
+    public var config: ModelConfig = .tiny
+    public var seed: UInt64 = 0
+    public var batch = 2
+    public var maskRatio: Double? = nil
+    public var sampleSteps: Int? = 5
+    public var cfgScale: Double? = nil
+    public var rtol: Double? = nil
+    public var atol: Double? = nil
+    public var allowMissing = false
+    public init() {}
+}
+
+public struct DiffReport: Sendable {
+    public var labelA: String, labelB: String
+    public var comparisons: [Comparison] = []
+    public var onlyInA: [String] = [], onlyInB: [String] = []
+    public var failed: Int { comparisons.filter { !$0.passed }.count }
+    public var allowMissing = false
+
+    /// Passes only when something was compared, nothing failed, and (unless allowed) no
+    /// dataset is missing from either side.
+    public var passed: Bool {
+        !comparisons.isEmpty && failed == 0 && (allowMissing || (onlyInA.isEmpty && onlyInB.isEmpty))
+    }
+    public var summary: String {
+        "compared \(comparisons.count), failed \(failed), only-in-a \(onlyInA.count), only-in-b \(onlyInB.count)"
+    }
+
+    public func lines(verbose: Bool = false) -> [String] {
+        var out: [String] = []
+        for c in comparisons where verbose || !c.passed { out += c.lines(labelA: labelA, labelB: labelB) }
+        if !verbose, failed == 0, !comparisons.isEmpty {
+            let worst = comparisons.max { $0.maxRel / max($0.tolerance.rtol, 1e-300) < $1.maxRel / max($1.tolerance.rtol, 1e-300) }!
+            out.append(String(format: "all %d tensors within tolerance; closest to its limit: %@ max rel %.2e (rtol %.0e)",
+                              comparisons.count, worst.name, worst.maxRel, worst.tolerance.rtol))
+        }
+        out += onlyInA.map { "ONLY-IN-A /\($0)" } + onlyInB.map { "ONLY-IN-B /\($0)" }
+        if comparisons.isEmpty { out.append("FAIL nothing was compared: the two sides share no dataset") }
+        if !allowMissing, !(onlyInA.isEmpty && onlyInB.isEmpty) {
+            out.append("FAIL \(onlyInA.count + onlyInB.count) datasets are missing on one side (use --allow-missing to accept)")
+        }
+        out.append(summary)
+        return out
+    }
+
+    public var json: [String: Any] {
+        ["a": labelA, "b": labelB, "compared": comparisons.count, "failed": failed,
+         "only_in_a": onlyInA, "only_in_b": onlyInB, "passed": passed,
+         "tensors": comparisons.map(\.json)]
+    }
+}
+
+public enum DiffEngine {
+    public static func run(a: Side, b: Side, options o: DiffOptions) throws -> DiffReport {
+        // Resolve the setup: from a file when one side is a file, else from the seed.
+        var fileA: ExchangeFile? = nil, fileB: ExchangeFile? = nil
+        if case .file(let p) = a { fileA = try ExchangeFile.read(p) }
+        if case .file(let p) = b { fileB = try ExchangeFile.read(p) }
+        let setupFile = fileA ?? fileB
+        var setup: RunSetup? = nil
+        func getSetup() throws -> RunSetup {
+            if let s = setup { return s }
+            let s = try setupFile?.runSetup()
+                ?? SeededSetup.make(o.config, seed: o.seed, batch: o.batch, maskRatio: o.maskRatio ?? o.config.maskRatio,
+                                    sampleSteps: o.sampleSteps, cfgScale: o.cfgScale)
+            setup = s
+            return s
+        }
+        func datasets(_ side: Side, _ f: ExchangeFile?) throws -> [String: NamedTensor] {
+            if let f { return f.datasets }
+            if case .backend(let be) = side { return try be.run(try getSetup()) }
+            return [:]
+        }
+        var dA = try datasets(a, fileA), dB = try datasets(b, fileB)
+        let cfg = setupFile?.config ?? o.config
+        // A backend run on a file's setup: the file's setup datasets were consumed, not compared;
+        // backend outputs in groups the file does not record were not asked for.
+        if let f = setupFile, fileA == nil || fileB == nil {
+            let groups = Set(f.datasets.keys.filter { !ExchangeFile.isSetup($0) }.map(groupOf))
+            func trim(_ d: inout [String: NamedTensor], isFile: Bool) {
+                d = d.filter { isFile ? !ExchangeFile.isSetup($0.key) : groups.contains(groupOf($0.key)) }
+            }
+            trim(&dA, isFile: fileA != nil); trim(&dB, isFile: fileB != nil)
+        }
+        var r = DiffReport(labelA: a.description, labelB: b.description)
+        r.allowMissing = o.allowMissing
+        let lr = cfg.lr
+        for p in DatasetOrder.sorted(Array(Set(dA.keys).union(dB.keys)), cfg) {
+            guard let x = dA[p] else { r.onlyInB.append(p); continue }
+            guard let y = dB[p] else { r.onlyInA.append(p); continue }
+            var tol = Tolerances.rule(for: p, x.precision, y.precision, lr: lr)
+            if let rt = o.rtol { tol.rtol = rt; tol.reason = "--rtol" }
+            if let at = o.atol { tol.atolAbs = at; tol.atolScale = 0; tol.reason += " --atol" }
+            r.comparisons.append(Compare.tensors(p, x, y, tolerance: tol))
+        }
+        return r
+    }
+
+    /// "after_step/params/x" -> "after_step", "grads/x" -> "grads"
+    static func groupOf(_ p: String) -> String { String(p.split(separator: "/").first ?? "") }
+}

@@ -1,1 +1,0 @@
-// SPEC §7 exchange layout.

@@ -1,0 +1,137 @@
+import Foundation
+import HDF5IO
+import SDDiTCore
+import SDDiTReference
+
+/// One clear line naming the file, the dataset or key, what was expected and what was found.
+public struct ExchangeError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
+}
+
+public let exchangeFormat = "sddit-oracle/1"
+
+/// A file in the SPEC §7 layout, read whole: its config and every dataset by path.
+public struct ExchangeFile: Sendable {
+    public let path: String
+    public let config: ModelConfig
+    public let configJSON: String
+    /// Every dataset by path without the leading slash ("params/pos_embed", "losses/total").
+    public let datasets: [String: NamedTensor]
+    /// Exact values of integer datasets (labels, mask, step).
+    public let integers: [String: [Int64]]
+    /// `cfg_scale` from the file's or /sampler's attributes (or the config JSON).
+    public let cfgScale: Double?
+
+    public static func read(_ path: String) throws -> ExchangeFile {
+        let f: HDF5File
+        do { f = try HDF5File.open(path) } catch { throw ExchangeError("\(error)") }
+        defer { try? f.close() }
+        func fail(_ s: String) -> ExchangeError { ExchangeError("\(path): \(s)") }
+        guard let format = try f.stringAttribute("format") else {
+            throw fail("root attribute 'format' is missing (expected \"\(exchangeFormat)\"); not an sddit-oracle exchange file")
+        }
+        guard format == exchangeFormat else {
+            throw fail("root attribute 'format' is \"\(format)\", expected \"\(exchangeFormat)\"")
+        }
+        guard let json = try f.stringAttribute("config") else { throw fail("root attribute 'config' (JSON) is missing") }
+        let cfg: ModelConfig
+        do { cfg = try ModelConfig(json: json) } catch { throw fail("\(error)") }
+        var ds: [String: NamedTensor] = [:], ints: [String: [Int64]] = [:]
+        for p in try f.datasetPaths() {
+            let d: HDF5Dataset
+            do { d = try f.read(p) } catch { throw ExchangeError("\(error)") }
+            let prec: Precision
+            switch d.elementType {
+            case .float64: prec = .float64
+            case .float32: prec = .float32
+            case .float16: prec = .float16
+            default: prec = .integer
+            }
+            ds[p] = NamedTensor(shape: d.shape, values: d.doubles, precision: prec)
+            if let i = d.ints { ints[p] = i }
+        }
+        var scale = try f.doubleAttribute("cfg_scale")
+        if scale == nil, f.exists("sampler") { scale = try f.doubleAttribute("cfg_scale", of: "sampler") }
+        return ExchangeFile(path: path, config: cfg, configJSON: json, datasets: ds, integers: ints,
+                            cfgScale: scale ?? cfg.cfgScale)
+    }
+
+    func fail(_ s: String) -> ExchangeError { ExchangeError("\(path): \(s)") }
+
+    /// A float dataset of the expected shape, finite.
+    public func tensor(_ p: String, shape: [Int]) throws -> Tensor<Double> {
+        guard let d = datasets[p] else { throw fail("dataset /\(p) is missing") }
+        guard d.precision != .integer else { throw fail("/\(p): expected a float dataset, found an integer one") }
+        guard d.shape == shape else { throw fail("/\(p): expected shape \(shape), found \(d.shape)") }
+        if let i = d.values.firstIndex(where: { !$0.isFinite }) {
+            throw fail("/\(p): non-finite value \(d.values[i]) at \(unravel(i, shape))")
+        }
+        return Tensor(shape: shape, data: d.values)
+    }
+
+    /// An integer dataset (int64, uint8, ...) of the expected shape.
+    public func ints(_ p: String, shape: [Int]) throws -> [Int] {
+        guard let d = datasets[p] else { throw fail("dataset /\(p) is missing") }
+        guard d.shape == shape else { throw fail("/\(p): expected shape \(shape), found \(d.shape)") }
+        guard let v = integers[p] else { throw fail("/\(p): expected an integer dataset, found \(d.precision.rawValue)") }
+        return v.map { Int($0) }
+    }
+
+    public func has(group g: String) -> Bool { datasets.keys.contains { $0.hasPrefix(g + "/") } }
+
+    /// Parameters of `specs` from group `g` ("params", "teacher", "after_step/params").
+    public func parameters(_ g: String, _ specs: [ParameterSpec]) throws -> Parameters<Double> {
+        var P = Parameters<Double>()
+        for s in specs { P[s.key] = try tensor("\(g)/\(s.key)", shape: s.shape) }
+        return P
+    }
+
+    public var hasTrainingStep: Bool { has(group: "inputs") }
+
+    public func stepInputs() throws -> StepInputs<Double> {
+        let cfg = config
+        guard let x0d = datasets["inputs/x0"] else { throw fail("dataset /inputs/x0 is missing") }
+        guard x0d.shape.count == 4, x0d.shape[0] >= 1 else {
+            throw fail("/inputs/x0: expected shape [N, \(cfg.inChannels), \(cfg.inputSize), \(cfg.inputSize)], found \(x0d.shape)")
+        }
+        let N = x0d.shape[0], img = [N, cfg.inChannels, cfg.inputSize, cfg.inputSize], K = cfg.headOutDim
+        let labels = try ints("inputs/labels", shape: [N])
+        if let (i, y) = labels.enumerated().first(where: { $0.1 < 0 || $0.1 > cfg.numClasses }) {
+            throw fail("/inputs/labels[\(i)] = \(y) is out of range 0...\(cfg.numClasses) (num_classes \(cfg.numClasses), the last is the null label)")
+        }
+        let sigma = try tensor("inputs/sigma_s", shape: [N]).data
+        if let (i, s) = sigma.enumerated().first(where: { $0.1 <= 0 }) {
+            throw fail("/inputs/sigma_s[\(i)] = \(s); sigma must be > 0")
+        }
+        let maskFlat = try ints("inputs/mask", shape: [N, cfg.tokens])
+        let mask = (0..<N).map { Array(maskFlat[($0 * cfg.tokens)..<(($0 + 1) * cfg.tokens)]) }
+        do { _ = try visibleIndices(mask: mask, tokens: cfg.tokens) } catch { throw fail("/inputs/mask: \(error)") }
+        var step = 0
+        if datasets["inputs/step"] != nil { step = try ints("inputs/step", shape: []).first ?? 0 }
+        return StepInputs(x0: try tensor("inputs/x0", shape: img), labels: labels, sigmaS: sigma,
+                          noiseS: try tensor("inputs/noise_s", shape: img), noiseT: try tensor("inputs/noise_t", shape: img),
+                          mask: mask, centerCls: try tensor("inputs/center_cls", shape: [K]),
+                          centerPatch: try tensor("inputs/center_patch", shape: [K]), step: step)
+    }
+
+    public var hasSampler: Bool { datasets["sampler/x_init"] != nil }
+
+    public func samplerSetup() throws -> SamplerSetup {
+        let cfg = config
+        guard let xd = datasets["sampler/x_init"] else { throw fail("dataset /sampler/x_init is missing") }
+        guard xd.shape.count == 4, xd.shape[0] >= 1 else {
+            throw fail("/sampler/x_init: expected shape [N, \(cfg.inChannels), \(cfg.inputSize), \(cfg.inputSize)], found \(xd.shape)")
+        }
+        let N = xd.shape[0]
+        let x = try tensor("sampler/x_init", shape: [N, cfg.inChannels, cfg.inputSize, cfg.inputSize])
+        let labels = try ints("sampler/labels", shape: [N])
+        if let (i, y) = labels.enumerated().first(where: { $0.1 < 0 || $0.1 > cfg.numClasses }) {
+            throw fail("/sampler/labels[\(i)] = \(y) is out of range 0...\(cfg.numClasses)")
+        }
+        guard let s = datasets["sampler/sigmas"], s.shape.count == 1, s.shape[0] >= 2 else {
+            throw fail("/sampler/sigmas: expected a vector of N+1 >= 2 noise levels")
+        }
+        return SamplerSetup(xInit: x, labels: labels, steps: s.shape[0] - 1, cfgScale: cfgScale)
+    }
+}

@@ -1,0 +1,55 @@
+// The reference as a backend of `oracle diff` / `oracle dump`: everything SPEC §7 records
+// about one training step and one sampler run, by dataset path.
+
+/// Config, parameters and inputs of one run, as read from a file or made from a seed.
+public struct RunSetup: Sendable {
+    public var config: ModelConfig
+    public var student: Parameters<Double>
+    public var teacher: Parameters<Double>?
+    public var inputs: StepInputs<Double>?
+    public var sampler: SamplerSetup?
+
+    public init(config: ModelConfig, student: Parameters<Double>, teacher: Parameters<Double>? = nil,
+                inputs: StepInputs<Double>? = nil, sampler: SamplerSetup? = nil) {
+        self.config = config; self.student = student; self.teacher = teacher
+        self.inputs = inputs; self.sampler = sampler
+    }
+}
+
+public enum ReferenceBackend {
+    /// Runs the setup in scalar type T (Double: the truth; Float80: its check).
+    public static func run<T: RefScalar>(_ s: RunSetup, as _: T.Type = T.self) throws -> [String: NamedTensor] {
+        let cfg = s.config
+        let prec: Precision = T.significandBitCount > 52 ? .float80 : (T.significandBitCount == 52 ? .float64 : .float32)
+        func named(_ t: Tensor<T>) -> NamedTensor { NamedTensor(shape: t.shape, values: t.data.map { Double($0) }, precision: prec) }
+        func scalar(_ x: T) -> NamedTensor { NamedTensor(shape: [], values: [Double(x)], precision: prec) }
+        var out: [String: NamedTensor] = [:]
+        // The fixed tables as SPEC §2.2 defines them (a check of the file's own copies).
+        out["params/pos_embed"] = named(SinCosPosEmbed.table(width: cfg.hiddenSize, grid: cfg.grid, clsRow: true) as Tensor<T>)
+        out["params/decoder_pos_embed"] = named(SinCosPosEmbed.table(width: cfg.decoderHiddenSize, grid: cfg.grid, clsRow: false) as Tensor<T>)
+        let P: Parameters<T> = s.student.converted()
+
+        if let I0 = s.inputs {
+            let TP: Parameters<T> = (s.teacher ?? s.student.subset(cfg.teacherParameters)).converted()
+            let I: StepInputs<T> = I0.converted()
+            var state = TrainingState(cfg, student: P, teacher: TP, centerCls: I.centerCls, centerPatch: I.centerPatch)
+            let r = try state.step(cfg, inputs: I)
+            for (k, v) in r.activations { out["activations/" + k] = named(v) }
+            for (k, v) in r.losses { out["losses/" + k] = scalar(v) }
+            for (k, v) in r.grads { out["grads/" + k] = named(v) }
+            for spec in cfg.studentParameters { out["after_step/params/" + spec.key] = named(state.student[spec.key]) }
+            for spec in cfg.teacherParameters { out["after_step/teacher/" + spec.key] = named(state.teacher[spec.key]) }
+            out["after_step/center_cls"] = named(state.centerCls)
+            out["after_step/center_patch"] = named(state.centerPatch)
+        }
+        if let sm = s.sampler {
+            let sig = HeunSampler.sigmas(steps: sm.steps, sigmaMin: T(cfg.sigmaMin), sigmaMax: T(cfg.sigmaMax), rho: T(cfg.rho))
+            let traj = HeunSampler.run(cfg, P, xInit: sm.xInit.converted(), labels: sm.labels, sigmas: sig,
+                                       cfgScale: sm.cfgScale.map { T($0) })
+            out["sampler/sigmas"] = NamedTensor(shape: [sig.count], values: sig.map { Double($0) }, precision: prec)
+            for (i, x) in traj.enumerated() { out["sampler/x.\(i)"] = named(x) }
+            if let last = traj.last { out["sampler/out"] = named(last) }
+        }
+        return out
+    }
+}

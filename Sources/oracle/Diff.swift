@@ -1,0 +1,61 @@
+import ArgumentParser
+import Foundation
+import SDDiTCore
+import SDDiTExchange
+
+struct Diff: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Compare two runs tensor by tensor and say where they part.",
+        discussion: """
+        Each side is a backend (ref: float64 reference; ref80: the same code in Float80) or an
+        HDF5 file in the SPEC §7 layout. With a file on one side, the backend on the other side
+        reruns that file's config, /params, /teacher, /inputs and /sampler setup, and every
+        dataset recorded on both sides is compared: activations, losses, gradients, the state
+        after one step, the sampler trajectory (and pos_embed tables against SPEC's formula).
+        With two backends, both run a seeded random setup (--config, --seed, --batch, ...).
+
+        Rule: a tensor passes when every element has |a - e| <= atol + rtol*|e|, e being the
+        more precise side (b on a tie) and atol = atol_abs + atol_scale*max|e| of that tensor.
+        max rel is |a - e| / (|e| + atol/rtol): it does not blow up near zero, and
+        max rel <= rtol is exactly the pass rule. Tolerances depend on the precisions of both
+        sides (float64 pair: rtol 1e-9, atol 1e-9*max|e|; after-step parameters are judged in
+        units of lr; see README "Tolerances"). NaN or Inf on either side always fails.
+
+        Output is in forward-pass order (gradients in backward-pass order), so the first FAIL
+        is the first place to look. The last line reads
+          compared N, failed M, only-in-a X, only-in-b Y
+        Exit status 0 only when something was compared, M is 0, and no dataset is missing on
+        one side (unless --allow-missing); 1 on a mismatch; 2 on bad input.
+
+        Examples:
+          oracle diff --a fixtures/public_train_tiny.h5 --b ref
+          oracle diff --a ref80 --b ref --config tiny --seed 3
+          oracle diff --a mine.h5 --b theirs.h5 --json
+        """)
+
+    @Option(help: "Side a: ref, ref80, or an HDF5 file.") var a: String
+    @Option(help: "Side b: ref, ref80, or an HDF5 file.") var b: String
+    @OptionGroup var setup: SetupOptions
+    @Option(help: "Override the relative tolerance of every tensor.") var rtol: Double?
+    @Option(help: "Override the absolute tolerance of every tensor (drops the max|e| scale term).") var atol: Double?
+    @Flag(name: .customLong("allow-missing"), help: "Do not fail when a dataset is present on one side only.")
+    var allowMissing = false
+    @Flag(help: "Print the report as JSON.") var json = false
+    @Flag(help: "Print every tensor, not only the failing ones.") var verbose = false
+
+    func run() throws {
+        var o = DiffOptions()
+        o.config = try setup.modelConfig()
+        o.seed = setup.seed; o.batch = setup.batch; o.maskRatio = setup.maskRatio
+        o.sampleSteps = setup.sample; o.cfgScale = setup.cfgScale
+        o.rtol = rtol; o.atol = atol; o.allowMissing = allowMissing
+        let report = try reportingErrors { try DiffEngine.run(a: Side.parse(a), b: Side.parse(b), options: o) }
+        if json {
+            let d = try JSONSerialization.data(withJSONObject: report.json, options: [.prettyPrinted, .sortedKeys])
+            print(String(data: d, encoding: .utf8)!)
+        } else {
+            report.lines(verbose: verbose).forEach { print($0) }
+        }
+        if !report.passed { throw ExitCode(1) }
+    }
+}
