@@ -26,7 +26,10 @@ let package = Package(
         // The float64 truth: plain loops generic over `Real` (Double, Float80); no BLAS.
         .target(
             name: "SDDiTReference",
-            dependencies: ["SDDiTCore", .product(name: "RealModule", package: "swift-numerics")]),
+            dependencies: ["SDDiTCore", .product(name: "RealModule", package: "swift-numerics")],
+            // Generic code is specialized for Double / Float80 in its callers' modules too
+            // (without it every arithmetic op of a cross-module call goes through witness tables).
+            swiftSettings: [.unsafeFlags(["-cross-module-optimization"], .when(configuration: .release))]),
         // The SPEC §7 exchange layout ("sddit-oracle/1") over HDF5IO: load, validate, save.
         .target(name: "SDDiTExchange", dependencies: ["SDDiTCore", "SDDiTReference", "HDF5IO"]),
         .executableTarget(

@@ -11,6 +11,10 @@ public struct Parameters<T: RefScalar>: Sendable {
             return t
         }
         set { tensors[key] = newValue }
+        _modify {   // in place: `P[k].data[i] += x` must not copy the tensor
+            guard tensors[key] != nil else { preconditionFailure("missing parameter '\(key)'") }
+            yield &tensors[key]!
+        }
     }
 
     public func converted<U: RefScalar>(to: U.Type = U.self) -> Parameters<U> {
