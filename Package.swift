@@ -46,6 +46,9 @@ let package = Package(
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ]),
         .testTarget(
+            name: "OracleTests",
+            dependencies: ["SDDiTCore", "SDDiTReference", "SDDiTExchange", "HDF5IO", "oracle"]),
+        .testTarget(
             name: "HDF5IOTests",
             dependencies: ["HDF5IO"],
             // types.h5: an h5py-written file (see make_fixtures.py), so type coverage needs no Python.
