@@ -129,8 +129,8 @@ public struct ExchangeFile: Sendable {
         if let (i, y) = labels.enumerated().first(where: { $0.1 < 0 || $0.1 > cfg.numClasses }) {
             throw fail("/sampler/labels[\(i)] = \(y) is out of range 0...\(cfg.numClasses)")
         }
-        guard let s = datasets["sampler/sigmas"], s.shape.count == 1, s.shape[0] >= 2 else {
-            throw fail("/sampler/sigmas: expected a vector of N+1 >= 2 noise levels")
+        guard let s = datasets["sampler/sigmas"], s.shape.count == 1, s.shape[0] >= 3 else {
+            throw fail("/sampler/sigmas: expected a vector of N+1 noise levels with N >= 2 steps (SPEC §6 divides by N-1), found shape \(datasets["sampler/sigmas"]?.shape ?? [])")
         }
         return SamplerSetup(xInit: x, labels: labels, steps: s.shape[0] - 1, cfgScale: cfgScale)
     }

@@ -45,7 +45,7 @@ struct SetupOptions: ParsableArguments {
         _ = try modelConfig()
         if batch < 1 { throw ValidationError("--batch must be at least 1, found \(batch)") }
         if let r = maskRatio, !(r >= 0 && r < 1) { throw ValidationError("--mask-ratio must lie in [0, 1), found \(r)") }
-        if sample < 0 { throw ValidationError("--sample must be >= 0, found \(sample)") }
+        if sample < 0 || sample == 1 { throw ValidationError("--sample must be 0 (no sampler) or at least 2 steps, found \(sample)") }
     }
 }
 

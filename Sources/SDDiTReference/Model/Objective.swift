@@ -32,7 +32,11 @@ public struct MaskError: Error, CustomStringConvertible { public let description
 
 /// Visible token indices per sample, ascending (SPEC §2.4 Decision); every row must keep
 /// the same number V of visible tokens.
-public func visibleIndices(mask: [[Int]], tokens: Int) throws -> [[Int]] {
+public func visibleIndices(mask: [[Int]], tokens: Int, batch: Int? = nil) throws -> [[Int]] {
+    if let N = batch, mask.count != N {
+        throw MaskError(description: "mask has \(mask.count) rows, expected one per sample (N = \(N))")
+    }
+    guard !mask.isEmpty else { throw MaskError(description: "mask has no rows") }
     var keep: [[Int]] = []
     for (n, row) in mask.enumerated() {
         guard row.count == tokens else {
@@ -65,7 +69,7 @@ public enum Objective {
                                          inputs I: StepInputs<T>, gradients: Bool = true,
                                          recordActivations: Bool = true) throws -> ObjectiveResult<T> {
         let N = I.x0.shape[0], K = cfg.headOutDim, sd = T(cfg.sigmaData)
-        let keep = try visibleIndices(mask: I.mask, tokens: cfg.tokens)
+        let keep = try visibleIndices(mask: I.mask, tokens: cfg.tokens, batch: N)
         let V = keep[0].count
         var acts: Activations<T>? = recordActivations ? [:] : nil
 

@@ -3,6 +3,7 @@ import RealModule
 // EDM's deterministic Heun sampler (SPEC §6, Karras et al. 2022 Algorithm 2, S_churn = 0).
 public enum HeunSampler {
     /// sigma_i = (smax^(1/rho) + i/(N-1)(smin^(1/rho) - smax^(1/rho)))^rho, i < N; sigma_N = 0.
+    /// N = 1 (where i/(N-1) is 0/0) gives [smax, 0]; callers that take N from users require N >= 2.
     public static func sigmas<T: RefScalar>(steps N: Int, sigmaMin: T, sigmaMax: T, rho: T) -> [T] {
         let a = T.pow(sigmaMax, 1 / rho), b = T.pow(sigmaMin, 1 / rho)
         let s = (0..<N).map { i in T.pow(a + (N > 1 ? T(i) / T(N - 1) : 0) * (b - a), rho) }
@@ -14,7 +15,7 @@ public enum HeunSampler {
     public static func sample<T: RefScalar>(xInit: Tensor<T>, sigmas: [T],
                                             denoise: (Tensor<T>, T) -> Tensor<T>) -> [Tensor<T>] {
         var x = xInit, out: [Tensor<T>] = []
-        for i in 0..<(sigmas.count - 1) {
+        for i in 0..<max(sigmas.count - 1, 0) {
             let s0 = sigmas[i], s1 = sigmas[i + 1]
             let D0 = denoise(x, s0)
             var d = x

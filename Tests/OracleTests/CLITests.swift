@@ -1,0 +1,111 @@
+import Foundation
+import Testing
+import SDDiTCore
+import SDDiTExchange
+
+// The `oracle` executable as a user runs it: exit codes, the summary line, one-line errors.
+@Suite("oracle command line")
+struct CLITests {
+    @Test func helpListsCommands() throws {
+        let (code, out, _) = try runOracle(["--help"])
+        #expect(code == 0)
+        for cmd in ["diff", "dump", "info"] { #expect(out.contains(cmd), "--help does not mention \(cmd):\n\(out)") }
+        let (c2, diffHelp, _) = try runOracle(["diff", "--help"])
+        #expect(c2 == 0)
+        #expect(diffHelp.contains("compared N, failed M, only-in-a X, only-in-b Y"), "diff --help lacks the summary format")
+        #expect(diffHelp.contains("|a - e| <= atol + rtol*|e|"), "diff --help lacks the pass rule")
+    }
+
+    @Test(arguments: pytorchFixtures + ["golden_tiny.h5", "golden_tiny_ditinit.h5"])
+    func fixtureAgainstRefExitsZero(_ name: String) throws {
+        let (code, out, err) = try runOracle(["diff", "--a", fixture(name), "--b", "ref"])
+        let last = out.split(separator: "\n").last.map(String.init) ?? ""
+        #expect(code == 0, "\(name): exit \(code)\n\(out)\(err)")
+        #expect(last.hasPrefix("compared ") && last.hasSuffix(", failed 0, only-in-a 0, only-in-b 0"), "\(name): last line '\(last)'")
+    }
+
+    @Test func fileAgainstItselfAndPerturbed() throws {
+        let f = fixture("golden_tiny.h5")
+        let (c0, out0, _) = try runOracle(["diff", "--a", f, "--b", f])
+        #expect(c0 == 0, "a file against itself: \(out0)")
+        #expect(out0.contains("compared 3"), "a file against itself compares every dataset: \(out0.suffix(80))")
+        // perturb one gradient entry by 1e-6 relative
+        let dir = tempDir()
+        let src = try ExchangeFile.read(f)
+        var ds = src.datasets, ints: [String: ([Int64], [Int])] = [:]
+        for (k, v) in src.integers { ints[k] = (v, src.datasets[k]!.shape); ds[k] = nil }
+        ds["grads/blocks.1.mlp.fc1.weight"]!.values[17] *= 1 + 1e-6
+        let p = dir.appendingPathComponent("p.h5").path
+        try ExchangeWriter.write(p, config: src.config, datasets: ds, integers: ints, cfgScale: src.cfgScale)
+        let (c1, out1, _) = try runOracle(["diff", "--a", p, "--b", "ref"])
+        #expect(c1 == 1, "perturbed file: exit \(c1)")
+        #expect(out1.contains("FAIL grads/blocks.1.mlp.fc1.weight"), "perturbed tensor not named:\n\(out1)")
+        #expect(out1.contains("failed 1,"), "summary: \(out1.suffix(100))")
+        // --json is machine-readable and agrees
+        let (_, js, _) = try runOracle(["diff", "--a", p, "--b", "ref", "--json"])
+        let o = try JSONSerialization.jsonObject(with: Data(js.utf8)) as? [String: Any]
+        #expect(o?["failed"] as? Int == 1, "json failed count: \(String(describing: o?["failed"]))")
+    }
+
+    @Test func backendsAgainstEachOther() throws {
+        let (code, out, err) = try runOracle(["diff", "--a", "ref80", "--b", "ref", "--config", "tiny", "--seed", "4"])
+        #expect(code == 0, "ref80 vs ref: \(out)\(err)")
+        #expect(out.contains("only-in-a 0, only-in-b 0"))
+    }
+
+    @Test(arguments: [
+        (["diff", "--a", "/nonexistent/x.h5", "--b", "ref"], "x.h5"),
+        (["diff", "--a", "ref", "--b", "ref", "--config", "Q/9"], "unknown config"),
+        (["diff", "--a", "ref", "--b", "ref", "--mask-ratio", "1.5"], "mask-ratio"),
+        (["info", "/nonexistent/y.h5"], "y.h5"),
+        (["dump", "--backend", "nope", "--out", "/tmp/z.h5"], "unknown backend"),
+        (["dump", "--out", "/nonexistent-dir/z.h5"], "z.h5"),
+    ])
+    func badInputGivesOneLine(_ args: [String], _ mentions: String) throws {
+        let (code, out, err) = try runOracle(args)
+        #expect(code != 0, "\(args) exited 0")
+        let lines = err.split(separator: "\n").filter { !$0.isEmpty && !$0.hasPrefix("Usage") && !$0.hasPrefix("  See") }
+        #expect(lines.count == 1, "\(args): expected one error line, got:\n\(err)")
+        #expect(err.contains(mentions), "\(args): error does not mention '\(mentions)': \(err)")
+        #expect(!err.contains("Fatal error") && !err.contains("Stack dump"), "\(args) crashed: \(err)")
+        _ = out
+    }
+
+    @Test func notAnHDF5File() throws {
+        let dir = tempDir()
+        let p = dir.appendingPathComponent("text.h5")
+        try "hello".write(to: p, atomically: true, encoding: .utf8)
+        let (code, _, err) = try runOracle(["diff", "--a", p.path, "--b", "ref"])
+        #expect(code == 2, "exit \(code)")
+        #expect(err.contains("text.h5") && err.split(separator: "\n").count == 1, "error: \(err)")
+    }
+
+    @Test func dumpReadsBackAndPasses() throws {
+        let dir = tempDir()
+        let p = dir.appendingPathComponent("d.h5").path
+        let (c, out, err) = try runOracle(["dump", "--backend", "ref", "--config", "tiny", "--seed", "9", "--mask-ratio", "0.5",
+                                           "--batch", "3", "--sample", "3", "--out", p])
+        #expect(c == 0, "dump: \(out)\(err)")
+        let f = try ExchangeFile.read(p)
+        #expect(f.datasets["activations/student.enc.block.1"]?.shape == [3, 9, 32])
+        let (c2, out2, _) = try runOracle(["diff", "--a", p, "--b", "ref"])
+        #expect(c2 == 0, "dumped file vs ref:\n\(out2)")
+        // h5py reads the same values back, when Python with h5py is here.
+        let py = Process()
+        py.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        py.arguments = ["python3", "-c", """
+            import h5py, json, sys
+            f = h5py.File(sys.argv[1], 'r')
+            assert f.attrs['format'] == 'sddit-oracle/1'
+            print(json.loads(f.attrs['config'])['hidden_size'], repr(float(f['losses/total'][()])), f['inputs/mask'][()].sum())
+            """, p]
+        let pipe = Pipe(); py.standardOutput = pipe; py.standardError = Pipe()
+        try py.run(); py.waitUntilExit()
+        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        guard py.terminationStatus == 0 else { print("h5py read-back skipped (python3 with h5py not available)"); return }
+        let parts = text.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        #expect(parts.first == "32", "h5py config hidden_size: \(text)")
+        #expect(Double(parts[1]) == f.datasets["losses/total"]!.values[0], "h5py total loss \(parts[1]) vs \(f.datasets["losses/total"]!.values[0])")
+        #expect(Int(parts[2]) == 3 * 8, "h5py mask sum \(parts[2]), expected 3 samples x 8 hidden tokens")
+    }
+}
