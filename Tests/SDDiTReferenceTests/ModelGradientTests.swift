@@ -81,3 +81,18 @@ struct ModelGradientTests {
         }
     }
 }
+
+@Suite("Parameter counts")
+struct ParameterCountTests {
+    /// SD-DiT-XL/2's trained student (encoder + decoder + head) is "about 740.6M" in the
+    /// paper's appendix; the SPEC shapes give 739.73M. The paper rounds and may count a few
+    /// tensors differently (e.g. the frozen pos_embed), so 0.5% is the check.
+    @Test func xl2StudentNearPaper() {
+        let n = ModelConfig.xl2.parameterCounts
+        let rel = abs(Double(n.total) - 740.6e6) / 740.6e6
+        #expect(rel < 5e-3, "XL/2 student \(n.total) parameters, \(rel * 100)% from the paper's 740.6M")
+        #expect(n.total == n.encoder + n.decoder + n.head)
+        // the teacher is the student's encoder + head
+        #expect(ModelConfig.xl2.teacherParameters.reduce(0) { $0 + $1.count } == n.encoder + n.head)
+    }
+}
