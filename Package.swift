@@ -30,8 +30,16 @@ let package = Package(
             // Generic code is specialized for Double / Float80 in its callers' modules too
             // (without it every arithmetic op of a cross-module call goes through witness tables).
             swiftSettings: [.unsafeFlags(["-cross-module-optimization"], .when(configuration: .release))]),
+        // OpenBLAS (Debian: libopenblas-dev), for the fast path's sgemm.
+        .systemLibrary(
+            name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        // The float32 / mixed-precision fast path: OpenBLAS sgemm, fused loops, reused buffers.
+        .target(
+            name: "SDDiTFast",
+            dependencies: ["SDDiTCore", "COpenBLAS"],
+            swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
         // The SPEC §7 exchange layout ("sddit-oracle/1") over HDF5IO: load, validate, save.
-        .target(name: "SDDiTExchange", dependencies: ["SDDiTCore", "SDDiTReference", "HDF5IO"]),
+        .target(name: "SDDiTExchange", dependencies: ["SDDiTCore", "SDDiTReference", "SDDiTFast", "HDF5IO"]),
         .executableTarget(
             name: "oracle",
             dependencies: [

@@ -1,4 +1,5 @@
 import SDDiTCore
+import SDDiTFast
 import SDDiTReference
 
 /// The implementations `oracle` can run by name.
@@ -7,19 +8,34 @@ public enum Backend: String, CaseIterable, Sendable {
     case ref
     /// The same reference code in Float80 (x86 extended precision): checks the truth's rounding.
     case ref80
+    /// The float32 fast path (OpenBLAS).
+    case fast
+    /// The fast path under PyTorch's autocast policy with fp16 / bf16 matmuls.
+    case fastFP16 = "fast-fp16"
+    case fastBF16 = "fast-bf16"
+    /// Every stored tensor in fp16 / bf16.
+    case fastFP16Pure = "fast-fp16-pure"
+    case fastBF16Pure = "fast-bf16-pure"
 
-    public var precision: Precision { self == .ref ? .float64 : .float80 }
+    public var fastPrecision: FastPrecision? {
+        switch self {
+        case .ref, .ref80: return nil
+        case .fast: return .fp32
+        case .fastFP16: return .fp16
+        case .fastBF16: return .bf16
+        case .fastFP16Pure: return .pureFP16
+        case .fastBF16Pure: return .pureBF16
+        }
+    }
 
     public func run(_ setup: RunSetup) throws -> [String: NamedTensor] {
-        switch self {
-        case .ref: return try ReferenceBackend.run(setup, as: Double.self)
-        case .ref80:
-            #if arch(x86_64) || arch(i386)
-            return try ReferenceBackend.run(setup, as: Float80.self)
-            #else
-            throw ExchangeError("ref80: Float80 is not available on this architecture")
-            #endif
-        }
+        if let p = fastPrecision { return try FastBackend.run(setup.fastSetup, precision: p) }
+        if self == .ref { return try ReferenceBackend.run(setup, as: Double.self) }
+        #if arch(x86_64) || arch(i386)
+        return try ReferenceBackend.run(setup, as: Float80.self)
+        #else
+        throw ExchangeError("ref80: Float80 is not available on this architecture")
+        #endif
     }
 }
 
@@ -97,4 +113,18 @@ public func setupDatasets(_ s: RunSetup) -> (floats: [String: NamedTensor], ints
         i["sampler/labels"] = (sm.labels.map { Int64($0) }, [sm.labels.count])
     }
     return (f, i)
+}
+
+extension RunSetup {
+    /// The same setup in the fast path's terms.
+    public var fastSetup: FastBackend.Setup {
+        var f = FastBackend.Setup(config: config, student: student.tensors, teacher: teacher?.tensors)
+        if let I = inputs {
+            f.inputs = FastStepInputs(x0: I.x0.data, labels: I.labels, sigmaS: I.sigmaS, noiseS: I.noiseS.data,
+                                      noiseT: I.noiseT.data, mask: I.mask)
+            f.centerCls = I.centerCls.data; f.centerPatch = I.centerPatch.data
+        }
+        if let s = sampler { f.sampler = (s.xInit, s.labels, s.steps, s.cfgScale) }
+        return f
+    }
 }

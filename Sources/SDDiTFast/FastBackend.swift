@@ -1,0 +1,67 @@
+import Glibc
+import SDDiTCore
+
+/// The fast path as a backend: everything SPEC §7 records about one training step and one
+/// sampler run, computed in float32 (or a half-precision mode), reported as Double.
+public enum FastBackend {
+    public struct Setup {
+        public var config: ModelConfig
+        public var student: [String: Tensor<Double>]
+        public var teacher: [String: Tensor<Double>]?
+        public var inputs: FastStepInputs?
+        public var centerCls: [Double]?, centerPatch: [Double]?
+        public var sampler: (xInit: Tensor<Double>, labels: [Int], steps: Int, cfgScale: Double?)?
+        public init(config: ModelConfig, student: [String: Tensor<Double>], teacher: [String: Tensor<Double>]?) {
+            self.config = config; self.student = student; self.teacher = teacher
+        }
+    }
+
+    /// The sampler's noise levels (SPEC §6), computed in Double.
+    public static func sigmas(steps N: Int, sigmaMin: Double, sigmaMax: Double, rho: Double) -> [Double] {
+        let a = Glibc.pow(sigmaMax, 1 / rho), b = Glibc.pow(sigmaMin, 1 / rho)
+        return (0..<N).map { i in Glibc.pow(a + Double(i) / Double(max(N - 1, 1)) * (b - a), rho) } + [0]
+    }
+
+    /// MAE's 2-D sin-cos table in float32 (SPEC §2.2), for the check against a file's copy.
+    public static func sinCos(width W: Int, grid: Int, clsRow: Bool) -> [Float] {
+        let q = W / 4, off = clsRow ? 1 : 0
+        var out = [Float](repeating: 0, count: (grid * grid + off) * W)
+        for t in 0..<(grid * grid) { for half in 0..<2 { for kk in 0..<q {
+            let pos = Float(half == 0 ? t % grid : t / grid), w = powf(10000, -Float(kk) / Float(q))
+            out[(t + off) * W + half * 2 * q + kk] = sinf(pos * w)
+            out[(t + off) * W + half * 2 * q + q + kk] = cosf(pos * w)
+        } } }
+        return out
+    }
+
+    public static func run(_ s: Setup, precision: FastPrecision) throws -> [String: NamedTensor] {
+        let cfg = s.config, label = precision.label
+        var out: [String: NamedTensor] = [:]
+        func nt(_ shape: [Int], _ v: [Float]) -> NamedTensor { NamedTensor(shape: shape, values: v.map { Double($0) }, precision: label) }
+        out["params/pos_embed"] = nt([1, 1 + cfg.tokens, cfg.hiddenSize], sinCos(width: cfg.hiddenSize, grid: cfg.grid, clsRow: true))
+        out["params/decoder_pos_embed"] = nt([1, cfg.tokens, cfg.decoderHiddenSize], sinCos(width: cfg.decoderHiddenSize, grid: cfg.grid, clsRow: false))
+        if let I = s.inputs {
+            let m = FastModel(cfg, precision: precision, student: s.student, teacher: s.teacher,
+                              centerCls: s.centerCls, centerPatch: s.centerPatch)
+            m.record = true
+            let r = try m.trainStepFindingScale(I)
+            for (k, v) in m.activations { out["activations/" + k] = nt(v.shape, v.values) }
+            for (k, v) in r.losses { out["losses/" + k] = NamedTensor(shape: [], values: [v], precision: label) }
+            for (k, v) in m.gradients() { out["grads/" + k] = NamedTensor(shape: v.shape, values: v.data, precision: label) }
+            for (k, v) in m.parameters() { out["after_step/params/" + k] = NamedTensor(shape: v.shape, values: v.data, precision: label) }
+            for (k, v) in m.parameters(teacher: true) { out["after_step/teacher/" + k] = NamedTensor(shape: v.shape, values: v.data, precision: label) }
+            out["after_step/center_cls"] = nt([cfg.headOutDim], m.centerCls)
+            out["after_step/center_patch"] = nt([cfg.headOutDim], m.centerPatch)
+        }
+        if let sm = s.sampler {
+            let m = FastModel(cfg, precision: precision, student: s.student, teacher: nil)
+            let sig = sigmas(steps: sm.steps, sigmaMin: cfg.sigmaMin, sigmaMax: cfg.sigmaMax, rho: cfg.rho)
+            let traj = try m.sample(xInit: sm.xInit.data, labels: sm.labels, sigmas: sig, cfgScale: sm.cfgScale)
+            // the sampler keeps x and sigmas in float64; the network ran in `precision`
+            out["sampler/sigmas"] = NamedTensor(shape: [sig.count], values: sig, precision: .float64)
+            for (i, x) in traj.enumerated() { out["sampler/x.\(i)"] = NamedTensor(shape: sm.xInit.shape, values: x, precision: label) }
+            if let last = traj.last { out["sampler/out"] = NamedTensor(shape: sm.xInit.shape, values: last, precision: label) }
+        }
+        return out
+    }
+}

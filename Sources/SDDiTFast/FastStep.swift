@@ -1,0 +1,302 @@
+import Glibc
+import SDDiTCore
+
+/// The inputs of one training step (SPEC §7 /inputs), in Double as files hold them.
+public struct FastStepInputs: Sendable {
+    public var x0: [Double], labels: [Int], sigmaS: [Double], noiseS: [Double], noiseT: [Double]
+    /// [N][T], 1 = hidden
+    public var mask: [[Int]]
+    public init(x0: [Double], labels: [Int], sigmaS: [Double], noiseS: [Double], noiseT: [Double], mask: [[Int]]) {
+        self.x0 = x0; self.labels = labels; self.sigmaS = sigmaS; self.noiseS = noiseS; self.noiseT = noiseT; self.mask = mask
+    }
+}
+
+/// What one fast training step reports.
+public struct FastStepResult: Sendable {
+    public var losses: [String: Double]
+    /// A non-finite gradient was found after unscaling: GradScaler skipped the AdamW step.
+    public var skipped: Bool
+    public var lossScale: Float
+}
+
+extension FastModel {
+    /// Visible token lists from a mask (1 = hidden), ascending.
+    func keepLists(_ mask: [[Int]]) -> [[Int]] { mask.map { row in row.indices.filter { row[$0] == 0 } } }
+
+    /// One training step (SPEC §5): forward, losses, backward (with the loss scale), unscale,
+    /// AdamW unless a gradient is non-finite, EMA, centers. Inputs' centers are replaced by the model's.
+    /// One training step as a training loop runs it: GradScaler decides on the update.
+    public func trainStep(_ I: FastStepInputs, tauT: Double? = nil, emaBeta: Double? = nil) throws -> FastStepResult {
+        var r = try forwardBackward(I, tauT: tauT)
+        r.skipped = !scaler.update(foundNonFinite: r.skipped)
+        applyUpdate(step: !r.skipped, emaBeta: emaBeta)
+        return r
+    }
+
+    /// The step as `oracle diff` runs it: when the scaled gradients overflow, back off the
+    /// scale and redo the same step (GradScaler reaches the same scale over consecutive
+    /// skipped steps), at most `maxRetries` times; then update.
+    public func trainStepFindingScale(_ I: FastStepInputs, maxRetries: Int = 24) throws -> FastStepResult {
+        var r = try forwardBackward(I, tauT: nil)
+        var tries = 0
+        while r.skipped && scaler.enabled && tries < maxRetries {
+            _ = scaler.update(foundNonFinite: true)
+            r = try forwardBackward(I, tauT: nil)
+            tries += 1
+        }
+        r.skipped = !scaler.update(foundNonFinite: r.skipped)
+        applyUpdate(step: !r.skipped, emaBeta: nil)
+        return r
+    }
+
+    /// Forward, losses and backward with the current loss scale; gradients are unscaled.
+    /// `skipped` in the result reports a non-finite gradient (nothing is updated here).
+    public func forwardBackward(_ I: FastStepInputs, tauT: Double? = nil) throws -> FastStepResult {
+        let N = I.labels.count, C = cfg.inChannels, Hs = cfg.inputSize, K = cfg.headOutDim, D = cfg.hiddenSize
+        let per = C * Hs * Hs, Tn = cfg.tokens
+        let keep = keepLists(I.mask), V = keep[0].count
+        labelsForBackward = I.labels
+        activations = [:]
+        for g in grads.values { g.zero() }
+        // student view and EDM coefficients (Double)
+        let sd = cfg.sigmaData
+        let coef = I.sigmaS.map { s in EDMScalars(sigma: s, sigmaData: sd) }
+        let xIn = ws.get("student.x_in", [N, C, Hs, Hs])
+        var xS = [Double](repeating: 0, count: N * per)
+        for n in 0..<N { for i in 0..<per {
+            let j = n * per + i
+            let v: Double = I.x0[j] + I.sigmaS[n] * I.noiseS[j]
+            xS[j] = v
+            xIn.p[j] = Float(coef[n].cIn * v)
+        } }
+        if prec.isPure { prec.round(xIn.p, xIn.count) }
+        let enc = try encoder("student", student, xIn: xIn, cNoise: coef.map { $0.cNoise }, labels: I.labels, keep: keep)
+        let dec = try decoder(enc, student)
+        let F = ws.get("student.F", [N, C, Hs, Hs]), Dt = ws.get("student.D", [N, C, Hs, Hs])
+        unpatchify(dec.out, F)
+        for n in 0..<N { for i in 0..<per {
+            let j = n * per + i
+            let d: Double = coef[n].cSkip * xS[j] + coef[n].cOut * Double(F.p[j])
+            Dt.p[j] = Float(d)
+        } }
+        if prec.isPure { prec.round(Dt.p, Dt.count) }
+        try out(ActivationName.D, "D = c_skip x + c_out F", Dt, [(ActivationName.F, F)])
+        remember(ActivationName.F, F); remember(ActivationName.D, Dt)
+        // EDM loss: lambda in float32 (autocast) or the half type (pure)
+        let lam: [Float] = coef.map { c in prec.isPure ? prec.round(Float(c.lambda)) : Float(c.lambda) }
+        var LG = 0.0
+        for n in 0..<N { for i in 0..<per {
+            let e: Float = Dt.p[n * per + i] - Float(I.x0[n * per + i])
+            let w: Float = lam[n] * e * e
+            LG += Double(w)
+        } }
+        LG /= Double(N * per)
+        // heads
+        let encOut = enc.h[cfg.depth]
+        let sHead = try head("student", student, encOut)                 // [N(1+V), K]
+        let xT = ws.get("teacher.x_in", [N, C, Hs, Hs])
+        let sT = cfg.teacherSigma, cInT = 1 / (sT * sT + sd * sd).squareRoot()
+        for j in 0..<(N * per) { xT.p[j] = Float(cInT * (I.x0[j] + sT * I.noiseT[j])) }
+        if prec.isPure { prec.round(xT.p, xT.count) }
+        let all = Array(repeating: Array(0..<Tn), count: N)
+        let tEnc = try encoder("teacher", teacher, xIn: xT, cNoise: Array(repeating: Glibc.log(sT) / 4, count: N), labels: I.labels, keep: all)
+        let tSel = ws.get("teacher.head.in", [N, 1 + V, D])
+        let tOut = tEnc.h[cfg.depth]
+        for n in 0..<N {
+            (tSel.p + n * (1 + V) * D).update(from: tOut.p + n * (1 + Tn) * D, count: D)
+            for (v, t) in keep[n].enumerated() {
+                (tSel.p + (n * (1 + V) + 1 + v) * D).update(from: tOut.p + (n * (1 + Tn) + 1 + t) * D, count: D)
+            }
+        }
+        let tHead = try head("teacher", teacher, tSel)
+        if record {
+            func split(_ h: HeadState) -> ([Float], [Float]) {
+                var c = [Float](), p = [Float]()
+                for n in 0..<N {
+                    c += UnsafeBufferPointer(start: h.out.p + n * (1 + V) * K, count: K)
+                    p += UnsafeBufferPointer(start: h.out.p + (n * (1 + V) + 1) * K, count: V * K)
+                }
+                return (c, p)
+            }
+            let (sc, sp) = split(sHead), (tc, tp) = split(tHead)
+            activations[ActivationName.headCls] = ([N, K], sc); activations[ActivationName.headPatch] = ([N, V, K], sp)
+            activations[ActivationName.teacherHeadCls] = ([N, K], tc); activations[ActivationName.teacherHeadPatch] = ([N, V, K], tp)
+        }
+        // DINO cross-entropy per row (float32 softmax / log-softmax, Double sums), and its gradient
+        let tauS = Float(cfg.tauS), tT = Float(tauT ?? cfg.tauT), scale = scaler.scale
+        let dHead = ws.get("d.student.head.out", [N * (1 + V), K])
+        var Lcls = 0.0, Lpatch = 0.0
+        var newCls = [Double](repeating: 0, count: K), newPatch = [Double](repeating: 0, count: K)
+        let q = ws.get("dino.q", [K]), ps = ws.get("dino.p", [K])
+        for r in 0..<(N * (1 + V)) {
+            let isCls = r % (1 + V) == 0
+            let center = isCls ? centerCls : centerPatch
+            let t = tHead.out.p + r * K, s = sHead.out.p + r * K
+            var mt = -Float.infinity, ms = -Float.infinity
+            for j in 0..<K { q.p[j] = (t[j] - center[j]) / tT; mt = max(mt, q.p[j]); ps.p[j] = s[j] / tauS; ms = max(ms, ps.p[j]) }
+            var zt: Float = 0, zs: Float = 0
+            for j in 0..<K { q.p[j] = expf(q.p[j] - mt); zt += q.p[j]; zs += expf(ps.p[j] - ms) }
+            let lse = ms + logf(zs)
+            var h = 0.0
+            for j in 0..<K { q.p[j] /= zt; h -= Double(q.p[j] * (ps.p[j] - lse)) }
+            let rows = Float(isCls ? N : N * V)
+            for j in 0..<K {
+                let pj = expf(ps.p[j] - lse)
+                dHead.p[r * K + j] = scale * (pj - q.p[j]) / (tauS * rows)
+            }
+            if isCls { Lcls += h / Double(N) } else { Lpatch += h / Double(N * V) }
+            for j in 0..<K { if isCls { newCls[j] += Double(t[j]) } else { newPatch[j] += Double(t[j]) } }
+        }
+        let total = LG + Lcls + Lpatch
+        let losses = [LossName.generative: LG, LossName.disCls: Lcls, LossName.disPatch: Lpatch, LossName.total: total]
+        if monitor.anomaly, !total.isFinite {
+            let bad = [LossName.generative: LG, LossName.disCls: Lcls, LossName.disPatch: Lpatch].first { !$0.value.isFinite }!
+            throw NonFiniteError(tensor: "loss." + bad.key, operation: bad.key == LossName.generative
+                                    ? "lambda(sigma) (D - x0)^2, lambda in \(prec.isPure ? "the half type" : "float32")" : "DINO cross-entropy",
+                                 index: [], shape: [], value: Float(bad.value),
+                                 inputs: [("lambda", lam.map(abs).max() ?? 0), ("sigma_min of batch", Float(I.sigmaS.min() ?? 0))])
+        }
+        // backward (everything scaled by the loss scale)
+        try gradOut(ActivationName.headCls + "+patch", "DINO cross-entropy", dHead)
+        let dEnc = try headBackward("student", student, sHead, dOut: dHead)          // [N(1+V), D]
+        let dD = ws.get("d.student.D", [N, C, Hs, Hs]), dOut = ws.get("d.student.final", [N, Tn, cfg.patchDim])
+        let numel = Float(N * per)
+        for n in 0..<N { for i in 0..<per {
+            let j = n * per + i
+            let e: Float = Dt.p[j] - Float(I.x0[j])
+            let g: Float = scale * 2 * lam[n] * e / numel
+            dD.p[j] = g * Float(coef[n].cOut)
+        } }
+        try gradOut(ActivationName.F, "EDM loss x c_out", dD)
+        unpatchify(dOut, dD, inverse: true)
+        let dsiluC = ws.get("d.student.siluC", [N, D], zero: true)
+        let dH = try decoderBackward(enc, dec, student, dOut: dOut, dsiluC: dsiluC)
+        // decoder input: visible positions to the encoder output, hidden ones to the tokens
+        let dEncAll = ws.get("d.student.enc.out", [N, 1 + V, D])
+        dEncAll.p.update(from: dEnc.p, count: dEnc.count)
+        let dTokens = ws.get("d.student.tokens", [N, Tn, D])
+        dTokens.p.update(from: dH.p, count: dH.count)
+        for n in 0..<N { for (v, t) in keep[n].enumerated() { for i in 0..<D {
+            dEncAll.p[(n * (1 + V) + 1 + v) * D + i] += dH.p[(n * Tn + t) * D + i]
+            dTokens.p[(n * Tn + t) * D + i] = 0
+        } } }
+        try encoderBackward(enc, student, dEnc: dEncAll, dTokens: dTokens, dsiluC: dsiluC)
+        // unscale, check, step
+        var found = false
+        for (key, g) in grads {
+            for i in 0..<g.count { g.p[i] /= scale }
+            if prec.isPure { prec.round(g.p, g.count) }
+            if !found, (0..<g.count).contains(where: { !g.p[$0].isFinite }) {
+                found = true
+                if monitor.anomaly {
+                    let i = (0..<g.count).first { !g.p[$0].isFinite }!
+                    throw NonFiniteError(tensor: "grad." + key, operation: "parameter gradient (unscaled by \(scale))",
+                                         index: unravel(i, g.shape), shape: g.shape, value: g.p[i], inputs: [])
+                }
+            }
+        }
+        pendingCenters = (newCls.map { Float($0 / Double(N)) }, newPatch.map { Float($0 / Double(N * V)) })
+        return FastStepResult(losses: losses, skipped: found, lossScale: scale)
+    }
+
+    /// AdamW (when `step`), EMA, and the center update with this step's teacher outputs.
+    func applyUpdate(step: Bool, emaBeta: Double?) {
+        if step { adamW() }
+        ema(Float(emaBeta ?? cfg.emaBeta))
+        let m = Float(cfg.centerMomentum)
+        for j in 0..<cfg.headOutDim {
+            centerCls[j] = m * centerCls[j] + (1 - m) * pendingCenters.cls[j]
+            centerPatch[j] = m * centerPatch[j] + (1 - m) * pendingCenters.patch[j]
+        }
+    }
+
+    /// PyTorch's AdamW in float32.
+    func adamW() {
+        adamStep += 1
+        let lr = Float(cfg.lr), b1 = Float(cfg.adamBeta1), b2 = Float(cfg.adamBeta2), eps = Float(cfg.adamEps), wd = Float(cfg.weightDecay)
+        let bc1 = 1 - powf(b1, Float(adamStep)), bc2 = (1 - powf(b2, Float(adamStep))).squareRoot()
+        for (key, g) in grads {
+            let p = student[key]!, m = adamM[key]!, v = adamV[key]!
+            for i in 0..<g.count {
+                p.p[i] *= 1 - lr * wd
+                m.p[i] = b1 * m.p[i] + (1 - b1) * g.p[i]
+                v.p[i] = b2 * v.p[i] + (1 - b2) * g.p[i] * g.p[i]
+                p.p[i] -= lr / bc1 * m.p[i] / (v.p[i].squareRoot() / bc2 + eps)
+            }
+            if prec.isPure { prec.round(p.p, p.count) }
+        }
+    }
+
+    /// teacher <- beta teacher + (1 - beta) student (encoder + head keys).
+    func ema(_ beta: Float) {
+        for (key, t) in teacher {
+            let s = student[key]!
+            for i in 0..<t.count { t.p[i] = beta * t.p[i] + (1 - beta) * s.p[i] }
+            if prec.isPure { prec.round(t.p, t.count) }
+        }
+    }
+
+    /// D(x; sigma, y) with every token visible; x, sigma and D in Double (EDM keeps the
+    /// sampler's state in float64), the network in float32 / the chosen mode.
+    public func denoise(_ x: [Double], sigma: Double, labels: [Int]) throws -> [Double] {
+        let N = labels.count, C = cfg.inChannels, Hs = cfg.inputSize, per = C * Hs * Hs, sd = cfg.sigmaData
+        let e = EDMScalars(sigma: sigma, sigmaData: sd)
+        let cSkip = e.cSkip, cOut = e.cOut, cIn = e.cIn
+        let xIn = ws.get("student.x_in", [N, C, Hs, Hs])
+        for j in 0..<(N * per) { xIn.p[j] = Float(cIn * x[j]) }
+        if prec.isPure { prec.round(xIn.p, xIn.count) }
+        let saved = record; record = false; defer { record = saved }
+        let all = Array(repeating: Array(0..<cfg.tokens), count: N)
+        let enc = try encoder("student", student, xIn: xIn, cNoise: Array(repeating: Glibc.log(sigma) / 4, count: N), labels: labels, keep: all)
+        let dec = try decoder(enc, student)
+        let F = ws.get("student.F", [N, C, Hs, Hs])
+        unpatchify(dec.out, F)
+        return (0..<(N * per)).map { cSkip * x[$0] + cOut * Double(F.p[$0]) }
+    }
+
+    /// The Heun sampler (SPEC §6) with optional guidance; returns x after every step.
+    public func sample(xInit: [Double], labels: [Int], sigmas: [Double], cfgScale: Double?) throws -> [[Double]] {
+        let N = labels.count
+        func Dw(_ x: [Double], _ s: Double) throws -> [Double] {
+            let d = try denoise(x, sigma: s, labels: labels)
+            guard let w = cfgScale else { return d }
+            let d0 = try denoise(x, sigma: s, labels: Array(repeating: cfg.numClasses, count: N))
+            return (0..<d.count).map { d0[$0] + w * (d[$0] - d0[$0]) }
+        }
+        var x = xInit, outs: [[Double]] = []
+        for i in 0..<(sigmas.count - 1) {
+            let s0 = sigmas[i], s1 = sigmas[i + 1]
+            let D0 = try Dw(x, s0)
+            let d = (0..<x.count).map { (x[$0] - D0[$0]) / s0 }
+            var xn = (0..<x.count).map { x[$0] + (s1 - s0) * d[$0] }
+            if s1 != 0 {
+                let D1 = try Dw(xn, s1)
+                xn = (0..<x.count).map { j in x[j] + (s1 - s0) * (d[j] + (xn[j] - D1[j]) / s1) / 2 }
+            }
+            x = xn
+            outs.append(x)
+        }
+        return outs
+    }
+
+    /// Current parameters as Double tensors (student or teacher).
+    public func parameters(teacher useTeacher: Bool = false) -> [String: Tensor<Double>] {
+        (useTeacher ? teacher : student).mapValues { Tensor(shape: $0.shape, data: $0.array().map { Double($0) }) }
+    }
+    public func gradients() -> [String: Tensor<Double>] {
+        grads.mapValues { Tensor(shape: $0.shape, data: $0.array().map { Double($0) }) }
+    }
+}
+
+/// EDM's preconditioning scalars in Double (SPEC §3-4).
+struct EDMScalars {
+    let cSkip: Double, cOut: Double, cIn: Double, cNoise: Double, lambda: Double
+    init(sigma s: Double, sigmaData sd: Double) {
+        let s2: Double = s * s + sd * sd
+        cSkip = sd * sd / s2
+        cOut = s * sd / s2.squareRoot()
+        cIn = 1 / s2.squareRoot()
+        cNoise = Glibc.log(s) / 4
+        lambda = s2 / ((s * sd) * (s * sd))
+    }
+}
