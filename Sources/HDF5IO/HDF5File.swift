@@ -113,6 +113,10 @@ public final class HDF5File: @unchecked Sendable {
 
     /// Opens an existing file read-only. Throws a clear error for a missing file, a
     /// directory, an empty, non-HDF5 or truncated file.
+    /// Whether `open` first reads the whole file in a forked child (default on): a corrupt
+    /// file that crashes the HDF5 C library then yields an error instead of a signal.
+    nonisolated(unsafe) public static var isolateReads = true
+
     public static func open(_ path: String) throws -> HDF5File {
         try withHDF5 {
             func fail(_ msg: String, detail: Bool = false) -> HDF5Error { fileError(path, nil, msg, detail: detail) }
@@ -129,6 +133,15 @@ public final class HDF5File: @unchecked Sendable {
             let isHDF5 = H5Fis_hdf5(path)
             if isHDF5 == 0 { throw fail("not an HDF5 file (no HDF5 signature found; \(sizeText))") }
             if isHDF5 < 0 { throw fail("cannot read file", detail: true) }
+
+            if isolateReads {
+                // A corrupt file can crash the HDF5 library itself: read it whole in a forked
+                // child first (our lock is held, so no other thread is inside HDF5).
+                let r = sd_probe_isolated(path, Double(ProcessInfo.processInfo.physicalMemory) / 2, 120)
+                if r < 0 && r != -1000 {
+                    throw fail("corrupt HDF5 file: reading it crashed the HDF5 library (signal \(-r)) in an isolated child process; \(sizeText)")
+                }
+            }
 
             let fapl = sd_make_fapl(0)
             guard fapl >= 0 else { throw fail("cannot create file-access property list", detail: true) }
@@ -258,6 +271,7 @@ public final class HDF5File: @unchecked Sendable {
                 guard !overflow else { throw error(p, "shape \(shape) is too large") }
                 count = c
             }
+            try checkPlausibleSize(did, p, shape: shape, count: count)
 
             func readAll<T>(_ memType: hid_t, _ zero: T) throws -> [T] {
                 var buf = [T](repeating: zero, count: count)
@@ -281,6 +295,31 @@ public final class HDF5File: @unchecked Sendable {
                 let values = try readAll(sd_H5T_NATIVE_INT64(), Int64(0))
                 return HDF5Dataset(shape: shape, elementType: type, doubles: values.map { Double($0) }, ints: values)
             }
+        }
+    }
+
+    /// A corrupt header can claim any shape: refuse before allocating when the claim exceeds
+    /// half the machine's memory, or when an unfiltered dataset stores fewer bytes than its
+    /// shape needs (truncated data).
+    private func checkPlausibleSize(_ did: hid_t, _ p: String, shape: [Int], count: Int) throws {
+        let (bytes, overflow) = count.multipliedReportingOverflow(by: 8)
+        let memory = Double(ProcessInfo.processInfo.physicalMemory)
+        if overflow || Double(bytes) > memory / 2 {
+            throw error(p, String(format: "shape %@ claims %d elements (%.3g GiB), more than half this machine's memory: corrupt or too large",
+                                  "\(shape)", count, Double(count) * 8 / 1073741824))
+        }
+        guard count > 0 else { return }
+        let plist = H5Dget_create_plist(did)
+        guard plist >= 0 else { return }
+        defer { H5Pclose(plist) }
+        guard H5Pget_nfilters(plist) == 0 else { return }   // compressed: stored size may be anything
+        let tid = H5Dget_type(did)
+        guard tid >= 0 else { return }
+        defer { H5Tclose(tid) }
+        let need = UInt64(count) * UInt64(H5Tget_size(tid))
+        let stored = UInt64(H5Dget_storage_size(did))
+        if H5Dget_space_status_allocated(did) != 0 && stored < need {
+            throw error(p, "shape \(shape) needs \(need) bytes but the file stores \(stored): truncated or corrupt")
         }
     }
 

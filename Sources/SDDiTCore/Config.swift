@@ -123,7 +123,12 @@ extension ModelConfig {
                  "hidden_size \(hiddenSize) must be a multiple of 4 for the 2-D sin-cos embedding")
         try need(decoderHiddenSize % 4 == 0,
                  "decoder_hidden_size \(decoderHiddenSize) must be a multiple of 4 for the 2-D sin-cos embedding")
-        try need(mlpRatio > 0 && mlpHidden > 0, "mlp_ratio \(mlpRatio) gives an empty MLP")
+        try need(mlpRatio > 0 && mlpRatio <= 64 && mlpHidden > 0, "mlp_ratio \(mlpRatio) must lie in (0, 64] and give a non-empty MLP")
+        for (k, v) in [("input_size", inputSize), ("hidden_size", hiddenSize), ("decoder_hidden_size", decoderHiddenSize),
+                       ("head_hidden_dim", headHiddenDim), ("head_out_dim", headOutDim), ("num_classes", numClasses),
+                       ("depth", depth), ("decoder_depth", decoderDepth), ("in_channels", inChannels)] {
+            try need(v <= 1 << 20, "\(k) = \(v) is absurdly large (limit 2^20)")
+        }
         for (k, v) in [("sigma_data", sigmaData), ("sigma_min", sigmaMin), ("sigma_max", sigmaMax),
                        ("tau_s", tauS), ("tau_t", tauT), ("rho", rho)] {
             try need(v > 0 && v.isFinite, "\(k) must be positive and finite, found \(v)")
@@ -138,6 +143,31 @@ extension ModelConfig {
             try need(v >= 0 && v <= 1, "\(k) must lie in [0, 1], found \(v)")
         }
         try need(adamEps > 0, "adam_eps must be positive, found \(adamEps)")
+    }
+}
+
+// MARK: - Memory (checked before anything is allocated)
+
+extension ModelConfig {
+    /// Bytes one float64 training step of the reference needs, roughly: student, teacher,
+    /// gradients and Adam moments (5 copies of the parameters) plus the activations kept for
+    /// backward (about 40 tensors of [N, tokens, width] per block, the attention maps, the head).
+    public func estimatedStepBytes(batch N: Int) -> Double {
+        let params = Double(parameterCounts.total)
+        let T = Double(tokens + 1)
+        let enc = Double(depth) * (40 * T * Double(hiddenSize) + 2 * Double(numHeads) * T * T)
+        let dec = Double(decoderDepth) * (40 * T * Double(decoderHiddenSize) + 2 * Double(decoderNumHeads) * T * T)
+        let head = 2 * T * (4 * Double(headHiddenDim) + 3 * Double(headOutDim))
+        return 8 * (5 * params + Double(N) * (2 * enc + dec + head))
+    }
+
+    /// Throws when a step would need more memory than the machine has (said before allocating).
+    public func checkMemory(batch: Int, available: Double) throws {
+        let need = estimatedStepBytes(batch: batch)
+        if need > 0.8 * available || !need.isFinite {
+            throw ConfigError(String(format: "config: a training step at batch %d needs about %.1f GiB (%d parameters), more than this machine's %.1f GiB; refusing before allocating",
+                                     batch, need / 1073741824, parameterCounts.total, available / 1073741824))
+        }
     }
 }
 

@@ -36,7 +36,10 @@ public struct ExchangeFile: Sendable {
         }
         guard let json = try f.stringAttribute("config") else { throw fail("root attribute 'config' (JSON) is missing") }
         let cfg: ModelConfig
-        do { cfg = try ModelConfig(json: json) } catch { throw fail("\(error)") }
+        do {
+            cfg = try ModelConfig(json: json)
+            try cfg.checkMemory(batch: 1, available: Double(ProcessInfo.processInfo.physicalMemory))
+        } catch { throw fail("\(error)") }
         var ds: [String: NamedTensor] = [:], ints: [String: [Int64]] = [:]
         for p in try f.datasetPaths() {
             let d: HDF5Dataset

@@ -7,12 +7,12 @@ import SDDiTReference
 public enum ExchangeWriter {
     public static func write(_ path: String, config: ModelConfig, configExtra: [String: Any] = [:],
                              datasets: [String: NamedTensor], integers: [String: ([Int64], [Int])] = [:],
-                             cfgScale: Double? = nil) throws {
+                             cfgScale: Double? = nil, rawConfigJSON: String? = nil) throws {
         let f: HDF5File
         do { f = try HDF5File.create(path) } catch { throw ExchangeError("\(error)") }
         do {
             try f.setStringAttribute("format", exchangeFormat)
-            try f.setStringAttribute("config", config.jsonString(extra: configExtra))
+            try f.setStringAttribute("config", rawConfigJSON ?? config.jsonString(extra: configExtra))
             for p in DatasetOrder.sorted(Array(datasets.keys), config) {
                 let d = datasets[p]!
                 switch d.precision {

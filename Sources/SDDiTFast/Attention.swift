@@ -4,36 +4,59 @@ import Glibc
 // Multi-head attention core with sgemm per (sample, head): S = q k^T / sqrt(hd) (stored in
 // P's buffer, checked, then softmax in place in float32), out = P v. qkv [N, L, 3W] in
 // PyTorch's (3, heads, hd) split; out [N, L, W]; P [N, H, L, L] kept for backward.
+// The (sample, head) pairs are split between the BLAS threads, each running its sgemm calls
+// single-threaded (small matrices: one core per product beats two on each); every pair's
+// arithmetic is the same whichever worker does it.
 extension Kernels {
+    /// Per-worker scratch names for half-mode gemm operand copies and the backward's dS,
+    /// created before the parallel region (the workspace is not thread-safe to grow).
+    func attentionScratch(L: Int, hd: Int, workers: Int) -> [String] {
+        let n = Swift.max(L * L, L * hd, hd * hd)
+        return (0..<Swift.max(workers, 1)).map { w in
+            let name = "attn.w\(w)"
+            if prec.isHalf { for s in [".a", ".b", ".c"] { _ = ws.get(name + s, [n]) } }
+            _ = ws.get(name + ".dS", [L, L])
+            return name
+        }
+    }
+
     func attentionLogits(_ qkv: FT, heads H: Int, _ P: FT) {
         let N = qkv.shape[0], L = qkv.shape[1], W = qkv.last / 3, hd = W / H
         let scale = 1 / Float(hd).squareRoot()
-        for n in 0..<N { for h in 0..<H {
-            let q = qkv.p + n * L * 3 * W + h * hd, k = q + W
-            gemm(false, true, L, L, hd, scale, q, 3 * W, k, 3 * W, P.p + (n * H + h) * L * L, L, accumulate: false)
-        } }
+        let names = attentionScratch(L: L, hd: hd, workers: blasThreads())
+        parallelTasks(N * H) { w, lo, hi in
+            for t in lo..<hi {
+                let n = t / H, h = t % H
+                let q = qkv.p + n * L * 3 * W + h * hd, k = q + W
+                gemm(false, true, L, L, hd, scale, q, 3 * W, k, 3 * W, P.p + (n * H + h) * L * L, L, accumulate: false, scratch: names[w])
+            }
+        }
     }
 
     /// Row softmax in float32, in place (the probabilities are rounded again as PV operands).
     func softmaxRows(_ P: FT) {
-        let L = P.last
-        for r in 0..<P.rows {
-            let row = P.p + r * L
-            var m = -Float.infinity
-            for j in 0..<L { m = max(m, row[j]) }
-            var z: Float = 0
-            for j in 0..<L { let e = expf(row[j] - m); row[j] = e; z += e }
-            let inv = 1 / z
-            for j in 0..<L { row[j] *= inv }
+        let L = P.last, p = P.p
+        parallelRanges(P.rows, minPerThread: 64) { lo, hi in
+            for r in lo..<hi {
+                let row = p + r * L
+                let m = vmax(row, L)
+                for j in 0..<L { row[j] = vexp(row[j] - m) }
+                let inv = 1 / vsum(row, L)
+                for j in 0..<L { row[j] *= inv }
+            }
         }
     }
 
     func attentionOutput(_ qkv: FT, heads H: Int, _ P: FT, _ out: FT) {
         let N = qkv.shape[0], L = qkv.shape[1], W = qkv.last / 3, hd = W / H
-        for n in 0..<N { for h in 0..<H {
-            let v = qkv.p + n * L * 3 * W + 2 * W + h * hd
-            gemm(false, false, L, hd, L, 1, P.p + (n * H + h) * L * L, L, v, 3 * W, out.p + n * L * W + h * hd, W, accumulate: false)
-        } }
+        let names = attentionScratch(L: L, hd: hd, workers: blasThreads())
+        parallelTasks(N * H) { w, lo, hi in
+            for t in lo..<hi {
+                let n = t / H, h = t % H
+                let v = qkv.p + n * L * 3 * W + 2 * W + h * hd
+                gemm(false, false, L, hd, L, 1, P.p + (n * H + h) * L * L, L, v, 3 * W, out.p + n * L * W + h * hd, W, accumulate: false, scratch: names[w])
+            }
+        }
     }
 
     /// dv = P^T dO; dP = dO v^T; dS = P (dP - rowsum(dP P)); dq = dS k / sqrt(hd); dk = dS^T q / sqrt(hd).
@@ -42,21 +65,26 @@ extension Kernels {
         let N = qkv.shape[0], L = qkv.shape[1], W = qkv.last / 3, hd = W / H
         let scale = 1 / Float(hd).squareRoot()
         dqkv.zero()
-        let dS = ws.get("attn.dS", [L, L])
-        for n in 0..<N { for h in 0..<H {
-            let base = n * L * 3 * W + h * hd
-            let q = qkv.p + base, k = q + W, v = q + 2 * W
-            let dq = dqkv.p + base, dk = dq + W, dv = dq + 2 * W
-            let dO = dout.p + n * L * W + h * hd, p = P.p + (n * H + h) * L * L
-            gemm(true, false, L, hd, L, 1, p, L, dO, W, dv, 3 * W, accumulate: true)
-            gemm(false, true, L, L, hd, 1, dO, W, v, 3 * W, dS.p, L, accumulate: false)
-            for i in 0..<L {
-                var dot: Float = 0
-                for j in 0..<L { dot += dS.p[i * L + j] * p[i * L + j] }
-                for j in 0..<L { dS.p[i * L + j] = p[i * L + j] * (dS.p[i * L + j] - dot) }
+        let names = attentionScratch(L: L, hd: hd, workers: blasThreads())
+        let dSs = names.map { ws.get($0 + ".dS", [L, L]) }
+        parallelTasks(N * H) { w, lo, hi in
+            let dS = dSs[w]
+            for t in lo..<hi {
+                let n = t / H, h = t % H
+                let base = n * L * 3 * W + h * hd
+                let q = qkv.p + base, k = q + W, v = q + 2 * W
+                let dq = dqkv.p + base, dk = dq + W, dv = dq + 2 * W
+                let dO = dout.p + n * L * W + h * hd, p = P.p + (n * H + h) * L * L
+                gemm(true, false, L, hd, L, 1, p, L, dO, W, dv, 3 * W, accumulate: true, scratch: names[w])
+                gemm(false, true, L, L, hd, 1, dO, W, v, 3 * W, dS.p, L, accumulate: false, scratch: names[w])
+                for i in 0..<L {
+                    let ds = dS.p + i * L, pr = p + i * L
+                    let dot = vdot(ds, pr, L)
+                    for j in 0..<L { ds[j] = pr[j] * (ds[j] - dot) }
+                }
+                gemm(false, false, L, hd, L, scale, dS.p, L, k, 3 * W, dq, 3 * W, accumulate: true, scratch: names[w])
+                gemm(true, false, L, hd, L, scale, dS.p, L, q, 3 * W, dk, 3 * W, accumulate: true, scratch: names[w])
             }
-            gemm(false, false, L, hd, L, scale, dS.p, L, k, 3 * W, dq, 3 * W, accumulate: true)
-            gemm(true, false, L, hd, L, scale, dS.p, L, q, 3 * W, dk, 3 * W, accumulate: true)
-        } }
+        }
     }
 }

@@ -3,8 +3,8 @@ import SDDiTCore
 
 // Backward of the fast model: the forward read bottom-up, gradients added into `grads`.
 extension FastModel {
-    func gradOut(_ name: String, _ op: String, _ t: FT) throws {
-        try out("d " + name, op + " (backward)", t, [])
+    func gradOut(_ name: String, _ op: String, _ t: FT, inputs: [(String, FT)] = []) throws {
+        try out("d " + name, op + " (backward)", t, inputs)
     }
 
     /// Backward of `block`; returns dx; adds into dsiluC and the block's parameter gradients.
@@ -59,6 +59,7 @@ extension FastModel {
         let du = ws.get("d." + pre + ".head.u", [R, B], zero: true)
         let dw = ws.get("d." + pre + ".head.wn", [K, B], zero: true)
         k.linearBackward(dOut, s.u, s.w, dx: du, dw: dw, db: nil)
+        try gradOut(pre + ".head.normalized", "weight-normalized last layer", du, inputs: [("d head.out", dOut)])
         // weight norm: dv = g/||v|| (dw - vhat (vhat . dw))
         let v = P["head.last_layer.weight_v"]!, gg = P["head.last_layer.weight_g"]!, dv = g["head.last_layer.weight_v"]!
         for kk in 0..<K {
@@ -99,7 +100,7 @@ extension FastModel {
         let N = e.tokens.shape[0], Tn = cfg.tokens, D = cfg.hiddenSize, Dd = cfg.decoderHiddenSize, g = grads
         let dmF = ws.get("d.student.final.norm", [N, Tn, Dd], zero: true)
         k.linearBackward(dOut, d.mF, P["final_layer.linear.weight"]!, dx: dmF, dw: g["final_layer.linear.weight"], db: g["final_layer.linear.bias"])
-        try gradOut("student.final.norm", "final_layer Linear", dmF)
+        try gradOut("student.final.norm", "final_layer Linear", dmF, inputs: [("d student.final (dL/dF, scaled)", dOut)])
         let dmodF = ws.get("d.student.final.mod", [N, 2 * Dd], zero: true)
         var dz = ws.get("d.student.final.z", [N, Tn, Dd], zero: true)
         k.lnModulateBackward(dmF, d.z[cfg.decoderDepth], d.modF, shiftChunk: 0, scaleChunk: 1, chunks: 2, mean: d.meanF, rstd: d.rstdF, dx: dz, dmod: dmodF)

@@ -53,6 +53,27 @@ public final class FastModel {
         for spec in cfg.teacherParameters { teacher[spec.key] = load("teacher." + spec.key, (t ?? s)[spec.key]!) }
     }
 
+    /// A model over an explicit parameter list and no teacher: the plain DiT of
+    /// `oracle bench` (FastDiT.swift). Gradients and AdamW moments for the trainable specs.
+    public init(_ cfg: ModelConfig, precision: FastPrecision, specs: [ParameterSpec], parameters s: [String: Tensor<Double>]) {
+        self.cfg = cfg; self.prec = precision
+        k = Kernels(prec: precision, ws: ws)
+        scaler = LossScaler(enabled: precision.isFP16)
+        centerCls = []; centerPatch = []
+        monitor.minNormal = precision.halfMinNormal
+        for spec in specs {
+            let v = s[spec.key]!, b = ws.get("param." + spec.key, v.shape)
+            for i in 0..<v.count { b.p[i] = Float(v.data[i]) }
+            if precision.isPure { precision.round(b.p, b.count) }
+            student[spec.key] = b
+            if !spec.frozen {
+                grads[spec.key] = ws.get("grad." + spec.key, spec.shape, zero: true)
+                adamM[spec.key] = ws.get("adam.m." + spec.key, spec.shape, zero: true)
+                adamV[spec.key] = ws.get("adam.v." + spec.key, spec.shape, zero: true)
+            }
+        }
+    }
+
     // MARK: recording and checking
 
     func out(_ name: String, _ op: String, _ t: FT, _ inputs: [(String, FT)]) throws {

@@ -157,7 +157,10 @@ extension FastModel {
                                  inputs: [("lambda", lam.map(abs).max() ?? 0), ("sigma_min of batch", Float(I.sigmaS.min() ?? 0))])
         }
         // backward (everything scaled by the loss scale)
-        try gradOut(ActivationName.headCls + "+patch", "DINO cross-entropy", dHead)
+        // The head's output is a half-type matmul output: its gradient enters the backward
+        // pass in the half type (autocast casts the float32 loss gradient back).
+        prec.round(dHead.p, dHead.count)
+        try gradOut("student.head.out (cls and patch rows)", "DINO cross-entropy x loss scale \(scale), cast to the half type", dHead)
         let dEnc = try headBackward("student", student, sHead, dOut: dHead)          // [N(1+V), D]
         let dD = ws.get("d.student.D", [N, C, Hs, Hs]), dOut = ws.get("d.student.final", [N, Tn, cfg.patchDim])
         let numel = Float(N * per)
@@ -167,7 +170,9 @@ extension FastModel {
             let g: Float = scale * 2 * lam[n] * e / numel
             dD.p[j] = g * Float(coef[n].cOut)
         } }
-        try gradOut(ActivationName.F, "EDM loss x c_out", dD)
+        // F is the final linear's half-type output: dL/dF enters the backward pass in that type.
+        prec.round(dD.p, dD.count)
+        try gradOut(ActivationName.F, "EDM loss x c_out x loss scale \(scale), cast to the half type", dD)
         unpatchify(dOut, dD, inverse: true)
         let dsiluC = ws.get("d.student.siluC", [N, D], zero: true)
         let dH = try decoderBackward(enc, dec, student, dOut: dOut, dsiluC: dsiluC)

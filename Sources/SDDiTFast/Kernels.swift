@@ -1,4 +1,5 @@
 import COpenBLAS
+import Dispatch
 import Glibc
 
 // The fast path's kernels: OpenBLAS sgemm for every matrix product, fused element-wise loops.
@@ -117,29 +118,41 @@ struct Kernels {
         }
     }
 
-    /// GELU, tanh approximation.
+    /// GELU, tanh approximation (vectorized tanh, `vtanh`; split over the BLAS threads).
     func geluTanh(_ x: FT, _ y: FT) {
         let c: Float = 0.7978845608028654, a: Float = 0.044715
-        for i in 0..<x.count { let v = x.p[i]; y.p[i] = 0.5 * v * (1 + tanhf(c * (v + a * v * v * v))) }
+        let xp = x.p, yp = y.p
+        parallelRanges(x.count) { lo, hi in
+            for i in lo..<hi { let v = xp[i]; yp[i] = 0.5 * v * (1 + vtanh(c * (v + a * v * v * v))) }
+        }
         prec.round(y.p, y.count)
     }
     func geluTanhBackward(_ dy: FT, _ x: FT, _ dx: FT) {
         let c: Float = 0.7978845608028654, a: Float = 0.044715
-        for i in 0..<x.count {
-            let v = x.p[i], t = tanhf(c * (v + a * v * v * v))
-            dx.p[i] = dy.p[i] * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * c * (1 + 3 * a * v * v))
+        let xp = x.p, dyp = dy.p, dxp = dx.p
+        parallelRanges(x.count) { lo, hi in
+            for i in lo..<hi {
+                let v = xp[i], t = vtanh(c * (v + a * v * v * v))
+                dxp[i] = dyp[i] * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * c * (1 + 3 * a * v * v))
+            }
         }
         prec.round(dx.p, dx.count)
     }
-    /// GELU, exact (erf).
+    /// GELU, exact (erf; vectorized erf, `verf`; split over the BLAS threads).
     func geluErf(_ x: FT, _ y: FT) {
-        for i in 0..<x.count { let v = x.p[i]; y.p[i] = 0.5 * v * (1 + erff(v * 0.70710678118654752)) }
+        let xp = x.p, yp = y.p
+        parallelRanges(x.count) { lo, hi in
+            for i in lo..<hi { let v = xp[i]; yp[i] = 0.5 * v * (1 + verf(v * 0.70710678118654752)) }
+        }
         prec.round(y.p, y.count)
     }
     func geluErfBackward(_ dy: FT, _ x: FT, _ dx: FT) {
-        for i in 0..<x.count {
-            let v = x.p[i]
-            dx.p[i] = dy.p[i] * (0.5 * (1 + erff(v * 0.70710678118654752)) + v * 0.3989422804014327 * expf(-0.5 * v * v))
+        let xp = x.p, dyp = dy.p, dxp = dx.p
+        parallelRanges(x.count) { lo, hi in
+            for i in lo..<hi {
+                let v = xp[i]
+                dxp[i] = dyp[i] * (0.5 * (1 + verf(v * 0.70710678118654752)) + v * 0.3989422804014327 * vexp(-0.5 * v * v))
+            }
         }
         prec.round(dx.p, dx.count)
     }
@@ -152,3 +165,153 @@ struct Kernels {
     }
 }
 
+
+// MARK: vectorizable elementary functions and a two-way parallel loop
+
+/// exp(x) in float32 without a libm call, so that loops over it vectorize: Cephes' expf
+/// (Cody-Waite reduction by ln 2, degree-6 polynomial, about 1 ulp); 2^n is built from the
+/// bits of x log2(e) + 1.5 * 2^23 (no float-to-int conversion). exp(x) = 0 below -87.3
+/// (where float32's result would be subnormal); x is capped at 88 (exp 1.65e38). NaN stays NaN.
+@inline(__always) func vexp(_ x0: Float) -> Float {
+    let x = Swift.min(Swift.max(x0, -87.33), 88)
+    let t = x * 1.44269504088896341 + 12582912.0
+    let n = t - 12582912.0
+    let r = (x - n * 0.693359375) + n * 2.12194440e-4
+    let z = r * r
+    var p: Float = 1.9875691500e-4
+    p = p * r + 1.3981999507e-3
+    p = p * r + 8.3334519073e-3
+    p = p * r + 4.1665795894e-2
+    p = p * r + 1.6666665459e-1
+    p = p * r + 5.0000001201e-1
+    let e = p * z + r + 1
+    let scale = Float(bitPattern: (t.bitPattern &<< 23) &+ 0x3F80_0000)
+    let y = e * scale
+    return x0 < -87.33 ? 0 : (x0.isNaN ? x0 : y)
+}
+
+/// tanh(x) in float32, vectorizable: Cephes' tanhf (odd polynomial for |x| < 0.625,
+/// 1 - 2 / (exp(2|x|) + 1) above, sign restored), about 2 ulp.
+@inline(__always) func vtanh(_ x: Float) -> Float {
+    let ax = Swift.min(abs(x), 44)
+    let z = x * x
+    var p: Float = -5.70498872745e-3
+    p = p * z + 2.06390887954e-2
+    p = p * z - 5.37397155531e-2
+    p = p * z + 1.33314422036e-1
+    p = p * z - 3.33332819422e-1
+    let small = p * z * x + x
+    let big = 1 - 2 / (vexp(2 * ax) + 1)
+    return ax < 0.625 ? small : (x < 0 ? -big : big)
+}
+
+/// erf(x) in float32, vectorizable (N. Juffa's erff: odd polynomial below 0.921875,
+/// 1 - exp(polynomial) above, sign restored; about 1.1 ulp).
+@inline(__always) func verf(_ a: Float) -> Float {
+    let t = abs(a), s = a * a
+    var r: Float = -1.72853470e-5 * t + 3.83197126e-4
+    let u: Float = -3.88396438e-3 * t + 2.42546219e-2
+    r = r * s + u
+    r = r * t - 1.06777877e-1
+    r = r * t - 6.34846687e-1
+    r = r * t - 1.28717512e-1
+    r = r * t - t
+    let big = 1 - vexp(r)
+    var q: Float = -5.96761703e-4
+    q = q * s + 4.99119423e-3
+    q = q * s - 2.67681349e-2
+    q = q * s + 1.12819925e-1
+    q = q * s - 3.76125336e-1
+    q = q * s + 1.28379166e-1
+    let small = q * a + a
+    return t >= 0.921875 ? (a < 0 ? -big : big) : small
+}
+
+// Reductions with several partial sums (4 SSE vectors; the default target has SSE only, where
+// Swift's SIMD16 and pointwiseMax lower poorly). The order of the additions differs from a
+// plain loop: float32 rounding differs, the meaning does not.
+
+/// Sum of n floats.
+@inline(__always) func vsum(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
+    var a0 = SIMD4<Float>(repeating: 0), a1 = a0, a2 = a0, a3 = a0
+    var j = 0
+    let raw = UnsafeRawPointer(p)
+    while j + 16 <= n {
+        a0 += raw.loadUnaligned(fromByteOffset: j * 4, as: SIMD4<Float>.self)
+        a1 += raw.loadUnaligned(fromByteOffset: j * 4 + 16, as: SIMD4<Float>.self)
+        a2 += raw.loadUnaligned(fromByteOffset: j * 4 + 32, as: SIMD4<Float>.self)
+        a3 += raw.loadUnaligned(fromByteOffset: j * 4 + 48, as: SIMD4<Float>.self)
+        j += 16
+    }
+    var s = ((a0 + a1) + (a2 + a3)).sum()
+    while j < n { s += p[j]; j += 1 }
+    return s
+}
+
+/// Dot product of n floats.
+@inline(__always) func vdot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+    var a0 = SIMD4<Float>(repeating: 0), a1 = a0, a2 = a0, a3 = a0
+    var j = 0
+    let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
+    while j + 16 <= n {
+        a0 += ra.loadUnaligned(fromByteOffset: j * 4, as: SIMD4<Float>.self) * rb.loadUnaligned(fromByteOffset: j * 4, as: SIMD4<Float>.self)
+        a1 += ra.loadUnaligned(fromByteOffset: j * 4 + 16, as: SIMD4<Float>.self) * rb.loadUnaligned(fromByteOffset: j * 4 + 16, as: SIMD4<Float>.self)
+        a2 += ra.loadUnaligned(fromByteOffset: j * 4 + 32, as: SIMD4<Float>.self) * rb.loadUnaligned(fromByteOffset: j * 4 + 32, as: SIMD4<Float>.self)
+        a3 += ra.loadUnaligned(fromByteOffset: j * 4 + 48, as: SIMD4<Float>.self) * rb.loadUnaligned(fromByteOffset: j * 4 + 48, as: SIMD4<Float>.self)
+        j += 16
+    }
+    var s = ((a0 + a1) + (a2 + a3)).sum()
+    while j < n { s += a[j] * b[j]; j += 1 }
+    return s
+}
+
+/// Largest of n floats (4 running maxima). A NaN may be skipped here; callers use it only
+/// as the softmax shift, where a NaN in the row reappears in its exponential.
+@inline(__always) func vmax(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
+    var a0 = -Float.infinity, a1 = a0, a2 = a0, a3 = a0
+    var j = 0
+    while j + 4 <= n {
+        a0 = p[j] > a0 ? p[j] : a0; a1 = p[j + 1] > a1 ? p[j + 1] : a1
+        a2 = p[j + 2] > a2 ? p[j + 2] : a2; a3 = p[j + 3] > a3 ? p[j + 3] : a3
+        j += 4
+    }
+    var m = Swift.max(Swift.max(a0, a1), Swift.max(a2, a3))
+    while j < n { m = Swift.max(m, p[j]); j += 1 }
+    return m
+}
+
+/// The fast path's threads: OpenBLAS's thread count (`oracle bench --threads`, default all cores).
+@inline(__always) func blasThreads() -> Int { Int(openblas_get_num_threads()) }
+
+/// Runs body(lo, hi) over [0, n) split into contiguous chunks (4 per BLAS thread, taken by
+/// whichever thread is free, so a core busy with something else delays little); serially when
+/// n is small or there is one thread. Chunks are disjoint; results do not depend on the split.
+@inline(__always) func parallelRanges(_ n: Int, minPerThread: Int = 16384, _ body: (Int, Int) -> Void) {
+    let t = Swift.min(blasThreads(), Swift.max(1, n / minPerThread))
+    if t <= 1 { body(0, n); return }
+    let chunks = Swift.min(4 * t, Swift.max(1, n / Swift.max(1, minPerThread / 4)))
+    withoutActuallyEscaping(body) { b in
+        let box = UncheckedSendable(b)
+        DispatchQueue.concurrentPerform(iterations: chunks) { c in box.value(n * c / chunks, n * (c + 1) / chunks) }
+    }
+}
+
+/// Runs body(worker, lo, hi) over [0, n) tasks, one contiguous chunk per BLAS thread, with
+/// OpenBLAS set to one thread meanwhile (each worker's sgemm calls then run in that worker).
+func parallelTasks(_ n: Int, _ body: (Int, Int, Int) -> Void) {
+    let threads = blasThreads(), t = Swift.min(threads, n)
+    if t <= 1 { body(0, 0, n); return }
+    openblas_set_num_threads(1)
+    defer { openblas_set_num_threads(Int32(threads)) }
+    withoutActuallyEscaping(body) { b in
+        let box = UncheckedSendable(b)
+        DispatchQueue.concurrentPerform(iterations: t) { w in box.value(w, n * w / t, n * (w + 1) / t) }
+    }
+}
+
+/// Hands a closure over raw buffers to Dispatch's workers: each worker touches a disjoint
+/// part of the buffers, and the call returns only when every worker is done.
+struct UncheckedSendable<T>: @unchecked Sendable {
+    let value: T
+    init(_ v: T) { value = v }
+}

@@ -8,7 +8,22 @@ public struct NonFiniteError: Error, CustomStringConvertible, Sendable {
     public var inputs: [(name: String, maxAbs: Float)]
     public var description: String {
         let ins = inputs.map { "\($0.name) max|x| \($0.maxAbs)" }.joined(separator: ", ")
-        return "first non-finite: \(tensor) = \(value) at \(index) of \(shape) in \(operation); inputs: \(ins)"
+        return "first non-finite: \(tensor) = \(value) at \(index) of \(shape) in \(operation)"
+            + (ins.isEmpty ? "" : "; inputs: \(ins)")
+    }
+
+    /// Why, in one line, given the half type's largest finite value (nil in float32).
+    public func explanation(halfMax: Float?) -> String {
+        let big = inputs.map(\.maxAbs).max() ?? 0
+        if value.isNaN {
+            return "NaN: an operation met inf - inf, 0 * inf or inf / inf (an input was already out of range"
+                + (halfMax.map { ", largest finite half value \($0)" } ?? "") + ")"
+        }
+        if let m = halfMax {
+            return "overflow: the result exceeds the half type's largest finite value \(m)"
+                + (big > 0 ? String(format: " (largest input magnitude %.3g, %.1f bits of headroom left)", big, log2(Double(m) / Double(big))) : "")
+        }
+        return "overflow beyond float32's range"
     }
 }
 

@@ -16,7 +16,7 @@ struct Oracle: ParsableCommand {
           oracle dump --backend ref --config tiny --out tiny.h5 --sample 5
           oracle info tiny.h5                     # or: oracle info XL/2
         """,
-        subcommands: [Diff.self, Dump.self, Info.self])
+        subcommands: [Diff.self, Dump.self, Info.self, PrecisionCmd.self, Bench.self])
 }
 
 /// Options shared by commands that build a run from a config and a seed.
@@ -42,7 +42,10 @@ struct SetupOptions: ParsableArguments {
     }
 
     func validate() throws {
-        _ = try modelConfig()
+        let cfg = try modelConfig()
+        do { try cfg.checkMemory(batch: max(batch, 1), available: Double(ProcessInfo.processInfo.physicalMemory)) } catch {
+            throw ValidationError("\(error)")
+        }
         if batch < 1 { throw ValidationError("--batch must be at least 1, found \(batch)") }
         if let r = maskRatio, !(r >= 0 && r < 1) { throw ValidationError("--mask-ratio must lie in [0, 1), found \(r)") }
         if sample < 0 || sample == 1 { throw ValidationError("--sample must be 0 (no sampler) or at least 2 steps, found \(sample)") }

@@ -1,0 +1,38 @@
+import COpenBLAS
+import Glibc
+
+/// OpenBLAS settings and this machine's sgemm peak (for `oracle bench`).
+public enum BLASInfo {
+    /// OpenBLAS's thread count (it defaults to the number of cores).
+    public static func setThreads(_ n: Int) { openblas_set_num_threads(Int32(n)) }
+    public static var threads: Int { Int(openblas_get_num_threads()) }
+    /// The kernel set OpenBLAS picked for this CPU (e.g. SkylakeX, Haswell).
+    public static var coreName: String { String(cString: openblas_get_corename()) }
+    /// 0 sequential, 1 pthreads, 2 OpenMP.
+    public static var parallelMode: Int { Int(openblas_get_parallel()) }
+
+    /// Monotonic seconds.
+    public static func now() -> Double {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
+    }
+
+    /// Best GFLOP/s of row-major cblas_sgemm C = A B on n x n x n float32 over `reps` timed
+    /// runs after one untimed run (2 n^3 FLOPs per run).
+    public static func sgemmPeak(n: Int = 2048, reps: Int = 5) -> (gflops: Double, seconds: [Double]) {
+        let a = UnsafeMutablePointer<Float>.allocate(capacity: n * n), b = UnsafeMutablePointer<Float>.allocate(capacity: n * n)
+        let c = UnsafeMutablePointer<Float>.allocate(capacity: n * n)
+        defer { a.deallocate(); b.deallocate(); c.deallocate() }
+        for i in 0..<(n * n) { a[i] = Float((i * 7) % 13) * 0.01 - 0.06; b[i] = Float((i * 5) % 11) * 0.01 - 0.05; c[i] = 0 }
+        func run() {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(n), Int32(n), 1, a, Int32(n), b, Int32(n), 0, c, Int32(n))
+        }
+        run()
+        var ts: [Double] = []
+        for _ in 0..<max(reps, 1) {
+            let t0 = now(); run(); ts.append(now() - t0)
+        }
+        return (2 * Double(n) * Double(n) * Double(n) / ts.min()! / 1e9, ts)
+    }
+}

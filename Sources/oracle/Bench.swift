@@ -1,0 +1,514 @@
+import ArgumentParser
+import Foundation
+import SDDiTCore
+import SDDiTExchange
+import SDDiTFast
+import SDDiTReference
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Time SD-DiT-S/2 training, plain DiT-S/2 training, denoising and sampling on this machine.",
+        discussion: """
+        A benchmark, not a test. In one process, at batch 8 on SD-DiT-S/2
+        (latent 32x32x4), it times:
+          sddit-s2-train     one SD-DiT training step, mask ratio 0.2: student
+                             forward + backward, teacher forward, all losses,
+                             AdamW, EMA, centers
+          dit-s2-train       one plain DiT-S/2 training step: 12 blocks over
+                             256 tokens, final layer, EDM loss, AdamW (no CLS,
+                             decoder, teacher or head)
+          sddit-s2-denoise   one denoiser evaluation D(x; sigma), all tokens
+          sddit-s2-sample40  a 40-step Heun sample (79 evaluations, no CFG)
+        on the backends fast (float32, OpenBLAS), fast-fp16, fast-bf16
+        (autocast-style matmul rounding), fast-fp16-pure, fast-bf16-pure
+        (every tensor rounded) and ref (float64 reference, plain loops, one
+        thread). Default: every case on every backend (an hour or more).
+
+        Per case: the median of --reps timed runs after --warmup runs; the
+        case's FLOPs (matrix products, multiply-add = 2; --verbose lists them
+        by component; sddit-s2-train is about 763 GFLOP); GFLOP/s; that as a
+        fraction of this machine's sgemm peak (cblas_sgemm 2048^3 float32,
+        best of 5, measured at start with the same threads); the peak RSS
+        during the case (high-water mark reset through /proc/self/clear_refs
+        before each case, then getrusage ru_maxrss; marked * if the reset was
+        refused and the figure is the process peak so far).
+
+        The reference takes minutes per S/2 training step: each ref case runs
+        once, without warm-up. ref sddit-s2-sample40 is one timed denoiser
+        evaluation x 79, marked "(extrapolated)" ("extrapolated": true in
+        JSON). There is no reference plain DiT: ref dit-s2-train is n/a.
+
+        Threads: OpenBLAS gets --threads (default 2; it would take every
+        core); the fast path's own parallel loops use as many. OpenBLAS
+        0.3.21 does not know some recent CPUs (e.g. Xeon family 6 model 207)
+        and falls back to its Prescott (SSE3) kernels, ~5x below what the CPU
+        can do; with --blas-core auto the command then re-executes itself with
+        OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell (AVX2) and says so.
+
+        --peer PATH runs the PyTorch speed peer after the Swift cases:
+          python3 PATH --cases <those selected> --alloc default
+                  --reps R --warmup W
+        (the peer pins torch to 2 threads itself), echoes its lines, and
+        prints fast/peer = median of the fast float32 backend / the peer's
+        median, for (i) sddit-s2-train, (ii) dit-s2-train and
+        (iii) sddit-s2-denoise. Below 1: the fast path is faster.
+
+        Example (the issue's target, measured on a 2-core Xeon, AVX-512):
+          oracle bench --case sddit-s2-train --backend fast --reps 3 \\
+              --warmup 1 --peer ../shared/peer/peer_bench.py
+          sgemm peak: 330.1 GFLOP/s (cblas_sgemm 2048x2048x2048 float32 ...)
+          case            backend  median ms ... GFLOP  GFLOP/s  of peak ...
+          sddit-s2-train  fast        4400.0 ... 763.1    173.4    0.525 ...
+          peer| (i)   SD-DiT-S/2 train step ...: median 4500 ms, runs [...]
+          fast (float32) / peer (PyTorch float32, 2 threads), medians ...:
+            sddit-s2-train  fast 4400 ms  peer (i) 4500 ms  fast/peer = 0.98
+
+        More:
+          oracle bench --case sddit-s2-denoise,dit-s2-train \\
+              --backend fast,fast-bf16 --json
+          oracle bench --case sddit-s2-train --backend ref   # one run, minutes
+          oracle bench --case dit-s2-train --backend fast --verbose
+          oracle bench --case sddit-s2-train --backend fast --profile
+        """)
+
+    @Option(name: .customLong("case"), parsing: .singleValue,
+            help: "Case(s) to run (repeatable or comma-separated): sddit-s2-train, dit-s2-train, sddit-s2-denoise, sddit-s2-sample40 (default: all).")
+    var cases: [String] = []
+    @Option(name: .customLong("backend"), parsing: .singleValue,
+            help: "Backend(s) (repeatable or comma-separated): fast, fast-fp16, fast-bf16, fast-fp16-pure, fast-bf16-pure, ref (default: all).")
+    var backends: [String] = []
+    @Option(help: "Timed runs per case (median reported); the reference always runs once.") var reps: Int = 5
+    @Option(help: "Untimed warm-up runs per case (the reference: none).") var warmup: Int = 1
+    @Option(help: "OpenBLAS threads.") var threads: Int = 2
+    @Option(help: "Seed for parameters and inputs.") var seed: UInt64 = 0
+    @Option(help: "Path of the PyTorch peer (peer_bench.py) to run after the Swift cases for fast/peer ratios.")
+    var peer: String?
+    @Option(name: .customLong("python"), help: "Python interpreter for --peer.") var python: String = "python3"
+    @Flag(help: "Print one JSON object per case (and per peer comparison) on stdout; progress goes to stderr.")
+    var json = false
+    @Flag(help: "Also print each case's FLOPs by component and every run's time.") var verbose = false
+    @Flag(help: "After a fast sddit-s2-train case, time its blocks and kernels one by one (where the step's time goes).")
+    var profile = false
+    @Option(name: .customLong("blas-core"),
+            help: "OpenBLAS kernel set: auto (if OpenBLAS fell back to Prescott on an AVX-512 / AVX2 CPU it does not know, rerun this process with OPENBLAS_CORETYPE=SkylakeX / Haswell), keep, or a name for OPENBLAS_CORETYPE.")
+    var blasCore: String = "auto"
+
+    static let allCases = ["sddit-s2-train", "dit-s2-train", "sddit-s2-denoise", "sddit-s2-sample40"]
+    static let allBackends = ["fast", "fast-fp16", "fast-bf16", "fast-fp16-pure", "fast-bf16-pure", "ref"]
+
+    var selectedCases: [String] {
+        let c = cases.flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+        return c.isEmpty ? Self.allCases : Self.allCases.filter { c.contains($0) }
+    }
+    var selectedBackends: [String] {
+        let b = backends.flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+        return b.isEmpty ? Self.allBackends : Self.allBackends.filter { b.contains($0) }
+    }
+
+    func validate() throws {
+        for c in cases.flatMap({ $0.split(separator: ",") }) where !Self.allCases.contains(String(c).trimmingCharacters(in: .whitespaces)) {
+            throw ValidationError("unknown case '\(c)'; expected one of: \(Self.allCases.joined(separator: ", "))")
+        }
+        for b in backends.flatMap({ $0.split(separator: ",") }) where !Self.allBackends.contains(String(b).trimmingCharacters(in: .whitespaces)) {
+            throw ValidationError("unknown backend '\(b)'; expected one of: \(Self.allBackends.joined(separator: ", "))")
+        }
+        if reps < 1 { throw ValidationError("--reps must be at least 1, found \(reps)") }
+        if warmup < 0 { throw ValidationError("--warmup must be at least 0, found \(warmup)") }
+        if threads < 1 { throw ValidationError("--threads must be at least 1, found \(threads)") }
+        if let p = peer, !FileManager.default.fileExists(atPath: p) { throw ValidationError("--peer: no file at '\(p)'") }
+    }
+
+    func run() throws {
+        try chooseBLASCore()
+        var runner = BenchRunner(options: self)
+        try runner.runAll()
+    }
+}
+
+extension Bench {
+    /// OpenBLAS picks its kernels when it loads, from the CPU's family and model; 0.3.21 does
+    /// not know recent Xeons (e.g. family 6 model 207) and falls back to Prescott (SSE3)
+    /// kernels, several times slower than the CPU allows. OPENBLAS_CORETYPE overrides the
+    /// choice but is read only at load time, so this process re-executes itself with it set.
+    func chooseBLASCore() throws {
+        if blasCore == "keep" || ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] != nil { return }
+        var target = blasCore
+        if blasCore == "auto" {
+            guard BLASInfo.coreName.lowercased() == "prescott" else { return }
+            let flags = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8))?
+                .split(separator: "\n").first { $0.hasPrefix("flags") }?.split(separator: " ").map(String.init) ?? []
+            if flags.contains("avx512f") && flags.contains("avx512bw") && flags.contains("avx512vl") { target = "SkylakeX" }
+            else if flags.contains("avx2") && flags.contains("fma") { target = "Haswell" }
+            else { return }
+        }
+        setenv("OPENBLAS_CORETYPE", target, 1)
+        setenv("ORACLE_BENCH_CORE_NOTE", "OpenBLAS chose \(BLASInfo.coreName) kernels for this CPU; "
+               + (blasCore == "auto" ? "rerun with OPENBLAS_CORETYPE=\(target) (--blas-core keep: leave it)" : "rerun with OPENBLAS_CORETYPE=\(target)"), 1)
+        let args = CommandLine.arguments
+        var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
+        execv("/proc/self/exe", &cargs)
+        throw ValidationError("could not re-execute with OPENBLAS_CORETYPE=\(target) (errno \(errno)); use --blas-core keep")
+    }
+}
+
+/// One case's measurement.
+struct BenchResult {
+    var caseName: String, backend: String
+    var runsMs: [Double] = []
+    var warmup = 0
+    var flops: Double = 0
+    var peakRSSMB: Double?
+    var rssSinceReset = true
+    var extrapolated = false
+    var notApplicable = false
+    var notes: [String] = []
+    var error: String?
+
+    var medianMs: Double? {
+        guard !runsMs.isEmpty else { return nil }
+        let s = runsMs.sorted(), n = s.count
+        return n % 2 == 1 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2
+    }
+    var gflops: Double? { medianMs.map { flops / ($0 / 1000) / 1e9 } }
+}
+
+struct BenchRunner {
+    let o: Bench
+    let cfg = ModelConfig.s2
+    let batch = 8, maskRatio = 0.2, sampleSteps = 40
+    var peak = 0.0
+    var results: [BenchResult] = []
+    var rssResetOK = true
+    /// The reference's denoiser time (ms), shared by ref denoise and ref sample40.
+    var refDenoiseMs: Double?
+    /// Peak RSS (MB) of that evaluation.
+    var refDenoiseRSS: (mb: Double, sinceReset: Bool)?
+
+    init(options: Bench) { o = options }
+
+    func say(_ s: String) {
+        if o.json { FileHandle.standardError.write((s + "\n").data(using: .utf8)!) } else { print(s); fflush(nil) }
+    }
+
+    mutating func runAll() throws {
+        BLASInfo.setThreads(o.threads)
+        let pk = BLASInfo.sgemmPeak(n: 2048, reps: 5)
+        peak = pk.gflops
+        let mode = ["sequential", "pthreads", "OpenMP"][min(max(BLASInfo.parallelMode, 0), 2)]
+        say("oracle bench: SD-DiT-S/2, batch \(batch), mask ratio \(maskRatio); OpenBLAS \(BLASInfo.coreName) (\(mode)), "
+            + "\(BLASInfo.threads) threads; \(ProcessInfo.processInfo.activeProcessorCount) cpus")
+        if let note = ProcessInfo.processInfo.environment["ORACLE_BENCH_CORE_NOTE"] { say("note: " + note) }
+        say(String(format: "sgemm peak: %.1f GFLOP/s (cblas_sgemm 2048x2048x2048 float32, best of 5: %@ ms)",
+                   peak, pk.seconds.map { String(format: "%.0f", $0 * 1000) }.joined(separator: ", ")))
+        say("fast backends: median of \(o.reps) runs after \(o.warmup) warm-up; ref: 1 run, no warm-up")
+        if o.verbose { printFLOPs() }
+        if !o.json {
+            say("")
+            say(pad("case", 18) + pad("backend", 16) + lpad("median ms", 11) + lpad("min ms", 10) + lpad("GFLOP", 9)
+                + lpad("GFLOP/s", 9) + lpad("of peak", 9) + lpad("peak RSS MB", 13) + "  notes")
+        }
+        for c in o.selectedCases {
+            for b in o.selectedBackends {
+                var r = BenchResult(caseName: c, backend: b)
+                let reset = resetPeakRSS()
+                rssResetOK = reset
+                do { try measure(&r) } catch { r.error = "\(error)" }
+                if r.peakRSSMB == nil { r.peakRSSMB = peakRSSMB(); r.rssSinceReset = reset }
+                results.append(r)
+                report(r)
+                if o.profile && c == "sddit-s2-train" && b != "ref" && r.error == nil { try profileTrain(b, measured: r.medianMs ?? 0) }
+            }
+        }
+        if let p = o.peer { try runPeer(p) }
+    }
+
+    // MARK: measuring
+
+    mutating func measure(_ r: inout BenchResult) throws {
+        if r.backend == "ref" { return try measureRef(&r) }
+        let prec = Backend(rawValue: r.backend)!.fastPrecision!
+        let P: Parameters<Double> = Initialization.parameters(cfg, mode: .random, seed: o.seed)
+        var skipped = 0
+        func timed(_ body: () throws -> Void) throws {
+            for _ in 0..<o.warmup { try body() }
+            r.warmup = o.warmup
+            for _ in 0..<o.reps {
+                let t0 = BLASInfo.now(); try body(); r.runsMs.append((BLASInfo.now() - t0) * 1000)
+            }
+        }
+        switch r.caseName {
+        case "sddit-s2-train":
+            r.flops = FLOPCount.sdditTrain(cfg, batch: batch, maskRatio: maskRatio).reduce(0) { $0 + $1.total }
+            let I: StepInputs<Double> = Initialization.inputs(cfg, batch: batch, maskRatio: maskRatio, seed: o.seed &+ 2)
+            let m = FastModel(cfg, precision: prec, student: P.tensors, teacher: P.subset(cfg.teacherParameters).tensors,
+                              centerCls: I.centerCls.data, centerPatch: I.centerPatch.data)
+            let fi = FastStepInputs(x0: I.x0.data, labels: I.labels, sigmaS: I.sigmaS, noiseS: I.noiseS.data,
+                                    noiseT: I.noiseT.data, mask: I.mask)
+            try timed { if try m.trainStep(fi).skipped { skipped += 1 } }
+            if skipped > 0 { r.notes.append("GradScaler skipped AdamW in \(skipped) of \(o.warmup + o.reps) steps (non-finite fp16 gradients)") }
+        case "dit-s2-train":
+            r.flops = FLOPCount.ditTrain(cfg, batch: batch).reduce(0) { $0 + $1.total }
+            let I: StepInputs<Double> = Initialization.inputs(cfg, batch: batch, maskRatio: maskRatio, seed: o.seed &+ 2)
+            let m = FastModel.plainDiT(cfg, precision: prec, parameters: PlainDiT.randomParameters(cfg, seed: o.seed))
+            let di = FastDiTInputs(x0: I.x0.data, labels: I.labels, sigma: I.sigmaS, noise: I.noiseS.data)
+            try timed { if try m.ditTrainStep(di).skipped { skipped += 1 } }
+            if skipped > 0 { r.notes.append("GradScaler skipped AdamW in \(skipped) of \(o.warmup + o.reps) steps (non-finite fp16 gradients)") }
+        case "sddit-s2-denoise":
+            r.flops = FLOPCount.denoise(cfg, batch: batch).reduce(0) { $0 + $1.total }
+            let (x, labels) = denoiseInputs()
+            let m = FastModel(cfg, precision: prec, student: P.tensors, teacher: nil)
+            try timed { _ = try m.denoise(x, sigma: 2.0, labels: labels) }
+        case "sddit-s2-sample40":
+            let evals = FLOPCount.heunEvaluations(steps: sampleSteps)
+            r.flops = Double(evals) * FLOPCount.denoise(cfg, batch: batch).reduce(0) { $0 + $1.total }
+            let (xInit, labels) = sampleInputs()
+            let sig = FastBackend.sigmas(steps: sampleSteps, sigmaMin: cfg.sigmaMin, sigmaMax: cfg.sigmaMax, rho: cfg.rho)
+            let m = FastModel(cfg, precision: prec, student: P.tensors, teacher: nil)
+            try timed { _ = try m.sample(xInit: xInit, labels: labels, sigmas: sig, cfgScale: nil) }
+            r.notes.append("\(evals) denoiser evaluations, no guidance")
+        default: break
+        }
+    }
+
+    mutating func measureRef(_ r: inout BenchResult) throws {
+        let P: Parameters<Double> = Initialization.parameters(cfg, mode: .random, seed: o.seed)
+        r.warmup = 0
+        switch r.caseName {
+        case "sddit-s2-train":
+            r.flops = FLOPCount.sdditTrain(cfg, batch: batch, maskRatio: maskRatio).reduce(0) { $0 + $1.total }
+            let I: StepInputs<Double> = Initialization.inputs(cfg, batch: batch, maskRatio: maskRatio, seed: o.seed &+ 2)
+            var student = P, teacher = P.subset(cfg.teacherParameters)
+            var opt = AdamW<Double>(cfg)
+            say("  (ref sddit-s2-train: float64 plain loops, one run, no warm-up; this takes minutes)")
+            let t0 = BLASInfo.now()
+            let res = try Objective.run(cfg, student: student, teacher: teacher, inputs: I, gradients: true, recordActivations: false)
+            opt.update(&student, grads: res.grads)
+            EMA.update(teacher: &teacher, student: student, beta: cfg.emaBeta)
+            r.runsMs = [(BLASInfo.now() - t0) * 1000]
+            r.notes.append("1 run, no warm-up")
+        case "dit-s2-train":
+            r.notApplicable = true
+            r.notes.append("n/a: the reference implements SD-DiT only (no plain DiT)")
+        case "sddit-s2-denoise", "sddit-s2-sample40":
+            let one = FLOPCount.denoise(cfg, batch: batch).reduce(0) { $0 + $1.total }
+            if refDenoiseMs == nil {
+                let (x, labels) = denoiseInputs()
+                say("  (ref denoiser evaluation: float64 plain loops, one run, no warm-up)")
+                let t0 = BLASInfo.now()
+                _ = Denoiser.evaluate(cfg, P, x: Tensor(shape: [batch, cfg.inChannels, cfg.inputSize, cfg.inputSize], data: x),
+                                      sigma: Array(repeating: 2.0, count: batch), labels: labels)
+                refDenoiseMs = (BLASInfo.now() - t0) * 1000
+                refDenoiseRSS = (peakRSSMB(), rssResetOK)
+            }
+            if r.caseName == "sddit-s2-denoise" {
+                r.flops = one
+                r.runsMs = [refDenoiseMs!]
+                r.notes.append("1 run, no warm-up")
+            } else {
+                let evals = FLOPCount.heunEvaluations(steps: sampleSteps)
+                r.flops = Double(evals) * one
+                r.runsMs = [Double(evals) * refDenoiseMs!]
+                r.extrapolated = true
+                if let m = refDenoiseRSS { r.peakRSSMB = m.mb; r.rssSinceReset = m.sinceReset }
+                r.notes.append("(extrapolated) \(evals) x one timed denoiser evaluation (\(String(format: "%.0f", refDenoiseMs!)) ms); the sample was not run")
+            }
+        default: break
+        }
+    }
+
+    /// x = 2 N(0, 1) (as the peer's denoiser case), sigma 2, seeded labels.
+    func denoiseInputs() -> ([Double], [Int]) {
+        var rng = SeededRandom(seed: o.seed &+ 5)
+        let x = rng.normals(batch * cfg.inChannels * cfg.inputSize * cfg.inputSize, std: 2)
+        return (x, (0..<batch).map { _ in Int(rng.next() % UInt64(cfg.numClasses)) })
+    }
+    /// x_init = sigma_max N(0, 1), seeded labels.
+    func sampleInputs() -> ([Double], [Int]) {
+        var rng = SeededRandom(seed: o.seed &+ 3)
+        let x = rng.normals(batch * cfg.inChannels * cfg.inputSize * cfg.inputSize, std: cfg.sigmaMax)
+        return (x, (0..<batch).map { _ in Int(rng.next() % UInt64(cfg.numClasses)) })
+    }
+
+    /// Kernel-by-kernel times of the training step (best of 3 each) x calls per step.
+    func profileTrain(_ backend: String, measured: Double) throws {
+        let prec = Backend(rawValue: backend)!.fastPrecision!
+        let P: Parameters<Double> = Initialization.parameters(cfg, mode: .random, seed: o.seed)
+        let m = FastModel(cfg, precision: prec, student: P.tensors, teacher: nil)
+        let entries = try m.profileTrainStep(batch: batch, maskRatio: maskRatio, reps: 3)
+        say("  profile of \(backend) sddit-s2-train (each piece timed alone, best of 3, x calls per step):")
+        var group = ""
+        for e in entries {
+            if e.group != group { group = e.group; say("    " + group + ":") }
+            say("      " + pad(e.name, 58) + String(format: "%9.2f ms x %2d = %8.1f ms", e.ms, e.perStep, e.stepMs))
+        }
+        let whole = entries.filter { $0.name.hasPrefix("whole") || $0.group == "DINO head" || $0.group == "optimizer" }
+        let sum = whole.reduce(0) { $0 + $1.stepMs }
+        say(String(format: "    blocks (whole) + heads + optimizer: %.0f ms of the measured %.0f ms median; the rest "
+                   + "(%.0f ms) is embeddings, decoder_layer / final_layer, DINO loss loop, EDM loss, gradient unscale/check, center update", sum, measured, measured - sum))
+        for (g, label) in [("fwd", "forward kernels"), ("bwd", "backward kernels")] {
+            var cats: [String: Double] = [:]
+            for e in entries where e.name.hasPrefix(g) {
+                let c = e.name.contains("Linear") ? "Linear (sgemm + bias)" : e.name.contains("attention") ? "attention sgemm (per sample, head)"
+                    : e.name.contains("softmax") ? "softmax" : e.name.contains("GELU") ? "GELU" : "LN / modulate / gated residual"
+                cats[c, default: 0] += e.stepMs
+            }
+            say("    \(label) by kind, per step: " + cats.sorted { $0.value > $1.value }.map { String(format: "%@ %.0f ms", $0.key, $0.value) }.joined(separator: ", "))
+        }
+    }
+
+    // MARK: memory
+
+    /// Resets the kernel's RSS high-water mark (Linux >= 4.0); false when refused.
+    func resetPeakRSS() -> Bool {
+        guard let f = fopen("/proc/self/clear_refs", "w") else { return false }
+        let ok = fputs("5", f) >= 0
+        return fclose(f) == 0 && ok
+    }
+    func peakRSSMB() -> Double {
+        var u = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &u)
+        return Double(u.ru_maxrss) / 1024   // KiB on Linux
+    }
+
+    // MARK: output
+
+    func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
+    func lpad(_ s: String, _ n: Int) -> String { s.count >= n ? " " + s : String(repeating: " ", count: n - s.count) + s }
+
+    func report(_ r: BenchResult) {
+        if o.json {
+            var j: [String: Any] = ["kind": "case", "case": r.caseName, "backend": r.backend, "config": "SD-DiT-S/2",
+                                    "batch": batch, "threads": o.threads, "sgemm_peak_gflops": round1(peak), "openblas_core": BLASInfo.coreName,
+                                    "gflop": round1(r.flops / 1e9), "warmup": r.warmup, "reps": r.runsMs.count,
+                                    "runs_ms": r.runsMs.map { round1($0) }, "extrapolated": r.extrapolated,
+                                    "peak_rss_since_case_start": r.rssSinceReset]
+            j["median_ms"] = r.medianMs.map { round1($0) } ?? NSNull()
+            j["gflops"] = r.gflops.map { round1($0) } ?? NSNull()
+            j["peak_fraction"] = r.gflops.map { (($0 / peak) * 1000).rounded() / 1000 } ?? NSNull()
+            j["peak_rss_mb"] = r.peakRSSMB.map { round1($0) } ?? NSNull()
+            if r.backend != "ref" { j["mask_ratio"] = r.caseName == "sddit-s2-train" ? maskRatio : 0 }
+            if !r.notes.isEmpty { j["note"] = r.notes.joined(separator: "; ") }
+            if r.notApplicable { j["not_applicable"] = true }
+            if let e = r.error { j["error"] = e }
+            printJSON(j)
+            return
+        }
+        var line = pad(r.caseName, 18) + pad(r.backend, 16)
+        if let e = r.error {
+            say(line + "error: \(e)"); return
+        }
+        guard let med = r.medianMs, let gf = r.gflops else {
+            say(line + lpad("n/a", 11) + "  " + r.notes.joined(separator: "; ")); return
+        }
+        line += lpad(String(format: "%.1f", med), 11) + lpad(String(format: "%.1f", r.runsMs.min()!), 10)
+        line += lpad(String(format: "%.1f", r.flops / 1e9), 9) + lpad(String(format: "%.1f", gf), 9)
+        line += lpad(String(format: "%.3f", gf / peak), 9)
+        line += lpad(r.peakRSSMB.map { String(format: "%.0f", $0) + (r.rssSinceReset ? "" : "*") } ?? "?", 13)
+        var notes = r.notes
+        if r.extrapolated && !notes.contains(where: { $0.hasPrefix("(extrapolated)") }) { notes.insert("(extrapolated)", at: 0) }
+        if !r.rssSinceReset { notes.append("* process peak so far (RSS high-water reset refused)") }
+        say(line + (notes.isEmpty ? "" : "  " + notes.joined(separator: "; ")))
+        if o.verbose {
+            say("    runs (ms): " + r.runsMs.map { String(format: "%.1f", $0) }.joined(separator: ", ") + "; \(r.warmup) warm-up")
+        }
+    }
+
+    func round1(_ x: Double) -> Double { (x * 10).rounded() / 10 }
+
+    func printJSON(_ j: [String: Any]) {
+        let d = try! JSONSerialization.data(withJSONObject: j, options: [.sortedKeys])
+        print(String(data: d, encoding: .utf8)!)
+        fflush(nil)
+    }
+
+    func printFLOPs() {
+        let sets: [(String, [FLOPComponent])] = [
+            ("sddit-s2-train", FLOPCount.sdditTrain(cfg, batch: batch, maskRatio: maskRatio)),
+            ("dit-s2-train", FLOPCount.ditTrain(cfg, batch: batch)),
+            ("sddit-s2-denoise", FLOPCount.denoise(cfg, batch: batch)),
+        ]
+        say("")
+        say("FLOPs by component (matrix products, multiply-add = 2; backward = 2x forward except first layers: 1x):")
+        for (name, comps) in sets where o.selectedCases.contains(name) || (name == "sddit-s2-denoise" && o.selectedCases.contains("sddit-s2-sample40")) {
+            say("  \(name):")
+            for c in comps {
+                say("    " + pad(c.name, 62) + String(format: "fwd %8.2f  bwd %8.2f  total %8.2f GFLOP", c.forward / 1e9, c.backward / 1e9, c.total / 1e9))
+            }
+            let f = comps.reduce(0) { $0 + $1.forward }, b = comps.reduce(0) { $0 + $1.backward }
+            var tail = ""
+            if name == "sddit-s2-train" { tail = String(format: "  (peer README: about 760 GFLOP; here %.0f)", (f + b) / 1e9) }
+            say("    " + pad("sum", 62) + String(format: "fwd %8.2f  bwd %8.2f  total %8.2f GFLOP", f / 1e9, b / 1e9, (f + b) / 1e9) + tail)
+        }
+        if o.selectedCases.contains("sddit-s2-sample40") {
+            let one = FLOPCount.denoise(cfg, batch: batch).reduce(0) { $0 + $1.total }
+            let n = FLOPCount.heunEvaluations(steps: sampleSteps)
+            say(String(format: "  sddit-s2-sample40: %d denoiser evaluations x %.2f = %.1f GFLOP", n, one / 1e9, Double(n) * one / 1e9))
+        }
+    }
+
+    // MARK: the PyTorch peer
+
+    mutating func runPeer(_ path: String) throws {
+        let map = [("i", "sddit-s2-train"), ("ii", "dit-s2-train"), ("iii", "sddit-s2-denoise")]
+        let wanted = map.filter { o.selectedCases.contains($0.1) }
+        guard !wanted.isEmpty else {
+            say("peer: no selected case has a peer counterpart (i: sddit-s2-train, ii: dit-s2-train, iii: sddit-s2-denoise); not run")
+            return
+        }
+        let args = [path, "--cases", wanted.map { $0.0 }.joined(separator: ","), "--alloc", "default",
+                    "--reps", "\(o.reps)", "--warmup", "\(o.warmup)"]
+        say("")
+        say("peer: \(o.python) " + args.joined(separator: " "))
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = [o.python] + args
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        try p.run()
+        var medians: [String: Double] = [:]
+        var buffer = Data()
+        let h = pipe.fileHandleForReading
+        func consume(_ line: String) {
+            say("peer| " + line)
+            if let (c, ms) = parsePeerLine(line) { medians[c] = ms }
+        }
+        while true {
+            let d = h.availableData
+            if d.isEmpty { break }
+            buffer.append(d)
+            while let nl = buffer.firstIndex(of: 10) {
+                consume(String(decoding: buffer[buffer.startIndex..<nl], as: UTF8.self))
+                buffer.removeSubrange(buffer.startIndex...nl)
+            }
+        }
+        if !buffer.isEmpty { consume(String(decoding: buffer, as: UTF8.self)) }
+        p.waitUntilExit()
+        if p.terminationStatus != 0 { say("peer: exited with status \(p.terminationStatus)") }
+        say("")
+        say("fast (float32) / peer (PyTorch float32, 2 threads), medians; below 1: the fast path is faster:")
+        for (pc, c) in wanted {
+            let fast = results.first { $0.caseName == c && $0.backend == "fast" }?.medianMs
+            let pm = medians[pc]
+            let ratio: Double? = (fast != nil && pm != nil) ? fast! / pm! : nil
+            if o.json {
+                printJSON(["kind": "peer", "case": c, "peer_case": pc, "backend": "fast",
+                           "median_ms": fast.map { round1($0) } ?? NSNull(), "peer_median_ms": pm ?? NSNull(),
+                           "ratio_fast_over_peer": ratio.map { ($0 * 1000).rounded() / 1000 } ?? NSNull()])
+            }
+            let fs = fast.map { String(format: "%.0f ms", $0) } ?? "not run"
+            let ps = pm.map { String(format: "%.0f ms", $0) } ?? "no result"
+            let rs = ratio.map { String(format: "%.2f", $0) } ?? "n/a"
+            say("  " + pad(c, 18) + "fast \(fs)  peer (\(pc)) \(ps)  fast/peer = \(rs)")
+        }
+    }
+
+    /// "(i)   SD-DiT-S/2 train step ... [default malloc]: median 9000 ms, runs [...]" -> ("i", 9000)
+    func parsePeerLine(_ line: String) -> (String, Double)? {
+        guard line.hasPrefix("("), let close = line.firstIndex(of: ")") else { return nil }
+        let tag = String(line[line.index(after: line.startIndex)..<close])
+        guard ["i", "ii", "iii", "iv"].contains(tag), let m = line.range(of: "median ") else { return nil }
+        let rest = line[m.upperBound...]
+        guard let end = rest.range(of: " ms"), let v = Double(rest[rest.startIndex..<end.lowerBound]) else { return nil }
+        return (tag, v)
+    }
+}

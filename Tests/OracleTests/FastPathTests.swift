@@ -1,0 +1,116 @@
+import Foundation
+import Testing
+import SDDiTCore
+import SDDiTExchange
+import SDDiTFast
+import SDDiTReference
+
+// The fast path (float32 and half modes) against the float64 reference, at the tolerances of
+// Tolerances.rule for each pair of precisions, and the mixed-precision failure scenarios.
+@Suite("Fast path")
+struct FastPathTests {
+    static func expectPass(_ r: DiffReport, _ what: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        for c in r.comparisons where !c.passed {
+            Issue.record(Comment(rawValue: what + ": " + c.lines(labelA: r.labelA, labelB: r.labelB).joined(separator: "\n")),
+                         sourceLocation: sourceLocation)
+        }
+        #expect(r.passed, "\(what): \(r.summary)", sourceLocation: sourceLocation)
+    }
+
+    @Test(arguments: [0.2, 0.5, 0.0])
+    func fastAgainstRefTiny(maskRatio: Double) throws {
+        var o = DiffOptions()
+        o.seed = 3; o.batch = 2; o.maskRatio = maskRatio; o.sampleSteps = 4; o.cfgScale = 1.5
+        Self.expectPass(try DiffEngine.run(a: .backend(.fast), b: .backend(.ref), options: o), "fast vs ref tiny mask \(maskRatio)")
+    }
+
+    @Test(arguments: pytorchFixtures + ["golden_tiny.h5", "golden_tiny_ditinit.h5"])
+    func fastModesOnFixtures(_ name: String) throws {
+        for b in [Backend.fast, .fastFP16, .fastBF16] {
+            Self.expectPass(try DiffEngine.run(a: .file(fixture(name)), b: .backend(b), options: DiffOptions()), "\(name) vs \(b.rawValue)")
+        }
+    }
+
+    /// Same inputs, same thread count: identical float32 results run to run.
+    @Test func fastIsDeterministic() throws {
+        let s = SeededSetup.make(.tiny, seed: 8, batch: 2, maskRatio: 0.25, sampleSteps: 3)
+        let a = try Backend.fast.run(s), b = try Backend.fast.run(s)
+        for (k, v) in a {
+            let same = v.values == b[k]!.values
+            #expect(same, "\(k) differs between two identical fast runs")
+        }
+    }
+
+    @Test func scenariosFireInHalfAndStaySilentInFloat32() throws {
+        #expect(PrecisionScenario.all.count >= 3)
+        for sc in PrecisionScenario.all {
+            let half = try sc.run(mode: sc.defaultMode)
+            #expect(half.firstNonFinite != nil, "\(sc.name): the detector stayed silent in \(sc.defaultMode)")
+            let f32 = try sc.run(mode: .fp32)
+            #expect(f32.firstNonFinite == nil, "\(sc.name): float32 produced \(f32.firstNonFinite.map(\.description) ?? "")")
+            #expect(f32.losses["total"]?.isFinite == true)
+            let bf = try sc.run(mode: .bf16)
+            #expect(bf.firstNonFinite == nil, "\(sc.name): the bf16 remedy still fails: \(bf.firstNonFinite.map(\.description) ?? "")")
+        }
+    }
+
+    @Test func scenarioLocationsAndRemedies() throws {
+        let dino = try PrecisionScenario.named("dino-grad-overflow")!.run(mode: .fp16)
+        #expect(dino.firstNonFinite?.tensor.hasPrefix("d student.head.out") == true, "\(dino.firstNonFinite?.description ?? "none")")
+        #expect(try PrecisionScenario.named("dino-grad-overflow")!.run(mode: .fp16, lossScale: 16384).firstNonFinite == nil,
+                "GradScaler at 2^14 should remove the overflow")
+        let lw = try PrecisionScenario.named("edm-loss-weight-fp16")!.run(mode: .pureFP16)
+        #expect(lw.firstNonFinite?.tensor == "loss.generative", "\(lw.firstNonFinite?.description ?? "none")")
+        #expect(try PrecisionScenario.named("edm-loss-weight-fp16")!.run(mode: .fp16, lossScale: 32768).firstNonFinite == nil,
+                "float32 loss weighting (autocast) should keep L_G finite")
+        let att = try PrecisionScenario.named("attention-logit-overflow")!.run(mode: .fp16)
+        #expect(att.firstNonFinite?.tensor == "student.enc.block.0.attn.logits", "\(att.firstNonFinite?.description ?? "none")")
+        #expect(att.firstNonFinite?.value == .infinity)
+    }
+
+    @Test func cliScenarioOutput() throws {
+        let (c1, out1, _) = try runOracle(["precision", "--scenario", "attention-logit-overflow", "--mode", "fast-fp16"])
+        #expect(c1 == 1)
+        #expect(out1.split(separator: "\n").contains { $0.hasPrefix("first non-finite: student.enc.block.0.attn.logits") }, "\(out1)")
+        let (c2, out2, _) = try runOracle(["precision", "--scenario", "attention-logit-overflow", "--mode", "fast"])
+        #expect(c2 == 0 && !out2.contains("first non-finite:"), "\(out2)")
+        let (c3, out3, _) = try runOracle(["precision", "--list-scenarios"])
+        #expect(c3 == 0)
+        let names = out3.split(separator: "\n").map { String($0.split(separator: " ")[0]) }
+        #expect(names == PrecisionScenario.all.map(\.name))
+    }
+
+    @Test func gradScalerFollowsPyTorch() {
+        var s = LossScaler(enabled: true)
+        #expect(s.scale == 65536)
+        let first = s.update(foundNonFinite: true)
+        #expect(!first && s.scale == 32768 && s.skippedSteps == 1, "back-off 0.5 and skip")
+        var allStepped = true
+        for _ in 0..<1999 { allStepped = s.update(foundNonFinite: false) && allStepped }
+        #expect(allStepped && s.scale == 32768)
+        let last = s.update(foundNonFinite: false)
+        #expect(last && s.scale == 65536, "growth x2 after 2000 clean steps")
+    }
+
+    @Test func halfRounding() {
+        #expect(roundFP16(1 + 0x1p-11) == 1, "ties to even")
+        #expect(roundFP16(65520) == .infinity && roundFP16(65504) == 65504)
+        #expect(roundBF16(1 + 0x1p-8) == 1 && roundBF16(1 + 0x1.8p-8) == 1 + 0x1p-7)
+        let big: Float = 3.0e38
+        #expect(abs(roundBF16(big) - big) / big <= 0x1p-8, "bf16 keeps float32's range")
+        #expect(roundBF16(.nan).isNaN)
+    }
+
+    @Test func headroomSweepRecordsEveryTensor() throws {
+        let s = SeededSetup.make(.tiny, seed: 2, batch: 2, maskRatio: 0.25, sampleSteps: nil)
+        let rows = try HeadroomSweep.run(s, mode: .fp32, sigmas: [0.002, 1, 80], lossScale: 65536, samplerSteps: 3)
+        #expect(rows.count == 3 + 3, "3 training sigmas + 3 sampler steps, got \(rows.count) rows")
+        for r in rows {
+            #expect(r.entries.contains { $0.name == "student.enc.block.0.attn.logits" }, "sigma \(r.sigma): logits not recorded")
+            #expect(r.entries.allSatisfy { $0.nonFinite == 0 }, "float32 run went non-finite at sigma \(r.sigma)")
+        }
+        // the scaled head gradient at batch 2 exceeds fp16's range (the dino-grad-overflow scenario)
+        let d = rows[0].entries.first { $0.name.hasPrefix("d student.head.out") }
+        #expect(d.map { $0.headroomBits(65504) < 0 } == true, "d head.out max \(d?.maxAbs ?? -1)")
+    }
+}
