@@ -17,6 +17,9 @@ let package = Package(
         // shim.h wraps HDF5's macro constants as functions Swift can call.
         .systemLibrary(
             name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
+        // Reads a whole HDF5 file in its own process: HDF5IO runs it first, so that a corrupt
+        // file that crashes the HDF5 C library cannot crash the caller.
+        .executableTarget(name: "h5probe", dependencies: ["CHDF5"]),
         // float64 / float32 / integer datasets of any rank, groups, attributes; atomic writes.
         .target(name: "HDF5IO", dependencies: ["CHDF5"]),
         // Config, tensors, parameter keys, activation names, tolerances and comparison.
@@ -43,7 +46,7 @@ let package = Package(
         .executableTarget(
             name: "oracle",
             dependencies: [
-                "SDDiTCore", "SDDiTReference", "SDDiTExchange",
+                "SDDiTCore", "SDDiTReference", "SDDiTExchange", "h5probe",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(
@@ -55,10 +58,10 @@ let package = Package(
             ]),
         .testTarget(
             name: "OracleTests",
-            dependencies: ["SDDiTCore", "SDDiTReference", "SDDiTExchange", "HDF5IO", "oracle"]),
+            dependencies: ["SDDiTCore", "SDDiTReference", "SDDiTExchange", "HDF5IO", "oracle", "h5probe"]),
         .testTarget(
             name: "HDF5IOTests",
-            dependencies: ["HDF5IO"],
+            dependencies: ["HDF5IO", "h5probe"],
             // types.h5: an h5py-written file (see make_fixtures.py), so type coverage needs no Python.
             resources: [.copy("Fixtures")]),
     ]

@@ -113,9 +113,31 @@ public final class HDF5File: @unchecked Sendable {
 
     /// Opens an existing file read-only. Throws a clear error for a missing file, a
     /// directory, an empty, non-HDF5 or truncated file.
-    /// Whether `open` first reads the whole file in a forked child (default on): a corrupt
-    /// file that crashes the HDF5 C library then yields an error instead of a signal.
+    /// Whether `open` first reads the whole file in the separate `h5probe` process (default
+    /// on, when h5probe sits next to the running executable): a corrupt file that crashes the
+    /// HDF5 C library then yields an error instead of a signal in the caller.
     nonisolated(unsafe) public static var isolateReads = true
+
+    /// The h5probe executable: next to the running program (SwiftPM builds both into one folder).
+    static let probeURL: URL? = {
+        let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        let c = exe.deletingLastPathComponent().appendingPathComponent("h5probe")
+        return FileManager.default.isExecutableFile(atPath: c.path) ? c : nil
+    }()
+
+    /// Runs h5probe on `path` (posix_spawn: no fork handlers, no inherited locks); returns a
+    /// description when it died from a signal, nil when it exited (cleanly or with an error
+    /// that the caller's own read will report) or could not run.
+    static func probeCrash(_ path: String) -> String? {
+        guard let exe = probeURL else { return nil }
+        let p = Process()
+        p.executableURL = exe
+        p.arguments = [path, String(ProcessInfo.processInfo.physicalMemory / 2)]
+        p.standardOutput = FileHandle.nullDevice; p.standardError = FileHandle.nullDevice
+        do { try p.run() } catch { return nil }
+        p.waitUntilExit()
+        return p.terminationReason == .uncaughtSignal ? "signal \(p.terminationStatus)" : nil
+    }
 
     public static func open(_ path: String) throws -> HDF5File {
         try withHDF5 {
@@ -134,13 +156,8 @@ public final class HDF5File: @unchecked Sendable {
             if isHDF5 == 0 { throw fail("not an HDF5 file (no HDF5 signature found; \(sizeText))") }
             if isHDF5 < 0 { throw fail("cannot read file", detail: true) }
 
-            if isolateReads {
-                // A corrupt file can crash the HDF5 library itself: read it whole in a forked
-                // child first (our lock is held, so no other thread is inside HDF5).
-                let r = sd_probe_isolated(path, Double(ProcessInfo.processInfo.physicalMemory) / 2, 120)
-                if r < 0 && r != -1000 {
-                    throw fail("corrupt HDF5 file: reading it crashed the HDF5 library (signal \(-r)) in an isolated child process; \(sizeText)")
-                }
+            if isolateReads, let crash = probeCrash(path) {
+                throw fail("corrupt HDF5 file: reading it crashed the HDF5 library (\(crash)) in the isolated h5probe process; \(sizeText)")
             }
 
             let fapl = sd_make_fapl(0)

@@ -87,6 +87,19 @@ struct RobustnessTests {
         Report.add("robustness.txt", lines)
     }
 
+    /// One byte (offset 837 := 122, found by the fuzzer) makes libhdf5 1.10 dereference a bad
+    /// pointer: the isolated h5probe process takes the crash, the caller gets one error line.
+    @Test func libraryCrashIsContained() throws {
+        var b = [UInt8](try Data(contentsOf: URL(fileURLWithPath: Self.source)))
+        b[837] = 122
+        let p = tempDir().appendingPathComponent("crash.h5").path
+        try Data(b).write(to: URL(fileURLWithPath: p))
+        guard case .error(let e) = Self.diff(p) else { Issue.record("a file that crashes libhdf5 was read"); return }
+        #expect(e.contains("crashed the HDF5 library") && e.contains(p), "\(e)")
+        let (code, _, err) = try runOracle(["diff", "--a", p, "--b", "ref"])
+        #expect(code == 2 && err.split(separator: "\n").count == 1, "exit \(code): \(err)")
+    }
+
     /// A few mutated files through the real executable: exit 1 or 2, one line on stderr, no signal.
     @Test func executableNeverCrashes() throws {
         let dir = tempDir()
