@@ -14,7 +14,8 @@ struct FastPathTests {
             Issue.record(Comment(rawValue: what + ": " + c.lines(labelA: r.labelA, labelB: r.labelB).joined(separator: "\n")),
                          sourceLocation: sourceLocation)
         }
-        #expect(r.passed, "\(what): \(r.summary)", sourceLocation: sourceLocation)
+        let passed = r.passed
+        #expect(passed, "\(what): \(r.summary)", sourceLocation: sourceLocation)
     }
 
     @Test(arguments: [0.2, 0.5, 0.0])

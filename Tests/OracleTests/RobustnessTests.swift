@@ -50,11 +50,13 @@ struct RobustnessTests {
                 }
                 if setupSame && m.datasets.count == orig.datasets.count && changed.isEmpty {
                     counts[kind + ": data intact, passed", default: 0] += r.passed ? 1 : 0
-                    #expect(r.passed, "\(c.name): the file's data are intact (to 1e-6) but diff failed: \(r.summary)")
+                    let passed = r.passed
+                    #expect(passed, "\(c.name): the file's data are intact (to 1e-6) but diff failed: \(r.summary)")
                 } else if setupSame && !changed.isEmpty {
                     counts[kind + ": results corrupted, failed", default: 0] += 1
                     let failing = Set(r.comparisons.filter { !$0.passed }.map(\.name) + r.onlyInA + r.onlyInB)
-                    #expect(!r.passed && changed.allSatisfy(failing.contains), "\(c.name): corrupted \(changed) but failing only \(failing.sorted())")
+                    let passed = r.passed
+                    #expect(!passed && changed.allSatisfy(failing.contains), "\(c.name): corrupted \(changed) but failing only \(failing.sorted())")
                 } else {
                     counts[kind + ": setup corrupted, verdict \(r.passed ? "pass" : "fail")", default: 0] += 1
                 }
@@ -79,7 +81,8 @@ struct RobustnessTests {
                 #expect(e.contains(p) && !e.contains("\n"), "\(c.name): error must be one line naming the file: \(e)")
                 lines.append("  \(c.name): error: \(e.replacingOccurrences(of: p, with: "FILE"))")
             case .report(let r):
-                #expect(!r.passed, "\(c.name): diff passed a corrupted file: \(r.summary)")
+                let passed = r.passed
+                #expect(!passed, "\(c.name): diff passed a corrupted file: \(r.summary)")
                 let first = r.comparisons.first { !$0.passed }?.name ?? (r.onlyInA + r.onlyInB).first ?? "-"
                 lines.append("  \(c.name): diff fails (\(r.summary)); first: \(first)")
             }
@@ -121,19 +124,22 @@ struct RobustnessTests {
         try ExchangeWriter.write(a, config: orig.config, datasets: ["losses/total": orig.datasets["losses/total"]!])
         try ExchangeWriter.write(b, config: orig.config, datasets: ["losses/generative": orig.datasets["losses/generative"]!])
         let r0 = try DiffEngine.run(a: .file(a), b: .file(b), options: DiffOptions())
-        #expect(r0.comparisons.isEmpty && !r0.passed, "nothing compared must not pass: \(r0.summary)")
+        let (none, p0) = (r0.comparisons.isEmpty, r0.passed)
+        #expect(none && !p0, "nothing compared must not pass: \(r0.summary)")
         var allow = DiffOptions(); allow.allowMissing = true
         #expect(!(try DiffEngine.run(a: .file(a), b: .file(b), options: allow)).passed, "nothing compared fails even with --allow-missing")
         // shapes differ
         var t = orig.datasets["losses/total"]!; t.shape = [1]
         try ExchangeWriter.write(b, config: orig.config, datasets: ["losses/total": t])
         let r1 = try DiffEngine.run(a: .file(a), b: .file(b), options: DiffOptions())
-        #expect(r1.failed == 1 && r1.comparisons[0].shapeMismatch, "a shape mismatch must fail: \(r1.summary)")
+        let mismatch = r1.comparisons.first?.shapeMismatch ?? false
+        #expect(r1.failed == 1 && mismatch, "a shape mismatch must fail: \(r1.summary)")
         // missing on one side: fails unless --allow-missing
         try ExchangeWriter.write(b, config: orig.config, datasets: ["losses/total": orig.datasets["losses/total"]!,
                                                                     "losses/generative": orig.datasets["losses/generative"]!])
         let r2 = try DiffEngine.run(a: .file(a), b: .file(b), options: DiffOptions())
-        #expect(r2.failed == 0 && r2.onlyInB == ["losses/generative"] && !r2.passed, "missing must fail: \(r2.summary)")
+        let p2 = r2.passed
+        #expect(r2.failed == 0 && r2.onlyInB == ["losses/generative"] && !p2, "missing must fail: \(r2.summary)")
         #expect(try DiffEngine.run(a: .file(a), b: .file(b), options: allow).passed, "--allow-missing accepts it")
         let (code, out, _) = try runOracle(["diff", "--a", a, "--b", b])
         #expect(code == 1 && out.hasSuffix("compared 1, failed 0, only-in-a 0, only-in-b 1\n"), "exit \(code): \(out)")
@@ -195,5 +201,32 @@ struct RobustnessTests {
         }
         let f1 = try ExchangeFile.read(files[0]), f2 = try ExchangeFile.read(files[1])
         for (k, v) in f1.datasets { #expect(v.values == f2.datasets[k]?.values, "\(k) differs between 1 and 2 threads") }
+    }
+
+    /// The fast path with 1 and with 2 threads (OPENBLAS_NUM_THREADS, which also sets the fast
+    /// path's own worker count): the same numbers to float32 tolerance; the report records
+    /// whether they are bit-identical (see README "Determinism").
+    @Test func fastAcrossThreadCounts() throws {
+        let dir = tempDir()
+        var files: [String] = []
+        for threads in ["1", "2"] {
+            let out = dir.appendingPathComponent("fast\(threads).h5").path
+            let p = Process()
+            p.executableURL = oracleBinary()
+            p.arguments = ["dump", "--backend", "fast", "--config", "tiny", "--seed", "6", "--batch", "4", "--sample", "3", "--out", out]
+            p.environment = ProcessInfo.processInfo.environment.merging(["OPENBLAS_NUM_THREADS": threads]) { $1 }
+            p.standardOutput = Pipe(); try p.run(); p.waitUntilExit()
+            #expect(p.terminationStatus == 0)
+            files.append(out)
+        }
+        // float32 against float32: Tolerances.rule's float32 pair (rtol 1e-4, atol 1e-5 + 1e-4 max|e|)
+        let r = try DiffEngine.run(a: .file(files[0]), b: .file(files[1]), options: DiffOptions())
+        let f1 = try ExchangeFile.read(files[0]), f2 = try ExchangeFile.read(files[1])
+        let differing = f1.datasets.keys.filter { f1.datasets[$0]!.values != f2.datasets[$0]?.values }.sorted()
+        let passed = r.passed
+        #expect(passed, "1 vs 2 threads beyond float32 tolerance: \(r.summary)")
+        let worst = r.comparisons.max { $0.normwise < $1.normwise }
+        Report.add("robustness.txt", ["fast path, 1 vs 2 threads: \(f1.datasets.count - differing.count) of \(f1.datasets.count) datasets bit-identical"
+                                      + (differing.isEmpty ? "" : "; the others (\(differing.prefix(4).joined(separator: ", ")), ...) differ by at most \(String(format: "%.1e", worst?.normwise ?? 0)) norm-wise (\(worst?.name ?? ""))")])
     }
 }
