@@ -51,6 +51,22 @@ public struct DiffReport: Sendable {
     public func lines(verbose: Bool = false) -> [String] {
         var out: [String] = []
         for c in comparisons where verbose || !c.passed { out += c.lines(labelA: labelA, labelB: labelB) }
+        if !verbose, !comparisons.isEmpty {
+            // one line per group: how many tensors, how many failed, the closest to its limit
+            var order: [String] = [], groups: [String: [Comparison]] = [:]
+            for c in comparisons {
+                let g = c.name.hasPrefix("after_step/params/") ? "after_step/params" : c.name.hasPrefix("after_step/teacher/")
+                    ? "after_step/teacher" : String(c.name.split(separator: "/").first ?? "")
+                if groups[g] == nil { order.append(g) }
+                groups[g, default: []].append(c)
+            }
+            for g in order {
+                let cs = groups[g]!, bad = cs.filter { !$0.passed }.count
+                let w = cs.max { $0.maxRel / max($0.tolerance.rtol, 1e-300) < $1.maxRel / max($1.tolerance.rtol, 1e-300) }!
+                out.append("  " + g.padding(toLength: 19, withPad: " ", startingAt: 0) + String(format: "%4d tensors, %d failed; max rel %.2e (rtol %.0e) in %@", cs.count, bad,
+                                  w.maxRel, w.tolerance.rtol, String(w.name.dropFirst(g.count + 1))))
+            }
+        }
         if !verbose, failed == 0, !comparisons.isEmpty {
             let worst = comparisons.max { $0.maxRel / max($0.tolerance.rtol, 1e-300) < $1.maxRel / max($1.tolerance.rtol, 1e-300) }!
             out.append(String(format: "all %d tensors within tolerance; closest to its limit: %@ max rel %.2e (rtol %.0e)",
