@@ -60,11 +60,11 @@ extension Kernels {
     }
 
     /// dv = P^T dO; dP = dO v^T; dS = P (dP - rowsum(dP P)); dq = dS k / sqrt(hd); dk = dS^T q / sqrt(hd).
-    /// Writes dqkv (overwrites).
+    /// Writes dqkv (overwrites: each (sample, head) writes its own q, k and v columns once,
+    /// so no zeroing pass is needed).
     func attentionBackward(_ dout: FT, _ qkv: FT, heads H: Int, _ P: FT, dqkv: FT) {
         let N = qkv.shape[0], L = qkv.shape[1], W = qkv.last / 3, hd = W / H
         let scale = 1 / Float(hd).squareRoot()
-        dqkv.zero()
         let names = attentionScratch(L: L, hd: hd, workers: blasThreads())
         let dSs = names.map { ws.get($0 + ".dS", [L, L]) }
         parallelTasks(N * H) { w, lo, hi in
@@ -75,15 +75,15 @@ extension Kernels {
                 let q = qkv.p + base, k = q + W, v = q + 2 * W
                 let dq = dqkv.p + base, dk = dq + W, dv = dq + 2 * W
                 let dO = dout.p + n * L * W + h * hd, p = P.p + (n * H + h) * L * L
-                gemm(true, false, L, hd, L, 1, p, L, dO, W, dv, 3 * W, accumulate: true, scratch: names[w])
+                gemm(true, false, L, hd, L, 1, p, L, dO, W, dv, 3 * W, accumulate: false, scratch: names[w])
                 gemm(false, true, L, L, hd, 1, dO, W, v, 3 * W, dS.p, L, accumulate: false, scratch: names[w])
                 for i in 0..<L {
                     let ds = dS.p + i * L, pr = p + i * L
                     let dot = vdot(ds, pr, L)
                     for j in 0..<L { ds[j] = pr[j] * (ds[j] - dot) }
                 }
-                gemm(false, false, L, hd, L, scale, dS.p, L, k, 3 * W, dq, 3 * W, accumulate: true, scratch: names[w])
-                gemm(true, false, L, hd, L, scale, dS.p, L, q, 3 * W, dk, 3 * W, accumulate: true, scratch: names[w])
+                gemm(false, false, L, hd, L, scale, dS.p, L, k, 3 * W, dq, 3 * W, accumulate: false, scratch: names[w])
+                gemm(true, false, L, hd, L, scale, dS.p, L, q, 3 * W, dk, 3 * W, accumulate: false, scratch: names[w])
             }
         }
     }

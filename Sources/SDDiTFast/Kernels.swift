@@ -22,24 +22,35 @@ struct Kernels {
         // round operand copies (as stored by rows of their leading dimension)
         let aRows = ta ? K : M, aCols = ta ? M : K, bRows = tb ? N : K, bCols = tb ? K : N
         let a = ws.get(scratch + ".a", [aRows, aCols]), b = ws.get(scratch + ".b", [bRows, bCols])
-        for r in 0..<aRows { for c in 0..<aCols { a.p[r * aCols + c] = prec.round(A[r * lda + c]) } }
-        for r in 0..<bRows { for c in 0..<bCols { b.p[r * bCols + c] = prec.round(B[r * ldb + c]) } }
+        copyRounded(a.p, A, rows: aRows, cols: aCols, ld: lda)
+        copyRounded(b.p, B, rows: bRows, cols: bCols, ld: ldb)
         let t = ws.get(scratch + ".c", [M, N])
         cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                     Int32(M), Int32(N), Int32(K), alpha, a.p, Int32(aCols), b.p, Int32(bCols), 0, t.p, Int32(N))
-        for r in 0..<M { for c in 0..<N {
-            let v = prec.round(t.p[r * N + c])
-            if accumulate { C[r * ldc + c] += v } else { C[r * ldc + c] = v }
-        } }
+        storeRounded(C, ldc, t.p, rows: M, cols: N, accumulate: accumulate)
     }
 
-    /// y[R,O] = x[R,I] W[O,I]^T + b  (bias added after the product; rounded again in half modes)
+    /// y[R,O] = x[R,I] W[O,I]^T + b  (bias added after the product; rounded again in half modes).
+    /// float32: y is first filled with the bias rows and sgemm accumulates onto it (beta 1),
+    /// one pass over y instead of OpenBLAS zeroing it and a second pass adding the bias.
     func linear(_ x: FT, _ w: FT, _ b: FT?, _ y: FT) {
         let I = x.last, R = x.rows, O = w.shape[0]
+        let yp = y.p, prec = self.prec
+        if let b, !prec.isHalf {
+            let bp = b.p
+            parallelRanges(R, minPerThread: Swift.max(1, 16384 / Swift.max(O, 1))) { lo, hi in
+                for r in lo..<hi { (yp + r * O).update(from: bp, count: O) }
+            }
+            gemm(false, true, R, O, I, 1, x.p, I, w.p, I, y.p, O, accumulate: true)
+            return
+        }
         gemm(false, true, R, O, I, 1, x.p, I, w.p, I, y.p, O, accumulate: false)
         if let b {
-            for r in 0..<R { for o in 0..<O { y.p[r * O + o] += b.p[o] } }
-            if prec.isHalf { prec.round(y.p, R * O) }
+            let bp = b.p
+            parallelRanges(R, minPerThread: Swift.max(1, 16384 / Swift.max(O, 1))) { lo, hi in
+                for r in lo..<hi { for o in 0..<O { yp[r * O + o] += bp[o] } }
+                if prec.isHalf { roundHalfSerial(yp + lo * O, (hi - lo) * O) }
+            }
         }
     }
 
@@ -48,8 +59,11 @@ struct Kernels {
         let O = dy.last, R = dy.rows, I = x.last
         if let dx { gemm(false, false, R, I, O, 1, dy.p, O, w.p, I, dx.p, I, accumulate: true) }
         if let dw { gemm(true, false, O, I, R, 1, dy.p, O, x.p, I, dw.p, I, accumulate: true) }
-        if let db {
-            for r in 0..<R { for o in 0..<O { db.p[o] += dy.p[r * O + o] } }
+        if let db {   // split by columns: each column's sum keeps its order
+            let dbp = db.p, dyp = dy.p
+            parallelRanges(O, minPerThread: Swift.max(16, 16384 / Swift.max(R, 1))) { lo, hi in
+                for r in 0..<R { for o in lo..<hi { dbp[o] += dyp[r * O + o] } }
+            }
         }
     }
 
@@ -58,18 +72,16 @@ struct Kernels {
     func lnModulate(_ x: FT, _ mod: FT, shiftChunk: Int, scaleChunk: Int, chunks: Int,
                     _ y: FT, mean: FT, rstd: FT) {
         let W = x.last, R = x.rows, N = mod.shape[0], L = R / N
-        for r in 0..<R {
-            let n = r / L, xp = x.p + r * W, yp = y.p + r * W
-            var m: Float = 0
-            for i in 0..<W { m += xp[i] }
-            m /= Float(W)
-            var v: Float = 0
-            for i in 0..<W { let d = xp[i] - m; v += d * d }
-            v /= Float(W)
-            let s = 1 / (v + 1e-6).squareRoot()
-            mean.p[r] = m; rstd.p[r] = s
-            let sh = mod.p + n * chunks * W + shiftChunk * W, sc = mod.p + n * chunks * W + scaleChunk * W
-            for i in 0..<W { yp[i] = (xp[i] - m) * s * (1 + sc[i]) + sh[i] }
+        parallelRanges(R, minPerThread: Swift.max(1, 16384 / Swift.max(W, 1))) { lo, hi in
+            for r in lo..<hi {
+                let n = r / L, xp = x.p + r * W, yp = y.p + r * W
+                let m = vsum(xp, W) / Float(W)
+                let v = vsumSquaredDeviation(xp, W, m) / Float(W)
+                let s = 1 / (v + 1e-6).squareRoot()
+                mean.p[r] = m; rstd.p[r] = s
+                let sh = mod.p + n * chunks * W + shiftChunk * W, sc = mod.p + n * chunks * W + scaleChunk * W
+                for i in 0..<W { yp[i] = (xp[i] - m) * s * (1 + sc[i]) + sh[i] }
+            }
         }
     }
 
@@ -77,21 +89,24 @@ struct Kernels {
     func lnModulateBackward(_ dy: FT, _ x: FT, _ mod: FT, shiftChunk: Int, scaleChunk: Int, chunks: Int,
                             mean: FT, rstd: FT, dx: FT, dmod: FT) {
         let W = x.last, R = x.rows, N = mod.shape[0], L = R / N
-        for r in 0..<R {
-            let n = r / L, xp = x.p + r * W, g = dy.p + r * W, dxp = dx.p + r * W
-            let sc = mod.p + n * chunks * W + scaleChunk * W
-            let dsh = dmod.p + n * chunks * W + shiftChunk * W, dsc = dmod.p + n * chunks * W + scaleChunk * W
-            let m = mean.p[r], s = rstd.p[r]
-            var a: Float = 0, b: Float = 0
-            for i in 0..<W {
-                let xh = (xp[i] - m) * s, gh = g[i] * (1 + sc[i])
-                dsh[i] += g[i]; dsc[i] += g[i] * xh
-                a += gh; b += gh * xh
-            }
-            a /= Float(W); b /= Float(W)
-            for i in 0..<W {
-                let xh = (xp[i] - m) * s
-                dxp[i] += s * (g[i] * (1 + sc[i]) - a - xh * b)
+        // split by sample: dmod's rows are per sample, so each keeps its order of additions
+        parallelRanges(N, minPerThread: Swift.max(1, 16384 / Swift.max(L * W, 1))) { n0, n1 in
+            for r in (n0 * L)..<(n1 * L) {
+                let n = r / L, xp = x.p + r * W, g = dy.p + r * W, dxp = dx.p + r * W
+                let sc = mod.p + n * chunks * W + scaleChunk * W
+                let dsh = dmod.p + n * chunks * W + shiftChunk * W, dsc = dmod.p + n * chunks * W + scaleChunk * W
+                let m = mean.p[r], s = rstd.p[r]
+                var a: Float = 0, b: Float = 0
+                for i in 0..<W {
+                    let xh = (xp[i] - m) * s, gh = g[i] * (1 + sc[i])
+                    dsh[i] += g[i]; dsc[i] += g[i] * xh
+                    a += gh; b += gh * xh
+                }
+                a /= Float(W); b /= Float(W)
+                for i in 0..<W {
+                    let xh = (xp[i] - m) * s
+                    dxp[i] += s * (g[i] * (1 + sc[i]) - a - xh * b)
+                }
             }
         }
     }
@@ -99,44 +114,51 @@ struct Kernels {
     /// y = x + gate[n] h  (gate a chunk of mod)
     func gatedResidual(_ x: FT, _ mod: FT, chunk: Int, chunks: Int, _ h: FT, _ y: FT) {
         let W = x.last, R = x.rows, N = mod.shape[0], L = R / N
-        for r in 0..<R {
-            let gt = mod.p + (r / L) * chunks * W + chunk * W
-            for i in 0..<W { y.p[r * W + i] = x.p[r * W + i] + gt[i] * h.p[r * W + i] }
+        parallelRanges(R, minPerThread: Swift.max(1, 16384 / Swift.max(W, 1))) { lo, hi in
+            for r in lo..<hi {
+                let gt = mod.p + (r / L) * chunks * W + chunk * W
+                for i in 0..<W { y.p[r * W + i] = x.p[r * W + i] + gt[i] * h.p[r * W + i] }
+            }
         }
     }
 
     /// dx += dy (when dx is not dy itself);  dh = gate dy;  dgate += sum dy h
     func gatedResidualBackward(_ dy: FT, _ mod: FT, chunk: Int, chunks: Int, _ h: FT, dh: FT, dmod: FT) {
         let W = dy.last, R = dy.rows, N = mod.shape[0], L = R / N
-        for r in 0..<R {
-            let base = (r / L) * chunks * W + chunk * W
-            for i in 0..<W {
-                let g = dy.p[r * W + i]
-                dh.p[r * W + i] = mod.p[base + i] * g
-                dmod.p[base + i] += g * h.p[r * W + i]
+        parallelRanges(N, minPerThread: Swift.max(1, 16384 / Swift.max(L * W, 1))) { n0, n1 in   // by sample (dmod rows)
+            for r in (n0 * L)..<(n1 * L) {
+                let base = (r / L) * chunks * W + chunk * W
+                for i in 0..<W {
+                    let g = dy.p[r * W + i]
+                    dh.p[r * W + i] = mod.p[base + i] * g
+                    dmod.p[base + i] += g * h.p[r * W + i]
+                }
             }
         }
     }
 
-    /// GELU, tanh approximation (vectorized tanh, `vtanh`; split over the BLAS threads).
+    /// GELU, tanh approximation: 0.5 v (1 + tanh(u)), u = c (v + a v^3), computed as the equal
+    /// v sigmoid(2u) = v / (1 + exp(-2u)) with a vectorizable exp (`vexp`), split over the
+    /// BLAS threads. (For large negative v this form avoids the cancellation in 1 + tanh.)
     func geluTanh(_ x: FT, _ y: FT) {
-        let c: Float = 0.7978845608028654, a: Float = 0.044715
+        let c2: Float = 2 * 0.7978845608028654, a: Float = 0.044715
         let xp = x.p, yp = y.p
         parallelRanges(x.count) { lo, hi in
-            for i in lo..<hi { let v = xp[i]; yp[i] = 0.5 * v * (1 + vtanh(c * (v + a * v * v * v))) }
+            for i in lo..<hi { let v = xp[i]; yp[i] = v / (1 + vexp(-c2 * (v + a * v * v * v))) }
         }
-        prec.round(y.p, y.count)
+        roundHalf(y.p, y.count)
     }
+    /// d/dv = s + 2 v s (1 - s) c (1 + 3 a v^2), s = sigmoid(2u) (= 0.5 (1 + tanh u)).
     func geluTanhBackward(_ dy: FT, _ x: FT, _ dx: FT) {
         let c: Float = 0.7978845608028654, a: Float = 0.044715
         let xp = x.p, dyp = dy.p, dxp = dx.p
         parallelRanges(x.count) { lo, hi in
             for i in lo..<hi {
-                let v = xp[i], t = vtanh(c * (v + a * v * v * v))
-                dxp[i] = dyp[i] * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * c * (1 + 3 * a * v * v))
+                let v = xp[i], s = 1 / (1 + vexp(-2 * c * (v + a * v * v * v)))
+                dxp[i] = dyp[i] * (s + 2 * v * s * (1 - s) * c * (1 + 3 * a * v * v))
             }
         }
-        prec.round(dx.p, dx.count)
+        roundHalf(dx.p, dx.count)
     }
     /// GELU, exact (erf; vectorized erf, `verf`; split over the BLAS threads).
     func geluErf(_ x: FT, _ y: FT) {
@@ -144,7 +166,7 @@ struct Kernels {
         parallelRanges(x.count) { lo, hi in
             for i in lo..<hi { let v = xp[i]; yp[i] = 0.5 * v * (1 + verf(v * 0.70710678118654752)) }
         }
-        prec.round(y.p, y.count)
+        roundHalf(y.p, y.count)
     }
     func geluErfBackward(_ dy: FT, _ x: FT, _ dx: FT) {
         let xp = x.p, dyp = dy.p, dxp = dx.p
@@ -154,7 +176,7 @@ struct Kernels {
                 dxp[i] = dyp[i] * (0.5 * (1 + verf(v * 0.70710678118654752)) + v * 0.3989422804014327 * vexp(-0.5 * v * v))
             }
         }
-        prec.round(dx.p, dx.count)
+        roundHalf(dx.p, dx.count)
     }
     func silu(_ x: FT, _ y: FT) { for i in 0..<x.count { let v = x.p[i]; y.p[i] = v / (1 + expf(-v)) } }
     func siluBackward(_ dy: FT, _ x: FT, _ dx: FT, accumulate: Bool) {
@@ -165,6 +187,72 @@ struct Kernels {
     }
 }
 
+
+// MARK: half-type rounding without libcalls
+
+/// Rounds float32 to the nearest fp16 value (ties to even; fp16 subnormals; overflow to inf),
+/// kept in a Float: bit for bit `Float(Float16(x))` (checked over all 2^32 inputs), but with
+/// integer and float32 operations only, so loops over it vectorize (the default target has no
+/// F16C: Float16 conversions are library calls).
+@inline(__always) func vroundFP16(_ x: Float) -> Float {
+    let bits = x.bitPattern
+    let sign = bits & 0x8000_0000
+    let ab = bits & 0x7FFF_FFFF
+    let a = Float(bitPattern: ab)
+    // normal fp16 range: round the float32 mantissa to 10 bits, ties to even
+    let rn = Float(bitPattern: (ab &+ 0x0FFF &+ ((ab >> 13) & 1)) & 0xFFFF_E000)
+    // fp16 subnormals (|x| < 2^-14) are multiples of 2^-24: the ulp of float32 in [0.5, 1)
+    let sub = (a + 0.75) - 0.75
+    var r = a < 6.103515625e-05 ? sub : rn
+    r = r >= 65536 ? Float.infinity : r
+    let out = Float(bitPattern: r.bitPattern | sign)
+    return x.isNaN ? x : out
+}
+
+/// `roundBF16` without the early return (same bits), so that loops over it vectorize.
+@inline(__always) func vroundBF16(_ x: Float) -> Float {
+    let b = x.bitPattern
+    let r = Float(bitPattern: (b &+ 0x7FFF &+ ((b >> 16) & 1)) & 0xFFFF_0000)
+    return x.isNaN ? x : r
+}
+
+extension Kernels {
+    /// Rounds n floats in place to the half type (same bits as `prec.round`), split over threads.
+    func roundHalf(_ p: UnsafeMutablePointer<Float>, _ n: Int) {
+        guard prec.isHalf else { return }
+        let k = self
+        parallelRanges(n) { lo, hi in k.roundHalfSerial(p + lo, hi - lo) }
+    }
+    func roundHalfSerial(_ p: UnsafeMutablePointer<Float>, _ n: Int) {
+        if prec.isFP16 { for i in 0..<n { p[i] = vroundFP16(p[i]) } }
+        else if prec.isHalf { for i in 0..<n { p[i] = vroundBF16(p[i]) } }
+    }
+    /// dst[r cols + c] = half(src[r ld + c]).
+    func copyRounded(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, rows: Int, cols: Int, ld: Int) {
+        let fp16 = prec.isFP16
+        parallelRanges(rows, minPerThread: Swift.max(1, 16384 / Swift.max(cols, 1))) { lo, hi in
+            for r in lo..<hi {
+                let d = dst + r * cols, s = src + r * ld
+                if fp16 { for c in 0..<cols { d[c] = vroundFP16(s[c]) } } else { for c in 0..<cols { d[c] = vroundBF16(s[c]) } }
+            }
+        }
+    }
+    /// C[r ldc + c] (+)= half(t[r cols + c]).
+    func storeRounded(_ C: UnsafeMutablePointer<Float>, _ ldc: Int, _ t: UnsafePointer<Float>, rows: Int, cols: Int, accumulate: Bool) {
+        let fp16 = prec.isFP16
+        parallelRanges(rows, minPerThread: Swift.max(1, 16384 / Swift.max(cols, 1))) { lo, hi in
+            for r in lo..<hi {
+                let d = C + r * ldc, s = t + r * cols
+                switch (fp16, accumulate) {
+                case (true, true): for c in 0..<cols { d[c] += vroundFP16(s[c]) }
+                case (true, false): for c in 0..<cols { d[c] = vroundFP16(s[c]) }
+                case (false, true): for c in 0..<cols { d[c] += vroundBF16(s[c]) }
+                case (false, false): for c in 0..<cols { d[c] = vroundBF16(s[c]) }
+                }
+            }
+        }
+    }
+}
 
 // MARK: vectorizable elementary functions and a two-way parallel loop
 
@@ -188,21 +276,6 @@ struct Kernels {
     let scale = Float(bitPattern: (t.bitPattern &<< 23) &+ 0x3F80_0000)
     let y = e * scale
     return x0 < -87.33 ? 0 : (x0.isNaN ? x0 : y)
-}
-
-/// tanh(x) in float32, vectorizable: Cephes' tanhf (odd polynomial for |x| < 0.625,
-/// 1 - 2 / (exp(2|x|) + 1) above, sign restored), about 2 ulp.
-@inline(__always) func vtanh(_ x: Float) -> Float {
-    let ax = Swift.min(abs(x), 44)
-    let z = x * x
-    var p: Float = -5.70498872745e-3
-    p = p * z + 2.06390887954e-2
-    p = p * z - 5.37397155531e-2
-    p = p * z + 1.33314422036e-1
-    p = p * z - 3.33332819422e-1
-    let small = p * z * x + x
-    let big = 1 - 2 / (vexp(2 * ax) + 1)
-    return ax < 0.625 ? small : (x < 0 ? -big : big)
 }
 
 /// erf(x) in float32, vectorizable (N. Juffa's erff: odd polynomial below 0.921875,
@@ -245,6 +318,23 @@ struct Kernels {
     }
     var s = ((a0 + a1) + (a2 + a3)).sum()
     while j < n { s += p[j]; j += 1 }
+    return s
+}
+
+/// Sum of (p[i] - m)^2 over n floats.
+@inline(__always) func vsumSquaredDeviation(_ p: UnsafePointer<Float>, _ n: Int, _ m: Float) -> Float {
+    var a0 = SIMD4<Float>(repeating: 0), a1 = a0
+    let mv = SIMD4<Float>(repeating: m)
+    var j = 0
+    let raw = UnsafeRawPointer(p)
+    while j + 8 <= n {
+        let d0 = raw.loadUnaligned(fromByteOffset: j * 4, as: SIMD4<Float>.self) - mv
+        let d1 = raw.loadUnaligned(fromByteOffset: j * 4 + 16, as: SIMD4<Float>.self) - mv
+        a0 += d0 * d0; a1 += d1 * d1
+        j += 8
+    }
+    var s = (a0 + a1).sum()
+    while j < n { let d = p[j] - m; s += d * d; j += 1 }
     return s
 }
 

@@ -39,11 +39,19 @@ struct Bench: ParsableCommand {
         JSON). There is no reference plain DiT: ref dit-s2-train is n/a.
 
         Threads: OpenBLAS gets --threads (default 2; it would take every
-        core); the fast path's own parallel loops use as many. OpenBLAS
-        0.3.21 does not know some recent CPUs (e.g. Xeon family 6 model 207)
-        and falls back to its Prescott (SSE3) kernels, ~5x below what the CPU
-        can do; with --blas-core auto the command then re-executes itself with
-        OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell (AVX2) and says so.
+        core); the fast path's own parallel loops use as many. Two OpenBLAS
+        settings are read only when the library loads, so the command
+        re-executes itself once with them set (and says so):
+          OPENBLAS_CORETYPE        0.3.21 does not know some recent CPUs
+              (e.g. Xeon family 6 model 207) and falls back to Prescott
+              (SSE3) kernels, ~5x below the CPU's sgemm speed; --blas-core
+              auto then picks SkylakeX (AVX-512) or Haswell (AVX2)
+          OPENBLAS_THREAD_TIMEOUT  idle OpenBLAS threads busy-wait ~0.1 s
+              (2^28 cycles) after each call and so hold the second core
+              while the fast path's own loops want it; 4 lets them sleep
+        Variables already set are left alone; "keep" leaves OpenBLAS as is.
+        Other programs (oracle diff, a training loop) get the same speed
+        with the same two variables exported.
 
         --peer PATH runs the PyTorch speed peer after the Swift cases:
           python3 PATH --cases <those selected> --alloc default
@@ -53,15 +61,22 @@ struct Bench: ParsableCommand {
         median, for (i) sddit-s2-train, (ii) dit-s2-train and
         (iii) sddit-s2-denoise. Below 1: the fast path is faster.
 
-        Example (the issue's target, measured on a 2-core Xeon, AVX-512):
-          oracle bench --case sddit-s2-train --backend fast --reps 3 \\
-              --warmup 1 --peer ../shared/peer/peer_bench.py
-          sgemm peak: 330.1 GFLOP/s (cblas_sgemm 2048x2048x2048 float32 ...)
-          case            backend  median ms ... GFLOP  GFLOP/s  of peak ...
-          sddit-s2-train  fast        4400.0 ... 763.1    173.4    0.525 ...
-          peer| (i)   SD-DiT-S/2 train step ...: median 4500 ms, runs [...]
-          fast (float32) / peer (PyTorch float32, 2 threads), medians ...:
-            sddit-s2-train  fast 4400 ms  peer (i) 4500 ms  fast/peer = 0.98
+        Example: the issue's target, one run on a 2-core Xeon (AVX-512), quiet
+        machine (lines shortened):
+          $ oracle bench --case sddit-s2-train --backend fast --reps 5 \\
+                --warmup 1 --peer ../shared/peer/peer_bench.py
+          note: OpenBLAS chose Prescott kernels for this CPU; set
+                OPENBLAS_CORETYPE=SkylakeX ...
+          sgemm peak: 342.1 GFLOP/s (cblas_sgemm 2048x2048x2048 float32 ...)
+          case            backend  median ms  min ms  GFLOP  GFLOP/s  of peak
+          sddit-s2-train  fast        3981.6  3899.0  763.1    191.7    0.560
+          peer| (i) SD-DiT-S/2 train step, f32, B=8, mask 0.2 [default
+                malloc]: median 3690 ms, runs [4057, 3677, 3608, 3690, 3701]
+          fast (float32) / peer (PyTorch float32, 2 threads), medians; ...
+            sddit-s2-train  fast 3982 ms  peer (i) 3690 ms  fast/peer = 1.08
+        Times on such shared machines vary by 5-10% from run to run; the
+        command measures the sgemm peak again at the end and warns when the
+        machine's speed changed.
 
         More:
           oracle bench --case sddit-s2-denoise,dit-s2-train \\
@@ -92,6 +107,9 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("blas-core"),
             help: "OpenBLAS kernel set: auto (if OpenBLAS fell back to Prescott on an AVX-512 / AVX2 CPU it does not know, rerun this process with OPENBLAS_CORETYPE=SkylakeX / Haswell), keep, or a name for OPENBLAS_CORETYPE.")
     var blasCore: String = "auto"
+    @Option(name: .customLong("blas-thread-timeout"),
+            help: "OPENBLAS_THREAD_TIMEOUT for this run (idle OpenBLAS threads spin 2^N cycles before sleeping; OpenBLAS's default is 28, ~0.1 s), or keep.")
+    var blasThreadTimeout: String = "4"
 
     static let allCases = ["sddit-s2-train", "dit-s2-train", "sddit-s2-denoise", "sddit-s2-sample40"]
     static let allBackends = ["fast", "fast-fp16", "fast-bf16", "fast-fp16-pure", "fast-bf16-pure", "ref"]
@@ -115,39 +133,60 @@ struct Bench: ParsableCommand {
         if reps < 1 { throw ValidationError("--reps must be at least 1, found \(reps)") }
         if warmup < 0 { throw ValidationError("--warmup must be at least 0, found \(warmup)") }
         if threads < 1 { throw ValidationError("--threads must be at least 1, found \(threads)") }
+        if blasThreadTimeout != "keep", !(Int(blasThreadTimeout).map { $0 >= 4 && $0 <= 30 } ?? false) {
+            throw ValidationError("--blas-thread-timeout must be keep or an integer in 4...30, found '\(blasThreadTimeout)'")
+        }
         if let p = peer, !FileManager.default.fileExists(atPath: p) { throw ValidationError("--peer: no file at '\(p)'") }
     }
 
     func run() throws {
-        try chooseBLASCore()
+        try prepareBLASEnvironment()
         var runner = BenchRunner(options: self)
         try runner.runAll()
     }
 }
 
 extension Bench {
-    /// OpenBLAS picks its kernels when it loads, from the CPU's family and model; 0.3.21 does
-    /// not know recent Xeons (e.g. family 6 model 207) and falls back to Prescott (SSE3)
-    /// kernels, several times slower than the CPU allows. OPENBLAS_CORETYPE overrides the
-    /// choice but is read only at load time, so this process re-executes itself with it set.
-    func chooseBLASCore() throws {
-        if blasCore == "keep" || ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] != nil { return }
-        var target = blasCore
-        if blasCore == "auto" {
-            guard BLASInfo.coreName.lowercased() == "prescott" else { return }
-            let flags = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8))?
-                .split(separator: "\n").first { $0.hasPrefix("flags") }?.split(separator: " ").map(String.init) ?? []
-            if flags.contains("avx512f") && flags.contains("avx512bw") && flags.contains("avx512vl") { target = "SkylakeX" }
-            else if flags.contains("avx2") && flags.contains("fma") { target = "Haswell" }
-            else { return }
+    /// OpenBLAS reads two settings only when it loads, so this process re-executes itself
+    /// with them in the environment (once; a variable already set is left alone):
+    /// - OPENBLAS_CORETYPE: 0.3.21 picks kernels from the CPU's family and model and does
+    ///   not know recent Xeons (e.g. family 6 model 207): it falls back to Prescott (SSE3)
+    ///   kernels, ~5x below the CPU's sgemm speed. auto: SkylakeX (AVX-512) or Haswell (AVX2)
+    ///   when that happened.
+    /// - OPENBLAS_THREAD_TIMEOUT: after each call OpenBLAS's helper threads busy-wait for
+    ///   2^28 cycles (~0.1 s) before sleeping, so they hold the other core while the fast
+    ///   path's own loops (GELU, softmax, attention per head) want it; 4 (2^4 cycles) lets
+    ///   them sleep at once.
+    func prepareBLASEnvironment() throws {
+        let env = ProcessInfo.processInfo.environment
+        var notes: [String] = []
+        if blasCore != "keep", env["OPENBLAS_CORETYPE"] == nil {
+            var target: String? = blasCore
+            if blasCore == "auto" {
+                target = nil
+                if BLASInfo.coreName.lowercased() == "prescott" {
+                    let flags = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8))?
+                        .split(separator: "\n").first { $0.hasPrefix("flags") }?.split(separator: " ").map(String.init) ?? []
+                    if flags.contains("avx512f") && flags.contains("avx512bw") && flags.contains("avx512vl") { target = "SkylakeX" }
+                    else if flags.contains("avx2") && flags.contains("fma") { target = "Haswell" }
+                }
+            }
+            if let t = target {
+                setenv("OPENBLAS_CORETYPE", t, 1)
+                notes.append("OpenBLAS chose \(BLASInfo.coreName) kernels for this CPU; set OPENBLAS_CORETYPE=\(t)"
+                             + (blasCore == "auto" ? " (--blas-core keep: leave it)" : ""))
+            }
         }
-        setenv("OPENBLAS_CORETYPE", target, 1)
-        setenv("ORACLE_BENCH_CORE_NOTE", "OpenBLAS chose \(BLASInfo.coreName) kernels for this CPU; "
-               + (blasCore == "auto" ? "rerun with OPENBLAS_CORETYPE=\(target) (--blas-core keep: leave it)" : "rerun with OPENBLAS_CORETYPE=\(target)"), 1)
+        if blasThreadTimeout != "keep", env["OPENBLAS_THREAD_TIMEOUT"] == nil {
+            setenv("OPENBLAS_THREAD_TIMEOUT", blasThreadTimeout, 1)
+            notes.append("set OPENBLAS_THREAD_TIMEOUT=\(blasThreadTimeout): idle OpenBLAS threads sleep after 2^\(blasThreadTimeout) cycles instead of spinning ~0.1 s (--blas-thread-timeout keep: leave it)")
+        }
+        guard !notes.isEmpty else { return }
+        setenv("ORACLE_BENCH_BLAS_NOTE", notes.joined(separator: "\n"), 1)
         let args = CommandLine.arguments
         var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
         execv("/proc/self/exe", &cargs)
-        throw ValidationError("could not re-execute with OPENBLAS_CORETYPE=\(target) (errno \(errno)); use --blas-core keep")
+        throw ValidationError("could not re-execute with the OpenBLAS settings (errno \(errno)); use --blas-core keep --blas-thread-timeout keep")
     }
 }
 
@@ -197,10 +236,15 @@ struct BenchRunner {
         let mode = ["sequential", "pthreads", "OpenMP"][min(max(BLASInfo.parallelMode, 0), 2)]
         say("oracle bench: SD-DiT-S/2, batch \(batch), mask ratio \(maskRatio); OpenBLAS \(BLASInfo.coreName) (\(mode)), "
             + "\(BLASInfo.threads) threads; \(ProcessInfo.processInfo.activeProcessorCount) cpus")
-        if let note = ProcessInfo.processInfo.environment["ORACLE_BENCH_CORE_NOTE"] { say("note: " + note) }
+        if let note = ProcessInfo.processInfo.environment["ORACLE_BENCH_BLAS_NOTE"] {
+            for line in note.split(separator: "\n") { say("note: " + line) }
+        }
         say(String(format: "sgemm peak: %.1f GFLOP/s (cblas_sgemm 2048x2048x2048 float32, best of 5: %@ ms)",
                    peak, pk.seconds.map { String(format: "%.0f", $0 * 1000) }.joined(separator: ", ")))
-        say("fast backends: median of \(o.reps) runs after \(o.warmup) warm-up; ref: 1 run, no warm-up")
+        var plan: [String] = []
+        if o.selectedBackends.contains(where: { $0 != "ref" }) { plan.append("fast backends: median of \(o.reps) runs after \(o.warmup) warm-up") }
+        if o.selectedBackends.contains("ref") { plan.append("ref: 1 run, no warm-up") }
+        say(plan.joined(separator: "; "))
         if o.verbose { printFLOPs() }
         if !o.json {
             say("")
@@ -219,6 +263,10 @@ struct BenchRunner {
                 if o.profile && c == "sddit-s2-train" && b != "ref" && r.error == nil { try profileTrain(b, measured: r.medianMs ?? 0) }
             }
         }
+        let end = BLASInfo.sgemmPeak(n: 2048, reps: 5).gflops
+        let drift = end / peak - 1
+        say(String(format: "sgemm peak again at the end: %.1f GFLOP/s (%+.0f%%)", end, drift * 100)
+            + (abs(drift) > 0.15 ? "; the machine's speed changed during the run (other load on these cores?): treat the times with care" : ""))
         if let p = o.peer { try runPeer(p) }
     }
 
@@ -227,7 +275,8 @@ struct BenchRunner {
     mutating func measure(_ r: inout BenchResult) throws {
         if r.backend == "ref" { return try measureRef(&r) }
         let prec = Backend(rawValue: r.backend)!.fastPrecision!
-        let P: Parameters<Double> = Initialization.parameters(cfg, mode: .random, seed: o.seed)
+        let cfg = self.cfg, seed = o.seed
+        let sdditParameters = { () -> Parameters<Double> in Initialization.parameters(cfg, mode: .random, seed: seed) }
         var skipped = 0
         func timed(_ body: () throws -> Void) throws {
             for _ in 0..<o.warmup { try body() }
@@ -240,6 +289,7 @@ struct BenchRunner {
         case "sddit-s2-train":
             r.flops = FLOPCount.sdditTrain(cfg, batch: batch, maskRatio: maskRatio).reduce(0) { $0 + $1.total }
             let I: StepInputs<Double> = Initialization.inputs(cfg, batch: batch, maskRatio: maskRatio, seed: o.seed &+ 2)
+            let P = sdditParameters()
             let m = FastModel(cfg, precision: prec, student: P.tensors, teacher: P.subset(cfg.teacherParameters).tensors,
                               centerCls: I.centerCls.data, centerPatch: I.centerPatch.data)
             let fi = FastStepInputs(x0: I.x0.data, labels: I.labels, sigmaS: I.sigmaS, noiseS: I.noiseS.data,
@@ -256,14 +306,14 @@ struct BenchRunner {
         case "sddit-s2-denoise":
             r.flops = FLOPCount.denoise(cfg, batch: batch).reduce(0) { $0 + $1.total }
             let (x, labels) = denoiseInputs()
-            let m = FastModel(cfg, precision: prec, student: P.tensors, teacher: nil)
+            let m = FastModel(cfg, precision: prec, student: sdditParameters().tensors, teacher: nil)
             try timed { _ = try m.denoise(x, sigma: 2.0, labels: labels) }
         case "sddit-s2-sample40":
             let evals = FLOPCount.heunEvaluations(steps: sampleSteps)
             r.flops = Double(evals) * FLOPCount.denoise(cfg, batch: batch).reduce(0) { $0 + $1.total }
             let (xInit, labels) = sampleInputs()
             let sig = FastBackend.sigmas(steps: sampleSteps, sigmaMin: cfg.sigmaMin, sigmaMax: cfg.sigmaMax, rho: cfg.rho)
-            let m = FastModel(cfg, precision: prec, student: P.tensors, teacher: nil)
+            let m = FastModel(cfg, precision: prec, student: sdditParameters().tensors, teacher: nil)
             try timed { _ = try m.sample(xInit: xInit, labels: labels, sigmas: sig, cfgScale: nil) }
             r.notes.append("\(evals) denoiser evaluations, no guidance")
         default: break
@@ -386,7 +436,8 @@ struct BenchRunner {
             j["gflops"] = r.gflops.map { round1($0) } ?? NSNull()
             j["peak_fraction"] = r.gflops.map { (($0 / peak) * 1000).rounded() / 1000 } ?? NSNull()
             j["peak_rss_mb"] = r.peakRSSMB.map { round1($0) } ?? NSNull()
-            if r.backend != "ref" { j["mask_ratio"] = r.caseName == "sddit-s2-train" ? maskRatio : 0 }
+            if r.caseName == "sddit-s2-train" { j["mask_ratio"] = maskRatio }
+            if r.notApplicable { j["gflop"] = NSNull() }
             if !r.notes.isEmpty { j["note"] = r.notes.joined(separator: "; ") }
             if r.notApplicable { j["not_applicable"] = true }
             if let e = r.error { j["error"] = e }
@@ -416,7 +467,7 @@ struct BenchRunner {
     func round1(_ x: Double) -> Double { (x * 10).rounded() / 10 }
 
     func printJSON(_ j: [String: Any]) {
-        let d = try! JSONSerialization.data(withJSONObject: j, options: [.sortedKeys])
+        let d = try! JSONSerialization.data(withJSONObject: j, options: [.sortedKeys, .withoutEscapingSlashes])
         print(String(data: d, encoding: .utf8)!)
         fflush(nil)
     }
@@ -458,6 +509,7 @@ struct BenchRunner {
         let args = [path, "--cases", wanted.map { $0.0 }.joined(separator: ","), "--alloc", "default",
                     "--reps", "\(o.reps)", "--warmup", "\(o.warmup)"]
         say("")
+        if o.threads != 2 { say("note: the fast path ran with \(o.threads) threads; the peer always uses 2 (torch.set_num_threads(2))") }
         say("peer: \(o.python) " + args.joined(separator: " "))
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
