@@ -33,8 +33,9 @@ struct Bench: ParsableCommand {
         before each case, then getrusage ru_maxrss; marked * if the reset was
         refused and the figure is the process peak so far).
 
-        The reference takes minutes per S/2 training step: each ref case runs
-        once, without warm-up. ref sddit-s2-sample40 is one timed denoiser
+        The reference takes about half an hour per S/2 training step and a
+        minute and a half per denoiser evaluation: each ref case runs once,
+        without warm-up. ref sddit-s2-sample40 is one timed denoiser
         evaluation x 79, marked "(extrapolated)" ("extrapolated": true in
         JSON). There is no reference plain DiT: ref dit-s2-train is n/a.
 
@@ -81,7 +82,7 @@ struct Bench: ParsableCommand {
         More:
           oracle bench --case sddit-s2-denoise,dit-s2-train \\
               --backend fast,fast-bf16 --json
-          oracle bench --case sddit-s2-train --backend ref   # one run, minutes
+          oracle bench --case sddit-s2-train --backend ref   # one run, ~30 min
           oracle bench --case dit-s2-train --backend fast --verbose
           oracle bench --case sddit-s2-train --backend fast --profile
         """)
@@ -198,6 +199,8 @@ struct BenchResult {
     var flops: Double = 0
     var peakRSSMB: Double?
     var rssSinceReset = true
+    /// The fast path's named buffers (parameters, gradients, AdamW moments, activations).
+    var workspaceMB: Double?
     var extrapolated = false
     var notApplicable = false
     var notes: [String] = []
@@ -295,6 +298,7 @@ struct BenchRunner {
             let fi = FastStepInputs(x0: I.x0.data, labels: I.labels, sigmaS: I.sigmaS, noiseS: I.noiseS.data,
                                     noiseT: I.noiseT.data, mask: I.mask)
             try timed { if try m.trainStep(fi).skipped { skipped += 1 } }
+            r.workspaceMB = Double(m.workspaceBytes) / 1_048_576
             if skipped > 0 { r.notes.append("GradScaler skipped AdamW in \(skipped) of \(o.warmup + o.reps) steps (non-finite fp16 gradients)") }
         case "dit-s2-train":
             r.flops = FLOPCount.ditTrain(cfg, batch: batch).reduce(0) { $0 + $1.total }
@@ -302,12 +306,14 @@ struct BenchRunner {
             let m = FastModel.plainDiT(cfg, precision: prec, parameters: PlainDiT.randomParameters(cfg, seed: o.seed))
             let di = FastDiTInputs(x0: I.x0.data, labels: I.labels, sigma: I.sigmaS, noise: I.noiseS.data)
             try timed { if try m.ditTrainStep(di).skipped { skipped += 1 } }
+            r.workspaceMB = Double(m.workspaceBytes) / 1_048_576
             if skipped > 0 { r.notes.append("GradScaler skipped AdamW in \(skipped) of \(o.warmup + o.reps) steps (non-finite fp16 gradients)") }
         case "sddit-s2-denoise":
             r.flops = FLOPCount.denoise(cfg, batch: batch).reduce(0) { $0 + $1.total }
             let (x, labels) = denoiseInputs()
             let m = FastModel(cfg, precision: prec, student: sdditParameters().tensors, teacher: nil)
             try timed { _ = try m.denoise(x, sigma: 2.0, labels: labels) }
+            r.workspaceMB = Double(m.workspaceBytes) / 1_048_576
         case "sddit-s2-sample40":
             let evals = FLOPCount.heunEvaluations(steps: sampleSteps)
             r.flops = Double(evals) * FLOPCount.denoise(cfg, batch: batch).reduce(0) { $0 + $1.total }
@@ -315,6 +321,7 @@ struct BenchRunner {
             let sig = FastBackend.sigmas(steps: sampleSteps, sigmaMin: cfg.sigmaMin, sigmaMax: cfg.sigmaMax, rho: cfg.rho)
             let m = FastModel(cfg, precision: prec, student: sdditParameters().tensors, teacher: nil)
             try timed { _ = try m.sample(xInit: xInit, labels: labels, sigmas: sig, cfgScale: nil) }
+            r.workspaceMB = Double(m.workspaceBytes) / 1_048_576
             r.notes.append("\(evals) denoiser evaluations, no guidance")
         default: break
         }
@@ -329,7 +336,7 @@ struct BenchRunner {
             let I: StepInputs<Double> = Initialization.inputs(cfg, batch: batch, maskRatio: maskRatio, seed: o.seed &+ 2)
             var student = P, teacher = P.subset(cfg.teacherParameters)
             var opt = AdamW<Double>(cfg)
-            say("  (ref sddit-s2-train: float64 plain loops, one run, no warm-up; this takes minutes)")
+            say("  (ref sddit-s2-train: float64 plain loops, one run, no warm-up; this takes tens of minutes)")
             let t0 = BLASInfo.now()
             let res = try Objective.run(cfg, student: student, teacher: teacher, inputs: I, gradients: true, recordActivations: false)
             opt.update(&student, grads: res.grads)
@@ -436,6 +443,7 @@ struct BenchRunner {
             j["gflops"] = r.gflops.map { round1($0) } ?? NSNull()
             j["peak_fraction"] = r.gflops.map { (($0 / peak) * 1000).rounded() / 1000 } ?? NSNull()
             j["peak_rss_mb"] = r.peakRSSMB.map { round1($0) } ?? NSNull()
+            if let w = r.workspaceMB { j["workspace_mb"] = round1(w) }
             if r.caseName == "sddit-s2-train" { j["mask_ratio"] = maskRatio }
             if r.notApplicable { j["gflop"] = NSNull() }
             if !r.notes.isEmpty { j["note"] = r.notes.joined(separator: "; ") }
@@ -460,7 +468,8 @@ struct BenchRunner {
         if !r.rssSinceReset { notes.append("* process peak so far (RSS high-water reset refused)") }
         say(line + (notes.isEmpty ? "" : "  " + notes.joined(separator: "; ")))
         if o.verbose {
-            say("    runs (ms): " + r.runsMs.map { String(format: "%.1f", $0) }.joined(separator: ", ") + "; \(r.warmup) warm-up")
+            say("    runs (ms): " + r.runsMs.map { String(format: "%.1f", $0) }.joined(separator: ", ") + "; \(r.warmup) warm-up"
+                + (r.workspaceMB.map { String(format: "; fast-path buffers %.0f MB (the rest of the peak RSS: the float64 parameter tables the model is built from, the process)", $0) } ?? ""))
         }
     }
 
