@@ -9,7 +9,8 @@ import Glibc
 // arithmetic is the same whichever worker does it.
 extension Kernels {
     /// Per-worker scratch names for half-mode gemm operand copies and the backward's dS,
-    /// created before the parallel region (the workspace is not thread-safe to grow).
+    /// created before the parallel region (the workspace is not thread-safe to grow); their
+    /// count is the number of workers of that region.
     func attentionScratch(L: Int, hd: Int, workers: Int) -> [String] {
         let n = Swift.max(L * L, L * hd, hd * hd)
         return (0..<Swift.max(workers, 1)).map { w in
@@ -24,7 +25,7 @@ extension Kernels {
         let N = qkv.shape[0], L = qkv.shape[1], W = qkv.last / 3, hd = W / H
         let scale = 1 / Float(hd).squareRoot()
         let names = attentionScratch(L: L, hd: hd, workers: blasThreads())
-        parallelTasks(N * H) { w, lo, hi in
+        parallelTasks(N * H, workers: names.count) { w, lo, hi in
             for t in lo..<hi {
                 let n = t / H, h = t % H
                 let q = qkv.p + n * L * 3 * W + h * hd, k = q + W
@@ -50,7 +51,7 @@ extension Kernels {
     func attentionOutput(_ qkv: FT, heads H: Int, _ P: FT, _ out: FT) {
         let N = qkv.shape[0], L = qkv.shape[1], W = qkv.last / 3, hd = W / H
         let names = attentionScratch(L: L, hd: hd, workers: blasThreads())
-        parallelTasks(N * H) { w, lo, hi in
+        parallelTasks(N * H, workers: names.count) { w, lo, hi in
             for t in lo..<hi {
                 let n = t / H, h = t % H
                 let v = qkv.p + n * L * 3 * W + 2 * W + h * hd
@@ -67,7 +68,7 @@ extension Kernels {
         let scale = 1 / Float(hd).squareRoot()
         let names = attentionScratch(L: L, hd: hd, workers: blasThreads())
         let dSs = names.map { ws.get($0 + ".dS", [L, L]) }
-        parallelTasks(N * H) { w, lo, hi in
+        parallelTasks(N * H, workers: names.count) { w, lo, hi in
             let dS = dSs[w]
             for t in lo..<hi {
                 let n = t / H, h = t % H

@@ -3,9 +3,10 @@ import Glibc
 
 /// OpenBLAS settings and this machine's sgemm peak (for `oracle bench`).
 public enum BLASInfo {
-    /// OpenBLAS's thread count (it defaults to the number of cores).
-    public static func setThreads(_ n: Int) { openblas_set_num_threads(Int32(n)) }
-    public static var threads: Int { Int(openblas_get_num_threads()) }
+    /// The fast path's and OpenBLAS's thread count (default OPENBLAS_NUM_THREADS, else the
+    /// number of cores).
+    public static func setThreads(_ n: Int) { SingleThreadedBLAS.configure(n) }
+    public static var threads: Int { blasThreads() }
     /// The kernel set OpenBLAS picked for this CPU (e.g. SkylakeX, Haswell).
     public static var coreName: String { String(cString: openblas_get_corename()) }
     /// 0 sequential, 1 pthreads, 2 OpenMP.

@@ -1,6 +1,7 @@
 import COpenBLAS
 import Dispatch
 import Glibc
+import Synchronization
 
 // The fast path's kernels: OpenBLAS sgemm for every matrix product, fused element-wise loops.
 // Half modes round matmul operands and outputs to fp16/bf16 (float32 accumulation).
@@ -370,8 +371,11 @@ extension Kernels {
     return m
 }
 
-/// The fast path's threads: OpenBLAS's thread count (`oracle bench --threads`, default all cores).
-@inline(__always) func blasThreads() -> Int { Int(openblas_get_num_threads()) }
+/// The fast path's threads: the configured count (`BLASInfo.setThreads`, `oracle bench
+/// --threads`; by default OpenBLAS's own, i.e. OPENBLAS_NUM_THREADS or all cores). Not
+/// OpenBLAS's current value, which is 1 while any `parallelTasks` region runs.
+@inline(__always) func blasThreads() -> Int { SingleThreadedBLAS.configured }
+
 
 /// Runs body(lo, hi) over [0, n) split into contiguous chunks (4 per BLAS thread, taken by
 /// whichever thread is free, so a core busy with something else delays little); serially when
@@ -386,16 +390,45 @@ extension Kernels {
     }
 }
 
-/// Runs body(worker, lo, hi) over [0, n) tasks, one contiguous chunk per BLAS thread, with
-/// OpenBLAS set to one thread meanwhile (each worker's sgemm calls then run in that worker).
-func parallelTasks(_ n: Int, _ body: (Int, Int, Int) -> Void) {
-    let threads = blasThreads(), t = Swift.min(threads, n)
+/// Runs body(worker, lo, hi) over [0, n) tasks, one contiguous chunk per worker (worker <
+/// `workers`), with OpenBLAS set to one thread meanwhile (each worker's sgemm calls then run
+/// in that worker). OpenBLAS's thread count is process-wide: regions entered concurrently
+/// from several threads (e.g. two models in parallel tests) share one saved value, restored
+/// when the last region ends (`SingleThreadedBLAS`).
+func parallelTasks(_ n: Int, workers: Int, _ body: (Int, Int, Int) -> Void) {
+    let t = Swift.min(workers, n)
     if t <= 1 { body(0, 0, n); return }
-    openblas_set_num_threads(1)
-    defer { openblas_set_num_threads(Int32(threads)) }
+    SingleThreadedBLAS.enter()
+    defer { SingleThreadedBLAS.leave() }
     withoutActuallyEscaping(body) { b in
         let box = UncheckedSendable(b)
         DispatchQueue.concurrentPerform(iterations: t) { w in box.value(w, n * w / t, n * (w + 1) / t) }
+    }
+}
+
+/// Counted "OpenBLAS on one thread" regions: the first to enter sets 1, the last to leave
+/// restores the configured count. Regions may be entered from several threads at once (two
+/// models in parallel tests), and OpenBLAS's thread count is process-wide.
+enum SingleThreadedBLAS {
+    private static let state = Mutex<(configured: Int, depth: Int)>((Int(openblas_get_num_threads()), 0))
+    static var configured: Int { state.withLock { $0.configured } }
+    static func configure(_ n: Int) {
+        state.withLock { s in
+            s.configured = Swift.max(1, n)
+            if s.depth == 0 { openblas_set_num_threads(Int32(s.configured)) }
+        }
+    }
+    static func enter() {
+        state.withLock { s in
+            if s.depth == 0 { openblas_set_num_threads(1) }
+            s.depth += 1
+        }
+    }
+    static func leave() {
+        state.withLock { s in
+            s.depth -= 1
+            if s.depth == 0 { openblas_set_num_threads(Int32(s.configured)) }
+        }
     }
 }
 

@@ -398,10 +398,10 @@ struct BenchRunner {
             if e.group != group { group = e.group; say("    " + group + ":") }
             say("      " + pad(e.name, 58) + String(format: "%9.2f ms x %2d = %8.1f ms", e.ms, e.perStep, e.stepMs))
         }
-        let whole = entries.filter { $0.name.hasPrefix("whole") || $0.group == "DINO head" || $0.group == "optimizer" }
+        let whole = entries.filter { $0.name.hasPrefix("whole") || $0.group == "DINO head" || $0.group == "optimizer" || $0.group.hasPrefix("FastStep") }
         let sum = whole.reduce(0) { $0 + $1.stepMs }
-        say(String(format: "    blocks (whole) + heads + optimizer: %.0f ms of the measured %.0f ms median; the rest "
-                   + "(%.0f ms) is embeddings, decoder_layer / final_layer, DINO loss loop, EDM loss, gradient unscale/check, center update", sum, measured, measured - sum))
+        say(String(format: "    blocks (whole) + heads + optimizer + FastStep loops: %.0f ms of the measured %.0f ms median; the rest "
+                   + "(%.0f ms): embeddings, decoder_layer / final_layer, EDM loss, copies, center update, and cache effects", sum, measured, measured - sum))
         for (g, label) in [("fwd", "forward kernels"), ("bwd", "backward kernels")] {
             var cats: [String: Double] = [:]
             for e in entries where e.name.hasPrefix(g) {

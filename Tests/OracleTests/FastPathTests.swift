@@ -1,4 +1,6 @@
+import Dispatch
 import Foundation
+import Synchronization
 import Testing
 import SDDiTCore
 import SDDiTExchange
@@ -39,6 +41,27 @@ struct FastPathTests {
         for (k, v) in a {
             let same = v.values == b[k]!.values
             #expect(same, "\(k) differs between two identical fast runs")
+        }
+    }
+
+    /// Several fast models stepping at once in one process (as parallel tests and a user's
+    /// threads do): OpenBLAS's thread count is process-wide and is set to 1 inside attention's
+    /// per-head regions; a region must not size its per-worker scratch from a count another
+    /// thread has just changed (CI crashed on exactly that). Every concurrent run must equal
+    /// the serial one bit for bit (same configured thread count, so the same sums).
+    @Test func fastIsSafeAcrossConcurrentModels() throws {
+        let s = SeededSetup.make(.tiny, seed: 9, batch: 2, maskRatio: 0.5, sampleSteps: 2)
+        let serial = try Backend.fast.run(s)
+        let runs = 6
+        let results = Mutex<[[String: NamedTensor]]>([])
+        DispatchQueue.concurrentPerform(iterations: runs) { _ in
+            if let r = try? Backend.fast.run(s) { results.withLock { $0.append(r) } }
+        }
+        let all = results.withLock { $0 }
+        #expect(all.count == runs)
+        for r in all {
+            let differing = serial.keys.filter { r[$0]?.values != serial[$0]!.values }.sorted()
+            #expect(differing.isEmpty, "concurrent fast runs differ from the serial run in \(differing.prefix(5))")
         }
     }
 
