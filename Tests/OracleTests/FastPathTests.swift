@@ -48,11 +48,12 @@ struct FastPathTests {
     /// threads do): OpenBLAS's thread count is process-wide and is set to 1 inside attention's
     /// per-head regions; a region must not size its per-worker scratch from a count another
     /// thread has just changed (CI crashed on exactly that). Every concurrent run must equal
-    /// the serial one bit for bit (same configured thread count, so the same sums).
+    /// the serial one bit for bit (same configured thread count, so the same sums). With 48
+    /// runs the code before the fix crashed (SIGSEGV) in 3 of 3 tries; 6 runs did not.
     @Test func fastIsSafeAcrossConcurrentModels() throws {
         let s = SeededSetup.make(.tiny, seed: 9, batch: 2, maskRatio: 0.5, sampleSteps: 2)
         let serial = try Backend.fast.run(s)
-        let runs = 6
+        let runs = 48
         let results = Mutex<[[String: NamedTensor]]>([])
         DispatchQueue.concurrentPerform(iterations: runs) { _ in
             if let r = try? Backend.fast.run(s) { results.withLock { $0.append(r) } }
