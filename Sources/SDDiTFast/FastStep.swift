@@ -194,7 +194,7 @@ extension FastModel {
             if prec.isPure { prec.round(g.p, g.count) }
             if !found, (0..<g.count).contains(where: { !g.p[$0].isFinite }) {
                 found = true
-                if monitor.anomaly {
+                if monitor.anomaly && !(monitor.anomalyLeavesBackwardToScaler && scaler.enabled) {
                     let i = (0..<g.count).first { !g.p[$0].isFinite }!
                     throw NonFiniteError(tensor: "grad." + key, operation: "parameter gradient (unscaled by \(scale))",
                                          index: unravel(i, g.shape), shape: g.shape, value: g.p[i], inputs: [])

@@ -108,6 +108,7 @@ struct Train: ParsableCommand {
               + "L_D weight \(o.discriminativeWeight), steps \(o.steps), seed \(o.seed), data seed \(o.dataSeed)"
               + (resume.map { ", resumed from \($0) at step \(t.step)" } ?? ""))
         t.model.monitor.anomaly = anomaly
+        t.model.monitor.anomalyLeavesBackwardToScaler = true   // fp16 modes: GradScaler skips those steps
         let end = min(stopAt ?? o.steps, o.steps)
         let clock = ContinuousClock(), t0 = clock.now
         let bar = ProgressBar(total: o.steps, every: logEvery ?? max(o.steps / 10, 1))
@@ -155,6 +156,7 @@ struct Train: ParsableCommand {
         for (name, o) in runs {
             let t = try reportingErrors { try Trainer(o) }
             t.model.monitor.anomaly = anomaly
+            t.model.monitor.anomalyLeavesBackwardToScaler = true
             let clock = ContinuousClock(), t0 = clock.now
             let bar = ProgressBar(total: o.steps, every: logEvery ?? max(o.steps / 5, 1), prefix: name + ": ")
             do {
