@@ -81,6 +81,24 @@ struct TrainTests {
         #expect(f.datasets["inputs/x0"]?.shape == [8, 4, 8, 8] && f.integers["inputs/step"] == [Int64(K)])
     }
 
+    /// The "no discriminative loss" ablation: weight 0 leaves the head without gradient (AdamW
+    /// then moves it by 0) and the total equal to L_G, while L_D is still computed and reported.
+    @Test func noDiscriminativeWeight() throws {
+        var o = Self.options(steps: 3, batch: 4)
+        o.discriminativeWeight = 0
+        let t = try Trainer(o)
+        let head0 = t.model.parameters()["head.mlp.0.weight"]!.data
+        for _ in 0..<3 {
+            let r = try t.trainStep()
+            #expect(r.total == r.generative && r.disCls > 0 && r.disPatch > 0)
+        }
+        let g = t.model.gradients()
+        let headGradZero = g.filter { $0.key.hasPrefix("head.") }.allSatisfy { $0.value.data.allSatisfy { $0 == 0 } }
+        #expect(headGradZero)
+        #expect(t.model.parameters()["head.mlp.0.weight"]!.data == head0)
+        #expect(g["blocks.0.attn.qkv.weight"]!.data.contains { $0 != 0 })
+    }
+
     @Test func bf16TrainsFinite() throws {
         let t = try Trainer(Self.options(.bf16, steps: 30, lr: 3e-3))
         t.model.monitor.anomaly = true
