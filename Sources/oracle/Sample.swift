@@ -8,16 +8,7 @@ struct Sample: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the Heun sampler (SPEC §6) from a training checkpoint and write the samples.",
         discussion: """
-        Samples come from the checkpoint's student network D (the EMA teacher has no decoder).
-        x_init is unit noise from --seed times sigma_0 = --sigma-max; labels cycle through
-        --labels (default 0, 1, ..., num_classes - 1; num_classes is the null label). The output
-        holds /params, /sampler (x_init, labels, sigmas, x.I after every step, out) and the
-        config with the sampler's sigma range, rho and cfg_scale, so
-        `oracle diff --a OUT --b fast` reruns it. For a checkpoint of the synthetic dataset it
-        prints how close the samples land to the data (nearest class mean, distance to the
-        label's class mean and to the nearest held-out example, beside the same numbers for
-        held-out data and for plain noise), and --plot writes an SVG of samples and data on the
-        data's two principal directions.
+        Samples come from the checkpoint's student network D (the EMA teacher has no decoder). x_init is unit noise from --seed times sigma_0 = --sigma-max; labels cycle through --labels (default 0, 1, ..., num_classes - 1; num_classes is the null label). The output holds /params, /sampler (x_init, labels, sigmas, x.I after every step, out) and the config with the sampler's sigma range, rho and cfg_scale, so `oracle diff --a OUT --b fast` reruns it. For a checkpoint of the synthetic dataset it prints how close the samples land to the data (nearest class mean, distance to the label's class mean and to the nearest held-out example, beside the same numbers for held-out data and for plain noise), and --plot writes an SVG of samples and data on the data's two principal directions.
 
         Examples:
           oracle sample --checkpoint run.h5 --out samples.h5 --plot samples.svg

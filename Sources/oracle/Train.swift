@@ -8,23 +8,16 @@ struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train SD-DiT on the fast path on a synthetic class-conditional latent dataset.",
         discussion: """
-        The dataset is made from --data-seed for the config's latent shape: per class a smooth
-        template (low-frequency plane waves per channel), per sample a random amplitude, phase
-        shift and white noise; std about sigma_data = 0.5; 2048 training and 256 held-out
-        samples. Minibatch k (examples, null labels for guidance, sigma, noise, mask) is a pure
-        function of (--seed, k), so a resumed run reproduces an uninterrupted one bit for bit.
+        The dataset is made from --data-seed for the config's latent shape: per class a smooth template (low-frequency plane waves per channel), per sample a random amplitude, phase shift and white noise; std about sigma_data = 0.5; 2048 training and 256 held-out samples. Minibatch k (examples, null labels for guidance, sigma, noise, mask) is a pure function of (--seed, k), so a resumed run reproduces an uninterrupted one bit for bit.
 
-        Progress: a one-line bar on stderr when it is a terminal, otherwise a plain line on
-        stdout every --log-every steps: window means of L_G, L_D^cls, L_D^patch and the total,
-        steps/s, the loss scale. The last line gives the held-out generative loss (L_G with the
-        EDM weighting at 8 fixed sigmas and fixed noise, no mask: comparable across runs).
+        Progress: a one-line bar on stderr when it is a terminal, otherwise a plain line on stdout every --log-every steps: window means of L_G, L_D^cls, L_D^patch and the total, steps/s, the loss scale. The last line gives the held-out generative loss (L_G with the EDM weighting at 8 fixed sigmas and fixed noise, no mask: comparable across runs).
 
         Examples:
           oracle train --config tiny --steps 300
           oracle train --steps 300 --checkpoint run.h5 --checkpoint-every 100
           oracle train --resume run.h5 --checkpoint run.h5
           oracle train --steps 300 --ablations          # paper table 3 in miniature
-          oracle train --precision fast-fp16-pure --lr 10 --anomaly   # stops at the first NaN/Inf
+          oracle train --precision fast-fp16-pure --anomaly   # stops at the first NaN/Inf (lambda(sigma) in fp16)
         """)
 
     @Option(help: "Model config: tiny, S/2, B/2, XL/2.") var config: String?
