@@ -21,6 +21,10 @@ public final class FastModel {
     /// Activations of the last step by SPEC name (filled when `record` is set).
     public var record = false
     public internal(set) var activations: [String: (shape: [Int], values: [Float])] = [:]
+    /// Weight of the discriminative losses in the total, L = L_G + w (L_D^cls + L_D^patch):
+    /// 1 is SPEC §4 (bit-identical to the unweighted sum); 0 is the paper's table-3 ablation
+    /// "without discriminative loss" (the teacher still runs, so L_D is still reported).
+    public var discriminativeWeight: Float = 1
 
     public var workspaceBytes: Int { ws.bytes }
     var labelsForBackward: [Int] = []

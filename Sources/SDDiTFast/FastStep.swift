@@ -124,6 +124,7 @@ extension FastModel {
         }
         // DINO cross-entropy per row (float32 softmax / log-softmax, Double sums), and its gradient
         let tauS = Float(cfg.tauS), tT = Float(tauT ?? cfg.tauT), scale = scaler.scale
+        let wD = discriminativeWeight, scaleD = scale * wD   // wD = 1: exactly `scale`
         let dHead = ws.get("d.student.head.out", [N * (1 + V), K])
         var Lcls = 0.0, Lpatch = 0.0
         var newCls = [Double](repeating: 0, count: K), newPatch = [Double](repeating: 0, count: K)
@@ -142,12 +143,12 @@ extension FastModel {
             let rows = Float(isCls ? N : N * V)
             for j in 0..<K {
                 let pj = expf(ps.p[j] - lse)
-                dHead.p[r * K + j] = scale * (pj - q.p[j]) / (tauS * rows)
+                dHead.p[r * K + j] = scaleD * (pj - q.p[j]) / (tauS * rows)
             }
             if isCls { Lcls += h / Double(N) } else { Lpatch += h / Double(N * V) }
             for j in 0..<K { if isCls { newCls[j] += Double(t[j]) } else { newPatch[j] += Double(t[j]) } }
         }
-        let total = LG + Lcls + Lpatch
+        let total = LG + Double(wD) * Lcls + Double(wD) * Lpatch   // wD = 1: exactly LG + Lcls + Lpatch
         let losses = [LossName.generative: LG, LossName.disCls: Lcls, LossName.disPatch: Lpatch, LossName.total: total]
         if monitor.anomaly, !total.isFinite {
             let bad = [LossName.generative: LG, LossName.disCls: Lcls, LossName.disPatch: Lpatch].first { !$0.value.isFinite }!
@@ -193,7 +194,7 @@ extension FastModel {
             if prec.isPure { prec.round(g.p, g.count) }
             if !found, (0..<g.count).contains(where: { !g.p[$0].isFinite }) {
                 found = true
-                if monitor.anomaly {
+                if monitor.anomaly && !(monitor.anomalyLeavesBackwardToScaler && scaler.enabled) {
                     let i = (0..<g.count).first { !g.p[$0].isFinite }!
                     throw NonFiniteError(tensor: "grad." + key, operation: "parameter gradient (unscaled by \(scale))",
                                          index: unravel(i, g.shape), shape: g.shape, value: g.p[i], inputs: [])

@@ -45,6 +45,10 @@ public struct HeadroomEntry: Sendable {
 /// headroom mode records statistics per tensor name. Off: one branch per op.
 public final class Monitor {
     public var anomaly = false
+    /// With `anomaly`: leave the loss-scaled backward pass (tensors "d NAME" and the parameter
+    /// gradients) to the GradScaler, which skips such steps and backs off; only forward values
+    /// and losses stop the run (`oracle train --anomaly` in fp16 modes). Off by default.
+    public var anomalyLeavesBackwardToScaler = false
     public var recordHeadroom = false
     public var minNormal: Float = 6.103515625e-05
     public private(set) var entries: [String: HeadroomEntry] = [:]
@@ -71,7 +75,7 @@ public final class Monitor {
             e.count += count
             entries[name] = e
         }
-        if anomaly {
+        if anomaly && !(anomalyLeavesBackwardToScaler && name.hasPrefix("d ")) {
             for i in 0..<count where !p[i].isFinite {
                 let ins = inputs().map { (n, q, c) -> (name: String, maxAbs: Float) in
                     var m: Float = 0
