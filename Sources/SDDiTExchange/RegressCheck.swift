@@ -6,7 +6,8 @@ import SDDiTCore
 /// (tol: the tolerance the metric is judged against), or when it passed its tolerance before
 /// and fails now, or turns non-finite. A timing regresses when
 /// new median > old median * (1 + percent/100) + k * (old spread + new spread) + minMs,
-/// spread = half the range of the repeats; timings are compared only on the same machine
+/// spread = 1.4826 x the median absolute deviation of the repeats (and the fastest new repeat
+/// must also be slower than old * (1 + percent/100)); timings are compared only on the same machine
 /// fingerprint (CPU, cores, OpenBLAS kernels, threads).
 public struct RegressThresholds: Codable, Sendable, Equatable {
     public struct ErrorRule: Codable, Sendable, Equatable {
@@ -42,12 +43,12 @@ public struct RegressThresholds: Codable, Sendable, Equatable {
             "factor 4: a real change of a kernel or of rounding moves errors by orders of magnitude; run-to-run they are bit-identical (same seed, same threads), and 4x leaves room for a different thread count or BLAS kernel set.",
             "floor: 0.1% of the tensor's own tolerance (float64 pairs 1e-12, float32 1e-7, fp16 9.8e-6, bf16 7.8e-5), so noise far below what the diff accepts (1e-16 -> 5e-16 in float64 against float64) is not a regression, while float32 errors (measured 1e-7 to 1e-6) are judged.",
             "gradcheck/* (directional derivative of the reference vs 5-point differences): same rule; measured 1e-13 to 1e-11 relative, floor 1e-10 (0.1% of rtol 1e-7).",
-            "timing/* (median ms of repeated runs): regressed when new > old * (1 + percent/100) + spread_k * (old spread + new spread) + min_ms, spread = half the range of the repeats; only on the same machine fingerprint (CPU model, cores, OpenBLAS kernels, threads) unless compare_across_machines.",
+            "timing/* (median ms of repeated runs): regressed when new > old * (1 + percent/100) + spread_k * (old spread + new spread) + min_ms, spread = 1.4826 x the median absolute deviation of the repeats, and even the fastest new repeat is slower than old * (1 + percent/100); only on the same machine fingerprint (CPU model, cores, OpenBLAS kernels, threads) unless compare_across_machines.",
             "these shared 2-core machines vary by 5-15% between runs: percent 25.",
         ],
         error: ErrorRule(factor: 4, floorFraction: 0.001, floorAbs: 1e-15),
         gradcheck: ErrorRule(factor: 4, floorFraction: 0.001, floorAbs: 1e-12),
-        timing: TimingRule(percent: 25, spreadK: 1, minMs: 0.05, acrossMachines: false),
+        timing: TimingRule(percent: 25, spreadK: 2, minMs: 0.05, acrossMachines: false),
         missingIsRegression: true)
 
     public static func load(_ store: RegressStore) throws -> (RegressThresholds, fromFile: Bool) {
@@ -124,6 +125,33 @@ public struct RegressCheckResult: Sendable {
         return ("\(k) \(parts.count > 1 ? parts[1] : "")", [k == "gradcheck" ? 4 : 5], 0)
     }
 
+    public struct GroupSummary: Sendable {
+        public var group: String, regressed: Int, compared: Int
+        public var first: RegressFinding, worst: RegressFinding
+        public var line: String {
+            func short(_ m: String) -> String { RegressReport.errorParts(m)?.tensor ?? m }
+            func x(_ f: RegressFinding) -> String { f.ratio.map { String(format: " (x%.3g)", $0) } ?? "" }
+            return "\(group): \(regressed) of \(compared) regressed; first \(short(first.metric))\(x(first)); worst \(short(worst.metric))\(x(worst))"
+        }
+    }
+
+    /// One entry per group with a regression, in forward / comparison order of the groups.
+    public func groupSummaries() -> [GroupSummary] {
+        var groups: [String: (rank: [Int], all: Int, bad: [RegressFinding])] = [:]
+        for f in findings {
+            let g = Self.group(f.metric)
+            groups[g.key, default: (g.rank, 0, [])].all += 1
+            if f.verdict == .regressed || f.verdict == .missing { groups[g.key]!.bad.append(f) }
+        }
+        return groups.filter { !$0.value.bad.isEmpty }
+            .sorted { ($0.value.rank.lexicographicallyPrecedes($1.value.rank)) || ($0.value.rank == $1.value.rank && $0.key < $1.key) }
+            .map { k, v in
+                GroupSummary(group: k, regressed: v.bad.count, compared: v.all,
+                             first: v.bad.min { ($0.old?.order ?? $0.new?.order ?? 0) < ($1.old?.order ?? $1.new?.order ?? 0) }!,
+                             worst: v.bad.max { ($0.ratio ?? .infinity) < ($1.ratio ?? .infinity) }!)
+            }
+    }
+
     /// Per group of regressed metrics: a count and the first in forward order; then each
     /// regression with both values (at most `perGroup` a group unless verbose), then a
     /// summary per kind and the verdict.
@@ -139,12 +167,7 @@ public struct RegressCheckResult: Sendable {
         let badGroups = groups.filter { !$0.value.bad.isEmpty }.sorted { ($0.value.rank.lexicographicallyPrecedes($1.value.rank)) || ($0.value.rank == $1.value.rank && $0.key < $1.key) }
         if !badGroups.isEmpty {
             out.append("regressed, by group (first = earliest in forward / comparison order):")
-            for (k, v) in badGroups {
-                let first = v.bad.min { ($0.old?.order ?? $0.new?.order ?? 0) < ($1.old?.order ?? $1.new?.order ?? 0) }!
-                let worst = v.bad.max { ($0.ratio ?? .infinity) < ($1.ratio ?? .infinity) }!
-                func short(_ m: String) -> String { RegressReport.errorParts(m)?.tensor ?? m }
-                out.append("  \(k): \(v.bad.count) of \(v.all) regressed; first \(short(first.metric))\(first.ratio.map { String(format: " (x%.3g)", $0) } ?? ""); worst \(short(worst.metric))\(worst.ratio.map { String(format: " (x%.3g)", $0) } ?? "")")
-            }
+            out += groupSummaries().map { "  " + $0.line }
             for (_, v) in badGroups {
                 let sorted = v.bad.sorted { ($0.ratio ?? .infinity) > ($1.ratio ?? .infinity) }
                 let shown = verbose ? sorted : Array(sorted.prefix(perGroup))

@@ -76,7 +76,7 @@ public enum RegressReport {
             }
             guard !series.isEmpty else { continue }
             h += chart(title: "\(cfg == "S2" ? "SD-DiT-S/2 (batch 1)" : "tiny"): max rel error by activation", series: series,
-                       xLabels: names, rotate: true, log: true, width: 1220, height: 420, yLabel: "max rel error")
+                       xLabels: names, rotate: true, log: true, width: 1220, height: 400, yLabel: "max rel error")
         }
         h += "</div>\n"
         h += historySection(recs)
@@ -105,11 +105,14 @@ public enum RegressReport {
             s += "<p>Check against \(esc(res.baseline)): " + (res.passed ? "<span class=\"good\">no regression</span>" : "<span class=\"bad\">\(res.regressions.count) regression(s)</span>")
                 + " (\(res.compared) metrics compared" + (res.timingsSkipped.map { "; timings not compared: " + esc($0) } ?? "") + ")</p>\n"
             if !res.passed {
-                s += "<table><tr><th>regressions (worst 20)</th></tr>\n"
-                for f in res.regressions.sorted(by: { ($0.ratio ?? .infinity) > ($1.ratio ?? .infinity) }).prefix(20) {
-                    s += "<tr><td class=\"mono bad\">\(esc(f.line()))</td></tr>\n"
+                func short(_ m: String) -> String { errorParts(m)?.tensor ?? m }
+                func x(_ f: RegressFinding) -> String { f.ratio.map { String(format: "x%.3g", $0) } ?? f.verdict.rawValue }
+                s += "<table><tr><th>group</th><th>regressed</th><th>first in forward order</th><th>worst</th></tr>\n"
+                for gsum in res.groupSummaries() {
+                    s += "<tr><td class=\"mono\">\(esc(gsum.group))</td><td class=\"num bad\">\(gsum.regressed) of \(gsum.compared)</td>"
+                    s += "<td class=\"mono\">\(esc(short(gsum.first.metric))) (\(x(gsum.first)))</td><td class=\"mono\">\(esc(short(gsum.worst.metric))) (\(x(gsum.worst)))</td></tr>\n"
                 }
-                s += "</table>\n"
+                s += "</table>\n<p class=\"note\">Each regression with both values: <code>oracle regress check --store ... --verbose</code>.</p>\n"
             }
         } else {
             s += "<p class=\"note\">Only one record: nothing to check against yet.</p>\n"
@@ -168,7 +171,7 @@ public enum RegressReport {
             h2chart(&s, chart(title: "gradient checks (reference, tiny): rel err", series: [Series("worst", gw), Series("median", gm)],
                               xLabels: xl, rotate: false, log: true, width: 600, height: 260, yLabel: "rel err"))
         }
-        s += "</div>\n<h2>History: timings</h2>\n<p class=\"note\">Median of repeated runs (ms, log scale); the shaded band is ± the half range of the repeats.</p>\n<div class=\"grid\">"
+        s += "</div>\n<h2>History: timings</h2>\n<p class=\"note\">Median of repeated runs (ms, log scale); the shaded band is ± the spread of the repeats (1.4826 × median absolute deviation).</p>\n<div class=\"grid\">"
         for cfg in ["tiny", "S2"] {
             var names: [String] = []
             for r in recs { for n in r.metrics.keys where n.hasPrefix("timing/\(cfg)/") && !names.contains(n) { names.append(n) } }
@@ -177,7 +180,7 @@ public enum RegressReport {
                 Series(String(n.dropFirst("timing/\(cfg)/".count)), recs.enumerated().compactMap { (i, r) in r.metrics[n].map { (Double(i), $0.value) } })
             }
             let bands = names.sorted().map { n in recs.enumerated().compactMap { (i, r) -> (Double, Double, Double)? in
-                r.metrics[n].map { (Double(i), $0.value - ($0.spread ?? 0), $0.value + ($0.spread ?? 0)) } } }
+                r.metrics[n].map { (Double(i), max($0.value - ($0.spread ?? 0), $0.value / 2), $0.value + ($0.spread ?? 0)) } } }
             h2chart(&s, chart(title: "\(cfg == "S2" ? "S/2 (batch 8)" : "tiny (batch 8)") timings", series: series, xLabels: xl, rotate: false, log: true,
                               width: 600, height: 300, yLabel: "ms", bands: bands))
         }
@@ -220,7 +223,7 @@ public enum RegressReport {
     public static func chart(title: String, series: [Series], xLabels: [String], rotate: Bool, log: Bool,
                              width: Int, height: Int, yLabel: String, bands: [[(Double, Double, Double)]] = []) -> String {
         let legendW = 150.0, left = 62.0, top = 26.0
-        let bottom = rotate ? 150.0 : 40.0
+        let bottom = rotate ? 125.0 : 40.0
         let W = Double(width), H = Double(height)
         let pw = W - left - legendW - 10, ph = H - top - bottom
         func ty(_ v: Double) -> Double { log ? log10(max(v, logZero)) : v }

@@ -31,7 +31,7 @@ public struct RegressMetric: Codable, Sendable, Equatable {
     public var tol: Double?
     /// The verdict under that tolerance when measured.
     public var pass: Bool?
-    /// timing: half the range (max - min) / 2 of the repeats, in ms.
+    /// timing: 1.4826 x the median absolute deviation of the repeats (a robust standard deviation), in ms.
     public var spread: Double?
     /// timing: every repeat, in ms.
     public var runs: [Double]?
@@ -45,11 +45,16 @@ public struct RegressMetric: Codable, Sendable, Equatable {
     }
     enum CodingKeys: String, CodingKey { case value, maxAbs = "max_abs", tol, pass, spread, runs, order }
 
-    /// A timing from repeated runs (ms): median and half range.
+    /// A timing from repeated runs (ms): the median, and as spread 1.4826 x the median absolute
+    /// deviation (a standard deviation that one stalled repeat cannot blow up).
     public static func timing(_ runs: [Double]) -> RegressMetric {
-        let s = runs.sorted(), n = s.count
-        let med = n % 2 == 1 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2
-        return RegressMetric(value: round4(med), spread: round4((s.last! - s.first!) / 2), runs: runs.map { ($0 * 1000).rounded() / 1000 })
+        let med = median(runs)
+        return RegressMetric(value: round4(med), spread: round4(1.4826 * median(runs.map { abs($0 - med) })),
+                             runs: runs.map { ($0 * 1000).rounded() / 1000 })
+    }
+    static func median(_ v: [Double]) -> Double {
+        let s = v.sorted(), n = s.count
+        return n == 0 ? 0 : n % 2 == 1 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2
     }
 }
 
