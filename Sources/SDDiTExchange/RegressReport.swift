@@ -63,19 +63,22 @@ public enum RegressReport {
 
         """
         h += latestSection(recs, thresholds: thresholds)
-        h += "<h2>Per-layer error profile of the latest run</h2>\n"
+        h += "<h2>Per-layer error profile</h2>\n"
         h += "<p class=\"note\">Max relative error of each activation (SPEC §7 names, forward order), one line per precision mode; log scale. Exact agreement (0) is drawn at \(String(format: "%.0e", logZero)).</p>\n<div class=\"grid\">"
         for cfg in ["tiny", "S2"] {
+            // the latest record that ran this config (S/2: the latest standard battery)
+            guard let rec = recs.last(where: { r in r.metrics.keys.contains { $0.hasPrefix("error/\(cfg)/") } }) else { continue }
             var series: [Series] = []
             var names: [String] = []
             for mode in RegressBattery.modes.map(\.rawValue) {
-                let acts = latest.metrics.filter { $0.key.hasPrefix("error/\(cfg)/\(mode)/activations/") }.sorted { ($0.value.order ?? 0) < ($1.value.order ?? 0) }
+                let acts = rec.metrics.filter { $0.key.hasPrefix("error/\(cfg)/\(mode)/activations/") }.sorted { ($0.value.order ?? 0) < ($1.value.order ?? 0) }
                 guard !acts.isEmpty else { continue }
                 if acts.count > names.count { names = acts.map { String($0.key.dropFirst("error/\(cfg)/\(mode)/activations/".count)) } }
                 series.append(Series(mode, acts.enumerated().map { (Double($0.offset), $0.element.value.value) }))
             }
             guard !series.isEmpty else { continue }
-            h += chart(title: "\(cfg == "S2" ? "SD-DiT-S/2 (batch 1)" : "tiny"): max rel error by activation", series: series,
+            let which = rec.id == latest.id ? "latest run" : "record \(rec.id), the latest with \(cfg == "S2" ? "S/2" : cfg)"
+            h += chart(title: "\(cfg == "S2" ? "SD-DiT-S/2 (batch 1)" : "tiny (batch 2)"): max rel error by activation (\(which))", series: series,
                        xLabels: names, rotate: true, log: true, width: 1220, height: 400, yLabel: "max rel error")
         }
         h += "</div>\n"
@@ -129,7 +132,9 @@ public enum RegressReport {
         pairs.sort { a, b in
             let (ca, ga) = split2(a), (cb, gb) = split2(b)
             if ca != cb { return ca == "tiny" }
-            return (groupOrder.firstIndex(of: ga) ?? 99, ga) < (groupOrder.firstIndex(of: gb) ?? 99, gb)
+            // the pos_embed tables (group "params") last: they only check a formula
+            func rank(_ g: String) -> Int { g == "params" ? 98 : groupOrder.firstIndex(of: g) ?? 99 }
+            return (rank(ga), ga) < (rank(gb), gb)
         }
         for pair in pairs {
             let (cfg, group) = split2(pair)
@@ -222,7 +227,8 @@ public enum RegressReport {
     /// A line chart: x is an index into xLabels; y linear or log10. Legend on the right.
     public static func chart(title: String, series: [Series], xLabels: [String], rotate: Bool, log: Bool,
                              width: Int, height: Int, yLabel: String, bands: [[(Double, Double, Double)]] = []) -> String {
-        let legendW = 150.0, left = 62.0, top = 26.0
+        // the legend takes what its longest name needs (about 6 px a character at 11 px)
+        let legendW = max(150.0, 44 + 6.0 * Double(series.map(\.name.count).max() ?? 0)), left = 62.0, top = 26.0
         let bottom = rotate ? 125.0 : 40.0
         let W = Double(width), H = Double(height)
         let pw = W - left - legendW - 10, ph = H - top - bottom
