@@ -215,6 +215,23 @@ public struct RegressStore: Sendable {
         throw RegressError("no record '\(ref)' in '\(recordsDir.path)' (ids look like \(all.last!); also: latest, latest~N, a commit prefix)")
     }
 
+    /// Before spending minutes on a battery: the records directory exists and is writable, or
+    /// its nearest existing ancestor is a writable directory (nothing is created here).
+    public func checkWritable() throws {
+        var url = recordsDir
+        while true {
+            var isDir: ObjCBool = false
+            if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir) {
+                guard isDir.boolValue else { throw RegressError("cannot keep a store at '\(root.path)': '\(url.path)' is a file, not a directory") }
+                guard access(url.path, W_OK) == 0 else { throw RegressError("cannot write in '\(url.path)': \(String(cString: strerror(errno)))") }
+                return
+            }
+            let parent = url.deletingLastPathComponent()
+            if parent.path == url.path { return }
+            url = parent
+        }
+    }
+
     /// Appends a record: temp file, fsync, link to the final name (never replacing one), unlink
     /// the temp, fsync the directory. `beforeLink` is a test hook that can fail the write
     /// between the temp file and the link, as a crash there would. Returns the new id.

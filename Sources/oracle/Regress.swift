@@ -60,10 +60,7 @@ struct Regress: ParsableCommand {
                 o.battery = battery; o.fixturesDir = fixtures; o.reps = reps; o.s2Reps = s2Reps; o.threads = threads
                 let store = RegressStore(s.store)
                 // fail on an unusable store before spending minutes on the battery
-                var isDir: ObjCBool = false
-                if FileManager.default.fileExists(atPath: store.root.path, isDirectory: &isDir), !isDir.boolValue {
-                    throw RegressError("--store '\(s.store)' is a file, not a directory")
-                }
+                if !dryRun { try store.checkWritable() }
                 let date = RegressProvenance.nowISO()
                 let git = RegressProvenance.git()
                 print("oracle regress record: battery \(battery), commit \(git.short)\(git.dirty ? " (dirty)" : ""), \(date)")

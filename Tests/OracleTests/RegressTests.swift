@@ -128,6 +128,16 @@ struct RegressTests {
             let lines = err.split(separator: "\n")
             #expect(lines.count == 1 && err.contains(needle), "\(args): stderr should be one line with '\(needle)': \(err)")
         }
+        // a store that cannot be written: refused before the battery runs, nothing created
+        let file = dir.appendingPathComponent("plain-file")
+        try Data("x".utf8).write(to: file)
+        for store in [file.path, file.path + "/sub"] {
+            let t0 = Date()
+            let (c, out, err) = try runOracle(["regress", "record", "--store", store], env: [:])
+            #expect(c == 2 && err.split(separator: "\n").count == 1 && err.contains("is a file, not a directory"), "store \(store): exit \(c)\n\(out)\(err)")
+            #expect(Date().timeIntervalSince(t0) < 5, "the battery ran before the store was checked")
+            #expect(try Data(contentsOf: file) == Data("x".utf8))
+        }
         let (c, _, err) = try runOracle(["regress", "record", "--battery", "huge", "--store", empty], env: [:])
         #expect(c != 0 && err.contains("unknown battery 'huge'"), "bad battery: \(c) \(err)")
     }
