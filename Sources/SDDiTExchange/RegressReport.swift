@@ -198,7 +198,7 @@ public enum RegressReport {
         // closest to the tolerance (value / tol), errors only
         let top = l.metrics.filter { $0.key.hasPrefix("error/") && ($0.value.tol ?? 0) > 0 }
             .sorted { $0.value.value / $0.value.tol! > $1.value.value / $1.value.tol! }.prefix(15)
-        var s = "<h2>Tensors closest to their tolerance (latest run)</h2>\n<table><tr><th>metric</th><th>max rel</th><th>max abs</th><th>rtol</th><th>of rtol</th><th>history</th></tr>\n"
+        var s = "<h2>Tensors closest to their tolerance (latest run)</h2>\n<table><tr><th>metric</th><th>max rel</th><th>max abs</th><th>rtol</th><th>of rtol</th><th>history (log)</th></tr>\n"
         for (n, m) in top {
             let hist = recs.compactMap { $0.metrics[n]?.value }
             s += "<tr><td class=\"mono\">\(esc(n))</td><td class=\"num\">\(g(m.value))</td><td class=\"num\">\(g(m.maxAbs ?? .nan))</td><td class=\"num\">\(g(m.tol!))</td>"
@@ -216,9 +216,11 @@ public enum RegressReport {
         let w = 120.0, hgt = 22.0
         let ys = v.map { log10(max($0, logZero)) }
         guard let lo = ys.min(), let hi = ys.max() else { return "" }
-        let span = max(hi - lo, 1e-9)
+        let span = hi - lo
+        // a constant history is a flat line through the middle
         let pts = ys.enumerated().map { (i, y) in
-            String(format: "%.1f,%.1f", ys.count == 1 ? w / 2 : 2 + Double(i) * (w - 4) / Double(ys.count - 1), hgt - 3 - (y - lo) / span * (hgt - 6))
+            String(format: "%.1f,%.1f", ys.count == 1 ? w / 2 : 2 + Double(i) * (w - 4) / Double(ys.count - 1),
+                   span < 1e-9 ? hgt / 2 : hgt - 3 - (y - lo) / span * (hgt - 6))
         }
         return "<svg width=\"\(Int(w))\" height=\"\(Int(hgt))\" style=\"border:none\"><polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"\(pts.joined(separator: " "))\"/>"
             + (ys.count == 1 ? "<circle cx=\"\(w / 2)\" cy=\"\(hgt / 2)\" r=\"2\" fill=\"#1f77b4\"/>" : "") + "</svg>"
@@ -266,9 +268,10 @@ public enum RegressReport {
         }
         s += String(format: "<text transform=\"translate(12,%.1f) rotate(-90)\" text-anchor=\"middle\">%@</text>\n", top + ph / 2, esc(yLabel))
         // x ticks (thinned to fit)
-        let maxTicks = rotate ? Int(pw / 12) : Int(pw / 90)
+        let maxTicks = rotate ? Int(pw / 12) : Int(pw / 125)
         let every = max(1, Int((Double(n) / Double(max(maxTicks, 1))).rounded(.up)))
-        for (i, lab) in xLabels.enumerated() where i % every == 0 || i == n - 1 {
+        // every `every`-th label counted back from the last (the latest record is always labelled)
+        for (i, lab) in xLabels.enumerated() where (n - 1 - i) % every == 0 {
             let x = px(Double(i))
             s += String(format: "<line x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#f3f3f3\"/>", x, x, top, top + ph)
             if rotate {
