@@ -7,19 +7,20 @@ struct Regress: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Track errors and timings over the project's history: record a run, check it against a baseline, report.",
         discussion: """
-        The history lives in the repository: regress/records/<UTC time>-<commit>.json, one
-        record per run (git commit and dirty flag, date, machine, every tensor's max error,
-        every timing), added atomically and never modified; regress/thresholds.json says
-        what counts as a regression. See docs/DECISIONS.md ("Regression tracking").
+        The history lives in the repository: one record per run in
+        regress/records/<UTC time>-<commit>.json (git commit and dirty flag,
+        date, machine, every tensor's max error, every timing), added
+        atomically and never modified; regress/thresholds.json says what
+        counts as a regression. See docs/DECISIONS.md, items 11-16.
 
-          oracle regress record                      # quick battery (~1 min), appends a record
-          oracle regress record --battery standard   # adds SD-DiT-S/2 (the float64 step: minutes)
-          oracle regress check                       # latest against the record before it
-          oracle regress check --baseline latest~3   # or an id, a unique id prefix, a commit
-          oracle regress report --out regress-report # HTML with inline SVG charts, no network
+          oracle regress record                     # quick battery, 10-20 s
+          oracle regress record --battery standard  # + SD-DiT-S/2, 5-8 min
+          oracle regress check                      # latest vs the one before
+          oracle regress check --baseline latest~3  # or an id, a prefix, a commit
+          oracle regress report --out regress-report  # HTML + inline SVG
 
-        Exit status of check: 0 no regression, 1 a regression (each listed with both values),
-        2 bad input (one line on stderr).
+        check exits 0 without a regression, 1 with one (each listed with
+        both values), 2 on bad input (one line on stderr).
         """,
         subcommands: [Record.self, Check.self, Report.self])
 
@@ -31,12 +32,14 @@ struct Regress: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Run a battery and append one record to the store.",
             discussion: """
-            quick: tiny config, fast / fast-fp16 / fast-bf16 / fast-fp16-pure / fast-bf16-pure
-            against the float64 reference (seeded setup: training step and a 5-step sampler,
-            every dataset); every fixtures/*.h5 against ref and fast; directional gradient
+            quick: the tiny config; fast, fast-fp16, fast-bf16, fast-fp16-pure
+            and fast-bf16-pure against the float64 reference (seeded setup:
+            a training step and a 5-step sampler, every dataset); every
+            fixtures/*.h5 rerun by ref and by fast; directional gradient
             checks of the reference; tiny timings (median of --reps).
-            standard: quick + SD-DiT-S/2 at batch 1, every fast mode against the reference
-            (the float64 S/2 step takes minutes), and S/2 batch-8 timings as oracle bench.
+            standard: quick + SD-DiT-S/2 at batch 1, every fast mode against
+            the reference (the float64 S/2 step takes 1.5-2 minutes here),
+            and S/2 batch-8 timings as oracle bench runs them.
             """)
         @OptionGroup var s: StoreOption
         @Option(help: "quick or standard.") var battery: String = "quick"
@@ -93,10 +96,11 @@ struct Regress: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Compare the latest record (or --latest) with a baseline under the thresholds; exit 1 on a regression.",
             discussion: """
-            Baseline: the record before the latest, or --baseline REF: an id (file name stem), a
-            unique prefix of one, latest~N, or a commit prefix (its newest record).
-            Errors regress past a growth factor above a floor; timings past a percentage plus
-            the measured spread of the repeats (same machine only). See regress/thresholds.json.
+            Baseline: the record before the latest, or --baseline REF: an id
+            (file name stem), a unique prefix of one, latest~N, or a commit
+            prefix (its newest record). Errors regress past a growth factor
+            above a floor; timings past a percentage plus the measured spread
+            of the repeats (same machine only). See regress/thresholds.json.
             """)
         @OptionGroup var s: StoreOption
         @Option(help: "The baseline record (default: the one before the latest).") var baseline: String?
