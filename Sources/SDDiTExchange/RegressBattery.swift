@@ -154,7 +154,9 @@ public enum RegressBattery {
         let g = try Objective.run(cfg, student: P, teacher: TP, inputs: I, recordActivations: false).grads
         let h = 1e-4
         func check(_ name: String, _ order: Int, _ dir: [String: [Double]]) {
-            let analytic = dir.reduce(0.0) { acc, kv in acc + zip(g[kv.key]!.data, kv.value).reduce(0) { $0 + $1.0 * $1.1 } }
+            // summed in sorted key order: Dictionary order changes from process to process, and
+            // with it the rounding of the all-parameter sum
+            let analytic = dir.keys.sorted().reduce(0.0) { acc, k in acc + zip(g[k]!.data, dir[k]!).reduce(0) { $0 + $1.0 * $1.1 } }
             func at(_ t: Double) -> Double {
                 var p = P
                 for (k, v) in dir { for i in 0..<v.count { p[k].data[i] += t * v[i] } }
