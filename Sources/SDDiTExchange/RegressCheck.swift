@@ -193,6 +193,7 @@ public enum RegressCheck {
     public static func compare(baseline b: RegressRecord, latest l: RegressRecord, thresholds t: RegressThresholds) -> RegressCheckResult {
         var res = RegressCheckResult(baseline: b.id, latest: l.id)
         if l.notes.contains(where: { $0.hasPrefix("PERTURBED") }) { res.notes.append("the latest run was made with a perturbed kernel (SDDIT_ORACLE_PERTURB)") }
+        if b.notes.contains(where: { $0.hasPrefix("PERTURBED") }) { res.notes.append("the baseline was made with a perturbed kernel (SDDIT_ORACLE_PERTURB): pick another with --baseline") }
         if b.battery != l.battery { res.notes.append("batteries differ (baseline \(b.battery), latest \(l.battery)): only shared metrics are compared") }
         let sameMachine = b.machine.fingerprint == l.machine.fingerprint
         if !sameMachine && !t.timing.acrossMachines {
