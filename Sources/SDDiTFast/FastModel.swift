@@ -34,6 +34,7 @@ public final class FastModel {
     public init(_ cfg: ModelConfig, precision: FastPrecision, student s: [String: Tensor<Double>],
                 teacher t: [String: Tensor<Double>]?, centerCls cc: [Double]? = nil, centerPatch cp: [Double]? = nil) {
         self.cfg = cfg; self.prec = precision
+        _ = KernelPerturbation.warnOnce
         k = Kernels(prec: precision, ws: ws)
         scaler = LossScaler(enabled: precision.isFP16)
         centerCls = (cc ?? Array(repeating: 0, count: cfg.headOutDim)).map { Float($0) }
@@ -61,6 +62,7 @@ public final class FastModel {
     /// `oracle bench` (FastDiT.swift). Gradients and AdamW moments for the trainable specs.
     public init(_ cfg: ModelConfig, precision: FastPrecision, specs: [ParameterSpec], parameters s: [String: Tensor<Double>]) {
         self.cfg = cfg; self.prec = precision
+        _ = KernelPerturbation.warnOnce
         k = Kernels(prec: precision, ws: ws)
         scaler = LossScaler(enabled: precision.isFP16)
         centerCls = []; centerPatch = []

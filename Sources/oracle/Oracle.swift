@@ -16,7 +16,7 @@ struct Oracle: ParsableCommand {
           oracle dump --backend ref --config tiny --out tiny.h5 --sample 5
           oracle info tiny.h5                     # or: oracle info XL/2
         """,
-        subcommands: [Diff.self, Dump.self, Info.self, PrecisionCmd.self, Bench.self, Train.self, Sample.self])
+        subcommands: [Diff.self, Dump.self, Info.self, PrecisionCmd.self, Bench.self, Train.self, Sample.self, Regress.self])
 }
 
 /// Options shared by commands that build a run from a config and a seed.
