@@ -27,6 +27,8 @@ struct Dump: ParsableCommand {
     @Option(help: "Parameter init for seeded setups: random (every tensor non-zero) or dit (adaLN-Zero).")
     var initMode: String = "random"
 
+    func validate() throws { try requireWritableOutput(out, option: "--out") }
+
     func run() throws {
         guard let be = Backend(rawValue: backend) else {
             throw ValidationError("unknown backend '\(backend)'; expected one of: \(Backend.allCases.map(\.rawValue).joined(separator: ", "))")

@@ -59,3 +59,17 @@ func reportingErrors<R>(_ body: () throws -> R) throws -> R {
         throw ExitCode(2)
     }
 }
+
+/// Refuses an output path whose directory is missing or not writable before any work is done
+/// (a long run must not end on "cannot create").
+func requireWritableOutput(_ path: String, option: String) throws {
+    let dir = (path as NSString).deletingLastPathComponent
+    let d = dir.isEmpty ? "." : dir
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: d, isDirectory: &isDir), isDir.boolValue else {
+        throw ValidationError("\(option) \(path): directory '\(d)' does not exist")
+    }
+    guard FileManager.default.isWritableFile(atPath: d) else {
+        throw ValidationError("\(option) \(path): directory '\(d)' is not writable")
+    }
+}

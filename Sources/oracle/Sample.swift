@@ -37,6 +37,8 @@ struct Sample: ParsableCommand {
         if !(rho > 0 && rho.isFinite) { throw ValidationError("--rho must be positive, found \(rho)") }
         if let p = precision { _ = try PrecisionCmd.mode(p) }
         if let l = labels, parsedLabels(l) == nil { throw ValidationError("--labels must be comma-separated non-negative integers, found '\(l)'") }
+        try requireWritableOutput(out, option: "--out")
+        if let p = plot { try requireWritableOutput(p, option: "--plot") }
     }
 
     func parsedLabels(_ s: String) -> [Int]? {

@@ -53,6 +53,7 @@ struct Train: ParsableCommand {
         if let w = warmup, w < 1 { throw ValidationError("--warmup must be at least 1, found \(w)") }
         if checkpointEvery < 0 || evalEvery < 0 { throw ValidationError("--checkpoint-every and --eval-every must be >= 0") }
         if checkpointEvery > 0 && checkpoint == nil { throw ValidationError("--checkpoint-every needs --checkpoint PATH") }
+        if let c = checkpoint { try requireWritableOutput(c, option: "--checkpoint") }
         if let l = logEvery, l < 1 { throw ValidationError("--log-every must be at least 1") }
         if let s = stopAt, s < 1 { throw ValidationError("--stop-at must be at least 1") }
         if let p = precision { _ = try PrecisionCmd.mode(p) }

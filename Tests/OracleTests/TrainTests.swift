@@ -188,6 +188,9 @@ struct TrainTests {
         (["sample", "--checkpoint", "/nonexistent/c.h5", "--out", "/tmp/x.h5"], "c.h5"),
         (["sample", "--checkpoint", "x.h5", "--out", "/tmp/x.h5", "--steps", "1"], "--steps"),
         (["sample", "--checkpoint", "x.h5", "--out", "/tmp/x.h5", "--labels", "a,b"], "--labels"),
+        // refused before training or sampling, not after
+        (["train", "--steps", "100000", "--checkpoint", "/nonexistent-dir/c.h5"], "directory '/nonexistent-dir' does not exist"),
+        (["sample", "--checkpoint", "x.h5", "--out", "/nonexistent-dir/s.h5"], "directory '/nonexistent-dir' does not exist"),
     ])
     func badInputGivesOneLine(_ args: [String], _ mentions: String) throws {
         let (code, out, err) = try runOracle(args)
