@@ -95,40 +95,19 @@ extension FastModel {
         out.append(ProfileEntry(group: "DINO head", name: "backward", ms: try best { _ = try headBackward("prof", student, hs!, dOut: dOut) }, perStep: 1))
         out.append(ProfileEntry(group: "optimizer", name: "AdamW (all student parameters)", ms: best { adamW() }, perStep: 1))
         out.append(ProfileEntry(group: "optimizer", name: "EMA (teacher)", ms: best { ema(0.996) }, perStep: 1))
-        // FastStep's own loops, replicated here to time them alone (same code, same sizes)
+        // FastStep's own loops, timed alone on this model's buffers (the functions the step calls)
         let gtot = grads.values.reduce(0) { $0 + $1.count }
-        out.append(ProfileEntry(group: "FastStep loops (replicas)", name: "zero all \(gtot) gradient entries", ms: best {
+        out.append(ProfileEntry(group: "FastStep loops", name: "zero all \(gtot) gradient entries", ms: best {
             for g in grads.values { g.zero() } }, perStep: 1))
-        let scale: Float = 1
-        out.append(ProfileEntry(group: "FastStep loops (replicas)", name: "unscale + isFinite scan of the gradients", ms: best {
-            var found = false
-            for (_, g) in grads {
-                for i in 0..<g.count { g.p[i] /= scale }
-                if !found, (0..<g.count).contains(where: { !g.p[$0].isFinite }) { found = true }
-            }
-            if found { print("non-finite") }
-        }, perStep: 1))
+        out.append(ProfileEntry(group: "FastStep loops", name: "unscale (skipped at scale 1) + finite check of the gradients", ms: best {
+            if unscaleGradients(1) != nil { print("non-finite") } }, perStep: 1))
         let K = cfg.headOutDim, R = N * (1 + V)
         let tOut = ws.get("prof.dino.t", [R, K]), sOut = ws.get("prof.dino.s", [R, K]); fill(tOut, 0.2); fill(sOut, 0.2)
-        let dHead = ws.get("prof.dino.d", [R, K]), q = ws.get("prof.dino.q", [K]), ps = ws.get("prof.dino.p", [K])
-        let tauS = Float(cfg.tauS), tT = Float(cfg.tauT), center = centerPatch.isEmpty ? [Float](repeating: 0, count: K) : centerPatch
-        out.append(ProfileEntry(group: "FastStep loops (replicas)", name: "DINO cross-entropy + gradient, \(R) rows x \(K)", ms: best {
-            var L = 0.0
-            var newC = [Double](repeating: 0, count: K)
-            for r in 0..<R {
-                let t = tOut.p + r * K, s = sOut.p + r * K
-                var mt = -Float.infinity, ms = -Float.infinity
-                for j in 0..<K { q.p[j] = (t[j] - center[j]) / tT; mt = max(mt, q.p[j]); ps.p[j] = s[j] / tauS; ms = max(ms, ps.p[j]) }
-                var zt: Float = 0, zs: Float = 0
-                for j in 0..<K { q.p[j] = expf(q.p[j] - mt); zt += q.p[j]; zs += expf(ps.p[j] - ms) }
-                let lse = ms + logf(zs)
-                var h = 0.0
-                for j in 0..<K { q.p[j] /= zt; h -= Double(q.p[j] * (ps.p[j] - lse)) }
-                for j in 0..<K { let pj = expf(ps.p[j] - lse); dHead.p[r * K + j] = (pj - q.p[j]) / (tauS * Float(R)) }
-                L += h
-                for j in 0..<K { newC[j] += Double(t[j]) }
-            }
-            if L.isNaN || newC[0].isNaN { print("nan") }
+        let dHead = ws.get("prof.dino.d", [R, K])
+        if centerCls.isEmpty { centerCls = Array(repeating: 0, count: K); centerPatch = centerCls }
+        out.append(ProfileEntry(group: "FastStep loops", name: "DINO cross-entropy + gradient, \(R) rows x \(K)", ms: best {
+            let h = dinoRows(t: tOut.p, s: sOut.p, N: N, V: V, K: K, tauT: Float(cfg.tauT), tauS: Float(cfg.tauS), gradScale: 1, dOut: dHead.p)
+            if h[0].isNaN { print("nan") }
         }, perStep: 1))
         return out
     }

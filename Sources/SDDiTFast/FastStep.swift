@@ -128,25 +128,13 @@ extension FastModel {
         let dHead = ws.get("d.student.head.out", [N * (1 + V), K])
         var Lcls = 0.0, Lpatch = 0.0
         var newCls = [Double](repeating: 0, count: K), newPatch = [Double](repeating: 0, count: K)
-        let q = ws.get("dino.q", [K]), ps = ws.get("dino.p", [K])
-        for r in 0..<(N * (1 + V)) {
+        let R = N * (1 + V)
+        let hD = dinoRows(t: tHead.out.p, s: sHead.out.p, N: N, V: V, K: K, tauT: tT, tauS: tauS, gradScale: scaleD, dOut: dHead.p)
+        for r in 0..<R {
             let isCls = r % (1 + V) == 0
-            let center = isCls ? centerCls : centerPatch
-            let t = tHead.out.p + r * K, s = sHead.out.p + r * K
-            var mt = -Float.infinity, ms = -Float.infinity
-            for j in 0..<K { q.p[j] = (t[j] - center[j]) / tT; mt = max(mt, q.p[j]); ps.p[j] = s[j] / tauS; ms = max(ms, ps.p[j]) }
-            var zt: Float = 0, zs: Float = 0
-            for j in 0..<K { q.p[j] = expf(q.p[j] - mt); zt += q.p[j]; zs += expf(ps.p[j] - ms) }
-            let lse = ms + logf(zs)
-            var h = 0.0
-            for j in 0..<K { q.p[j] /= zt; h -= Double(q.p[j] * (ps.p[j] - lse)) }
-            let rows = Float(isCls ? N : N * V)
-            for j in 0..<K {
-                let pj = expf(ps.p[j] - lse)
-                dHead.p[r * K + j] = scaleD * (pj - q.p[j]) / (tauS * rows)
-            }
-            if isCls { Lcls += h / Double(N) } else { Lpatch += h / Double(N * V) }
-            for j in 0..<K { if isCls { newCls[j] += Double(t[j]) } else { newPatch[j] += Double(t[j]) } }
+            if isCls { Lcls += hD[r] / Double(N) } else { Lpatch += hD[r] / Double(N * V) }
+            let t = tHead.out.p + r * K
+            if isCls { for j in 0..<K { newCls[j] += Double(t[j]) } } else { for j in 0..<K { newPatch[j] += Double(t[j]) } }
         }
         let total = LG + Double(wD) * Lcls + Double(wD) * Lpatch   // wD = 1: exactly LG + Lcls + Lpatch
         let losses = [LossName.generative: LG, LossName.disCls: Lcls, LossName.disPatch: Lpatch, LossName.total: total]
@@ -188,21 +176,63 @@ extension FastModel {
         } } }
         try encoderBackward(enc, student, dEnc: dEncAll, dTokens: dTokens, dsiluC: dsiluC)
         // unscale, check, step
-        var found = false
-        for (key, g) in grads {
-            for i in 0..<g.count { g.p[i] /= scale }
-            if prec.isPure { prec.round(g.p, g.count) }
-            if !found, (0..<g.count).contains(where: { !g.p[$0].isFinite }) {
-                found = true
-                if monitor.anomaly && !(monitor.anomalyLeavesBackwardToScaler && scaler.enabled) {
-                    let i = (0..<g.count).first { !g.p[$0].isFinite }!
-                    throw NonFiniteError(tensor: "grad." + key, operation: "parameter gradient (unscaled by \(scale))",
-                                         index: unravel(i, g.shape), shape: g.shape, value: g.p[i], inputs: [])
-                }
-            }
+        let bad = unscaleGradients(scale), found = bad != nil
+        if let (key, i) = bad, monitor.anomaly && !(monitor.anomalyLeavesBackwardToScaler && scaler.enabled) {
+            let g = grads[key]!
+            throw NonFiniteError(tensor: "grad." + key, operation: "parameter gradient (unscaled by \(scale))",
+                                 index: unravel(i, g.shape), shape: g.shape, value: g.p[i], inputs: [])
         }
         pendingCenters = (newCls.map { Float($0 / Double(N)) }, newPatch.map { Float($0 / Double(N * V)) })
         return FastStepResult(losses: losses, skipped: found, lossScale: scale)
+    }
+
+    /// DINO cross-entropy per row r of N (1 + V) head outputs (CLS then V patches per sample):
+    /// h_r = -sum_j q_j log p_j, q = softmax((t - C) / tau_T) with C the CLS or patch center,
+    /// p = softmax(s / tau_S) (float32 softmax / log-softmax, Double sum); and its gradient
+    /// dOut_r = gradScale (p - q) / (tau_S rows), rows = N (CLS) or N V (patches). Rows are
+    /// independent: any split over threads gives the same numbers.
+    func dinoRows(t: UnsafePointer<Float>, s: UnsafePointer<Float>, N: Int, V: Int, K: Int, tauT tT: Float, tauS: Float,
+                  gradScale scaleD: Float, dOut: UnsafeMutablePointer<Float>) -> [Double] {
+        let R = N * (1 + V)
+        var hD = [Double](repeating: 0, count: R)
+        let cc = centerCls, cp = centerPatch
+        hD.withUnsafeMutableBufferPointer { hb in
+            let hp = UncheckedSendable(hb.baseAddress!)
+            parallelRanges(R, minPerThread: 16) { lo, hi in
+                var qb = [Float](repeating: 0, count: K), pb = [Float](repeating: 0, count: K)
+                for r in lo..<hi {
+                    let isCls = r % (1 + V) == 0
+                    let center = isCls ? cc : cp
+                    let t = t + r * K, s = s + r * K
+                    var mt = -Float.infinity, ms = -Float.infinity
+                    for j in 0..<K { qb[j] = (t[j] - center[j]) / tT; mt = max(mt, qb[j]); pb[j] = s[j] / tauS; ms = max(ms, pb[j]) }
+                    var zt: Float = 0, zs: Float = 0
+                    for j in 0..<K { qb[j] = expf(qb[j] - mt); zt += qb[j]; zs += expf(pb[j] - ms) }
+                    let lse = ms + logf(zs)
+                    var h = 0.0
+                    for j in 0..<K { qb[j] /= zt; h -= Double(qb[j] * (pb[j] - lse)) }
+                    let rows = Float(isCls ? N : N * V)
+                    for j in 0..<K {
+                        let pj = expf(pb[j] - lse)
+                        dOut[r * K + j] = scaleD * (pj - qb[j]) / (tauS * rows)
+                    }
+                    hp.value[r] = h
+                }
+            }
+        }
+        return hD
+    }
+
+    /// Divides every gradient by the loss scale (skipped at scale 1, where it is exact),
+    /// rounds it in pure modes, and returns the first non-finite gradient's key and index.
+    func unscaleGradients(_ scale: Float) -> (key: String, index: Int)? {
+        var first: (String, Int)?
+        for (key, g) in grads {
+            if scale != 1 { let gp = g.p; parallelRanges(g.count) { lo, hi in for i in lo..<hi { gp[i] /= scale } } }
+            if prec.isPure { prec.round(g.p, g.count) }
+            if first == nil, !vallFinite(g.p, g.count) { first = (key, (0..<g.count).first { !g.p[$0].isFinite }!) }
+        }
+        return first
     }
 
     /// AdamW (when `step`), EMA, and the center update with this step's teacher outputs.
@@ -222,22 +252,24 @@ extension FastModel {
         let lr = Float(cfg.lr), b1 = Float(cfg.adamBeta1), b2 = Float(cfg.adamBeta2), eps = Float(cfg.adamEps), wd = Float(cfg.weightDecay)
         let bc1 = 1 - powf(b1, Float(adamStep)), bc2 = (1 - powf(b2, Float(adamStep))).squareRoot()
         for (key, g) in grads {
-            let p = student[key]!, m = adamM[key]!, v = adamV[key]!
-            for i in 0..<g.count {
-                p.p[i] *= 1 - lr * wd
-                m.p[i] = b1 * m.p[i] + (1 - b1) * g.p[i]
-                v.p[i] = b2 * v.p[i] + (1 - b2) * g.p[i] * g.p[i]
-                p.p[i] -= lr / bc1 * m.p[i] / (v.p[i].squareRoot() / bc2 + eps)
+            let p = student[key]!.p, m = adamM[key]!.p, v = adamV[key]!.p, gp = g.p
+            parallelRanges(g.count) { lo, hi in
+                for i in lo..<hi {
+                    p[i] *= 1 - lr * wd
+                    m[i] = b1 * m[i] + (1 - b1) * gp[i]
+                    v[i] = b2 * v[i] + (1 - b2) * gp[i] * gp[i]
+                    p[i] -= lr / bc1 * m[i] / (v[i].squareRoot() / bc2 + eps)
+                }
             }
-            if prec.isPure { prec.round(p.p, p.count) }
+            if prec.isPure { prec.round(p, g.count) }
         }
     }
 
     /// teacher <- beta teacher + (1 - beta) student (encoder + head keys).
     func ema(_ beta: Float) {
         for (key, t) in teacher {
-            let s = student[key]!
-            for i in 0..<t.count { t.p[i] = beta * t.p[i] + (1 - beta) * s.p[i] }
+            let sp = student[key]!.p, tp = t.p
+            parallelRanges(t.count) { lo, hi in for i in lo..<hi { tp[i] = beta * tp[i] + (1 - beta) * sp[i] } }
             if prec.isPure { prec.round(t.p, t.count) }
         }
     }

@@ -358,6 +358,22 @@ extension Kernels {
     return s
 }
 
+/// True when all n floats are finite: x * 0 is 0 for finite x and NaN for an infinity or a
+/// NaN, and a NaN survives the sums.
+@inline(__always) func vallFinite(_ p: UnsafePointer<Float>, _ n: Int) -> Bool {
+    var a0 = SIMD4<Float>(repeating: 0), a1 = a0
+    let raw = UnsafeRawPointer(p)
+    var j = 0
+    while j + 8 <= n {
+        a0 += raw.loadUnaligned(fromByteOffset: j * 4, as: SIMD4<Float>.self) * 0
+        a1 += raw.loadUnaligned(fromByteOffset: j * 4 + 16, as: SIMD4<Float>.self) * 0
+        j += 8
+    }
+    var s = (a0 + a1).sum()
+    while j < n { s += p[j] * 0; j += 1 }
+    return s == 0
+}
+
 /// Largest of n floats (4 running maxima). A NaN may be skipped here; callers use it only
 /// as the softmax shift, where a NaN in the row reappears in its exponential.
 @inline(__always) func vmax(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
