@@ -129,8 +129,10 @@ public enum RegressBattery {
 
     static func metric(_ c: Comparison, order: Int) -> RegressMetric {
         let broken = c.nonFinite != nil || c.shapeMismatch
+        let afterParams = c.name.hasPrefix("after_step/params/") || c.name.hasPrefix("after_step/teacher/")
         return RegressMetric(value: broken ? .infinity : round4(c.maxRel), maxAbs: broken ? .infinity : round4(c.maxAbs),
-                             tol: c.tolerance.rtol, pass: c.passed, order: order)
+                             tol: c.tolerance.rtol, pass: c.passed, order: order,
+                             noiseAbs: afterParams ? c.tolerance.atolAbs : nil)
     }
 
     // MARK: gradient checks

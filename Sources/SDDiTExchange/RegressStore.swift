@@ -37,13 +37,16 @@ public struct RegressMetric: Codable, Sendable, Equatable {
     public var runs: [Double]?
     /// Position in the comparison order (activations: forward order), for the report.
     public var order: Int?
+    /// error, after-step parameters only: the absolute allowance of the diff's rule for AdamW's
+    /// amplified noise gradients (lr or 2 lr); growth within it is not a regression.
+    public var noiseAbs: Double?
 
     public init(value: Double, maxAbs: Double? = nil, tol: Double? = nil, pass: Bool? = nil,
-                spread: Double? = nil, runs: [Double]? = nil, order: Int? = nil) {
+                spread: Double? = nil, runs: [Double]? = nil, order: Int? = nil, noiseAbs: Double? = nil) {
         self.value = value; self.maxAbs = maxAbs; self.tol = tol; self.pass = pass
-        self.spread = spread; self.runs = runs; self.order = order
+        self.spread = spread; self.runs = runs; self.order = order; self.noiseAbs = noiseAbs
     }
-    enum CodingKeys: String, CodingKey { case value, maxAbs = "max_abs", tol, pass, spread, runs, order }
+    enum CodingKeys: String, CodingKey { case value, maxAbs = "max_abs", tol, pass, spread, runs, order, noiseAbs = "noise_abs" }
 
     /// A timing from repeated runs (ms): the median, and as spread 1.4826 x the median absolute
     /// deviation (a standard deviation that one stalled repeat cannot blow up).
