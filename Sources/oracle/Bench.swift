@@ -105,12 +105,7 @@ struct Bench: ParsableCommand {
     @Flag(help: "Also print each case's FLOPs by component and every run's time.") var verbose = false
     @Flag(help: "After a fast sddit-s2-train case, time its blocks and kernels one by one (where the step's time goes).")
     var profile = false
-    @Option(name: .customLong("blas-core"),
-            help: "OpenBLAS kernel set: auto (if OpenBLAS fell back to Prescott on an AVX-512 / AVX2 CPU it does not know, rerun this process with OPENBLAS_CORETYPE=SkylakeX / Haswell), keep, or a name for OPENBLAS_CORETYPE.")
-    var blasCore: String = "auto"
-    @Option(name: .customLong("blas-thread-timeout"),
-            help: "OPENBLAS_THREAD_TIMEOUT for this run (idle OpenBLAS threads spin 2^N cycles before sleeping; OpenBLAS's default is 28, ~0.1 s), or keep.")
-    var blasThreadTimeout: String = "4"
+    @OptionGroup var blas: BLASEnvironment
 
     static let allCases = ["sddit-s2-train", "dit-s2-train", "sddit-s2-denoise", "sddit-s2-sample40"]
     static let allBackends = ["fast", "fast-fp16", "fast-bf16", "fast-fp16-pure", "fast-bf16-pure", "ref"]
@@ -134,60 +129,13 @@ struct Bench: ParsableCommand {
         if reps < 1 { throw ValidationError("--reps must be at least 1, found \(reps)") }
         if warmup < 0 { throw ValidationError("--warmup must be at least 0, found \(warmup)") }
         if threads < 1 { throw ValidationError("--threads must be at least 1, found \(threads)") }
-        if blasThreadTimeout != "keep", !(Int(blasThreadTimeout).map { $0 >= 4 && $0 <= 30 } ?? false) {
-            throw ValidationError("--blas-thread-timeout must be keep or an integer in 4...30, found '\(blasThreadTimeout)'")
-        }
         if let p = peer, !FileManager.default.fileExists(atPath: p) { throw ValidationError("--peer: no file at '\(p)'") }
     }
 
     func run() throws {
-        try prepareBLASEnvironment()
+        try blas.prepare()
         var runner = BenchRunner(options: self)
         try runner.runAll()
-    }
-}
-
-extension Bench {
-    /// OpenBLAS reads two settings only when it loads, so this process re-executes itself
-    /// with them in the environment (once; a variable already set is left alone):
-    /// - OPENBLAS_CORETYPE: 0.3.21 picks kernels from the CPU's family and model and does
-    ///   not know recent Xeons (e.g. family 6 model 207): it falls back to Prescott (SSE3)
-    ///   kernels, ~5x below the CPU's sgemm speed. auto: SkylakeX (AVX-512) or Haswell (AVX2)
-    ///   when that happened.
-    /// - OPENBLAS_THREAD_TIMEOUT: after each call OpenBLAS's helper threads busy-wait for
-    ///   2^28 cycles (~0.1 s) before sleeping, so they hold the other core while the fast
-    ///   path's own loops (GELU, softmax, attention per head) want it; 4 (2^4 cycles) lets
-    ///   them sleep at once.
-    func prepareBLASEnvironment() throws {
-        let env = ProcessInfo.processInfo.environment
-        var notes: [String] = []
-        if blasCore != "keep", env["OPENBLAS_CORETYPE"] == nil {
-            var target: String? = blasCore
-            if blasCore == "auto" {
-                target = nil
-                if BLASInfo.coreName.lowercased() == "prescott" {
-                    let flags = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8))?
-                        .split(separator: "\n").first { $0.hasPrefix("flags") }?.split(separator: " ").map(String.init) ?? []
-                    if flags.contains("avx512f") && flags.contains("avx512bw") && flags.contains("avx512vl") { target = "SkylakeX" }
-                    else if flags.contains("avx2") && flags.contains("fma") { target = "Haswell" }
-                }
-            }
-            if let t = target {
-                setenv("OPENBLAS_CORETYPE", t, 1)
-                notes.append("OpenBLAS chose \(BLASInfo.coreName) kernels for this CPU; set OPENBLAS_CORETYPE=\(t)"
-                             + (blasCore == "auto" ? " (--blas-core keep: leave it)" : ""))
-            }
-        }
-        if blasThreadTimeout != "keep", env["OPENBLAS_THREAD_TIMEOUT"] == nil {
-            setenv("OPENBLAS_THREAD_TIMEOUT", blasThreadTimeout, 1)
-            notes.append("set OPENBLAS_THREAD_TIMEOUT=\(blasThreadTimeout): idle OpenBLAS threads sleep after 2^\(blasThreadTimeout) cycles instead of spinning ~0.1 s (--blas-thread-timeout keep: leave it)")
-        }
-        guard !notes.isEmpty else { return }
-        setenv("ORACLE_BENCH_BLAS_NOTE", notes.joined(separator: "\n"), 1)
-        let args = CommandLine.arguments
-        var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
-        execv("/proc/self/exe", &cargs)
-        throw ValidationError("could not re-execute with the OpenBLAS settings (errno \(errno)); use --blas-core keep --blas-thread-timeout keep")
     }
 }
 
@@ -239,9 +187,7 @@ struct BenchRunner {
         let mode = ["sequential", "pthreads", "OpenMP"][min(max(BLASInfo.parallelMode, 0), 2)]
         say("oracle bench: SD-DiT-S/2, batch \(batch), mask ratio \(maskRatio); OpenBLAS \(BLASInfo.coreName) (\(mode)), "
             + "\(BLASInfo.threads) threads; \(ProcessInfo.processInfo.activeProcessorCount) cpus")
-        if let note = ProcessInfo.processInfo.environment["ORACLE_BENCH_BLAS_NOTE"] {
-            for line in note.split(separator: "\n") { say("note: " + line) }
-        }
+        for line in BLASEnvironment.notes { say("note: " + line) }
         say(String(format: "sgemm peak: %.1f GFLOP/s (cblas_sgemm 2048x2048x2048 float32, best of 5: %@ ms)",
                    peak, pk.seconds.map { String(format: "%.0f", $0 * 1000) }.joined(separator: ", ")))
         var plan: [String] = []

@@ -47,6 +47,7 @@ struct Regress: ParsableCommand {
         @Option(help: "Timed repeats of each tiny timing.") var reps: Int = 7
         @Option(name: .customLong("s2-reps"), help: "Timed repeats of each S/2 timing (standard).") var s2Reps: Int = 3
         @Option(help: "OpenBLAS and fast-path threads.") var threads: Int = 2
+        @OptionGroup var blas: BLASEnvironment
         @Flag(help: "Run the battery and print the record without adding it to the store.") var dryRun = false
 
         func validate() throws {
@@ -58,6 +59,7 @@ struct Regress: ParsableCommand {
         }
 
         func run() throws {
+            try blas.prepare()   // the same OpenBLAS settings as `oracle bench`, so its timings are comparable
             try reportingErrors {
                 var o = RegressBatteryOptions()
                 o.battery = battery; o.fixturesDir = fixtures; o.reps = reps; o.s2Reps = s2Reps; o.threads = threads
@@ -67,6 +69,7 @@ struct Regress: ParsableCommand {
                 let date = RegressProvenance.nowISO()
                 let git = RegressProvenance.git()
                 print("oracle regress record: battery \(battery), commit \(git.short)\(git.dirty ? " (dirty)" : ""), \(date)")
+                for line in BLASEnvironment.notes { print("note: " + line) }
                 fflush(nil)
                 let t0 = Date()
                 let r = try RegressBattery.run(o) { print($0); fflush(nil) }
