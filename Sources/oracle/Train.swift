@@ -3,6 +3,7 @@ import Foundation
 import SDDiTCore
 import SDDiTExchange
 import SDDiTFast
+import SDDiTReference
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -27,6 +28,8 @@ struct Train: ParsableCommand {
     @Option(help: "AdamW learning rate (default 1e-3).") var lr: Double?
     @Option(help: "Seed of the init and of the per-step draws (default 0).") var seed: UInt64?
     @Option(name: .customLong("data-seed"), help: "Seed of the synthetic dataset (default 0).") var dataSeed: UInt64?
+    @Option(name: .customLong("init-mode"), help: "Parameter init: dit (adaLN-Zero, the default) or random (every tensor non-zero).")
+    var initMode: String?
     @Option(name: .customLong("mask-ratio"), help: "Mask ratio in [0, 1) (default the config's, 0.2).") var maskRatio: Double?
     @Flag(name: .customLong("no-discriminative"), help: "Ablation: train on L_G alone (weight 0 on L_D^cls + L_D^patch).")
     var noDiscriminative = false
@@ -57,6 +60,9 @@ struct Train: ParsableCommand {
         if let l = logEvery, l < 1 { throw ValidationError("--log-every must be at least 1") }
         if let s = stopAt, s < 1 { throw ValidationError("--stop-at must be at least 1") }
         if let p = precision { _ = try PrecisionCmd.mode(p) }
+        if let m = initMode, Initialization.Mode(rawValue: m) == nil {
+            throw ValidationError("unknown --init-mode '\(m)'; expected dit or random")
+        }
         if ablations && (resume != nil || checkpoint != nil || noDiscriminative) {
             throw ValidationError("--ablations runs three fresh runs: it takes no --resume, --checkpoint or --no-discriminative")
         }
@@ -64,7 +70,8 @@ struct Train: ParsableCommand {
             let fixed: [(String, Bool)] = [("--config", config != nil), ("--precision", precision != nil), ("--batch", batch != nil),
                                            ("--lr", lr != nil), ("--seed", seed != nil), ("--data-seed", dataSeed != nil),
                                            ("--mask-ratio", maskRatio != nil), ("--no-discriminative", noDiscriminative),
-                                           ("--label-dropout", labelDropout != nil), ("--warmup", warmup != nil)]
+                                           ("--label-dropout", labelDropout != nil), ("--warmup", warmup != nil),
+                                           ("--init-mode", initMode != nil)]
             if let f = fixed.first(where: { $0.1 }) {
                 throw ValidationError("\(f.0) cannot be given with --resume: the checkpoint fixes it (only --steps, --checkpoint, --eval-every, --stop-at, --anomaly apply)")
             }
@@ -83,6 +90,7 @@ struct Train: ParsableCommand {
         o.discriminativeWeight = noDiscriminative ? 0 : 1
         o.labelDropout = labelDropout ?? 0.1
         o.warmupSteps = warmup
+        o.initMode = Initialization.Mode(rawValue: initMode ?? "dit")!
         do { try cfg.checkMemory(batch: o.batch, available: Double(ProcessInfo.processInfo.physicalMemory)) } catch {
             throw ValidationError("\(error)")
         }

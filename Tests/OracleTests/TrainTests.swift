@@ -181,6 +181,8 @@ struct TrainTests {
     @Test(arguments: [
         (["train", "--steps", "0"], "--steps"),
         (["train", "--precision", "fp8"], "unknown mode"),
+        (["train", "--init-mode", "xavier"], "unknown --init-mode"),
+        (["train", "--resume", "/nonexistent/r.h5", "--init-mode", "random"], "--init-mode cannot be given with --resume"),
         (["train", "--resume", "/nonexistent/r.h5"], "r.h5"),
         (["train", "--resume", "/nonexistent/r.h5", "--lr", "1"], "--lr cannot be given with --resume"),
         (["train", "--checkpoint-every", "5"], "--checkpoint"),
