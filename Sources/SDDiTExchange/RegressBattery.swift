@@ -195,13 +195,22 @@ public enum RegressBattery {
         return out
     }
 
-    static func tinyTimings(_ o: RegressBatteryOptions, into m: inout [String: RegressMetric]) throws {
-        let cfg = ModelConfig.tiny, batch = 8
-        let P: Parameters<Double> = Initialization.parameters(cfg, mode: .random, seed: o.seed)
-        let I: StepInputs<Double> = Initialization.inputs(cfg, batch: batch, maskRatio: cfg.maskRatio, seed: o.seed &+ 2)
+    /// The timing cases' setup at batch 8: seeded random parameters, one step's inputs (also as
+    /// the fast path's), a denoiser input x ~ N(0, 2^2) and the generator that drew it.
+    static func timingSetup(_ cfg: ModelConfig, _ seed: UInt64)
+        -> (Parameters<Double>, StepInputs<Double>, FastStepInputs, [Double], SeededRandom) {
+        let batch = 8
+        let P: Parameters<Double> = Initialization.parameters(cfg, mode: .random, seed: seed)
+        let I: StepInputs<Double> = Initialization.inputs(cfg, batch: batch, maskRatio: cfg.maskRatio, seed: seed &+ 2)
         let fi = FastStepInputs(x0: I.x0.data, labels: I.labels, sigmaS: I.sigmaS, noiseS: I.noiseS.data, noiseT: I.noiseT.data, mask: I.mask)
-        var rng = SeededRandom(seed: o.seed &+ 5)
+        var rng = SeededRandom(seed: seed &+ 5)
         let x = rng.normals(batch * cfg.inChannels * cfg.inputSize * cfg.inputSize, std: 2)
+        return (P, I, fi, x, rng)
+    }
+
+    static func tinyTimings(_ o: RegressBatteryOptions, into m: inout [String: RegressMetric]) throws {
+        let cfg = ModelConfig.tiny
+        let (P, I, fi, x, _) = timingSetup(cfg, o.seed)
         for b in [Backend.fast, .fastFP16, .fastBF16] {
             let prec = b.fastPrecision!
             let model = FastModel(cfg, precision: prec, student: P.tensors, teacher: P.subset(cfg.teacherParameters).tensors,
@@ -222,11 +231,8 @@ public enum RegressBattery {
 
     static func s2Timings(_ o: RegressBatteryOptions, into m: inout [String: RegressMetric]) throws {
         let cfg = ModelConfig.s2, batch = 8
-        let P: Parameters<Double> = Initialization.parameters(cfg, mode: .random, seed: o.seed)
-        let I: StepInputs<Double> = Initialization.inputs(cfg, batch: batch, maskRatio: cfg.maskRatio, seed: o.seed &+ 2)
-        let fi = FastStepInputs(x0: I.x0.data, labels: I.labels, sigmaS: I.sigmaS, noiseS: I.noiseS.data, noiseT: I.noiseT.data, mask: I.mask)
-        var rng = SeededRandom(seed: o.seed &+ 5)
-        let x = rng.normals(batch * cfg.inChannels * cfg.inputSize * cfg.inputSize, std: 2)
+        let (P, I, fi, x, rng0) = timingSetup(cfg, o.seed)
+        var rng = rng0
         let labels = (0..<batch).map { _ in Int(rng.next() % UInt64(cfg.numClasses)) }
         for b in [Backend.fast, .fastBF16] {
             let model = FastModel(cfg, precision: b.fastPrecision!, student: P.tensors, teacher: P.subset(cfg.teacherParameters).tensors,

@@ -277,19 +277,26 @@ extension FastModel {
     /// D(x; sigma, y) with every token visible; x, sigma and D in Double (EDM keeps the
     /// sampler's state in float64), the network in float32 / the chosen mode.
     public func denoise(_ x: [Double], sigma: Double, labels: [Int]) throws -> [Double] {
+        try denoise(x, sigmas: Array(repeating: sigma, count: labels.count), labels: labels)
+    }
+
+    /// D(x; sigma_n, y) for every sample at its own sigma, every token visible (the sampler's
+    /// denoiser, SPEC §2.10); x and D in Double, the network in this model's precision.
+    public func denoise(_ x: [Double], sigmas: [Double], labels: [Int]) throws -> [Double] {
         let N = labels.count, C = cfg.inChannels, Hs = cfg.inputSize, per = C * Hs * Hs, sd = cfg.sigmaData
-        let e = EDMScalars(sigma: sigma, sigmaData: sd)
-        let cSkip = e.cSkip, cOut = e.cOut, cIn = e.cIn
+        let e = sigmas.map { EDMScalars(sigma: $0, sigmaData: sd) }
         let xIn = ws.get("student.x_in", [N, C, Hs, Hs])
-        for j in 0..<(N * per) { xIn.p[j] = Float(cIn * x[j]) }
+        for n in 0..<N { for i in 0..<per { xIn.p[n * per + i] = Float(e[n].cIn * x[n * per + i]) } }
         if prec.isPure { prec.round(xIn.p, xIn.count) }
         let saved = record; record = false; defer { record = saved }
         let all = Array(repeating: Array(0..<cfg.tokens), count: N)
-        let enc = try encoder("student", student, xIn: xIn, cNoise: Array(repeating: Glibc.log(sigma) / 4, count: N), labels: labels, keep: all)
+        let enc = try encoder("student", student, xIn: xIn, cNoise: e.map(\.cNoise), labels: labels, keep: all)
         let dec = try decoder(enc, student)
         let F = ws.get("student.F", [N, C, Hs, Hs])
         unpatchify(dec.out, F)
-        return (0..<(N * per)).map { cSkip * x[$0] + cOut * Double(F.p[$0]) }
+        var out = [Double](repeating: 0, count: N * per)
+        for n in 0..<N { for i in 0..<per { out[n * per + i] = e[n].cSkip * x[n * per + i] + e[n].cOut * Double(F.p[n * per + i]) } }
+        return out
     }
 
     /// The Heun sampler (SPEC §6) with optional guidance; returns x after every step.

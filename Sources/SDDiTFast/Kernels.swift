@@ -428,24 +428,28 @@ func parallelTasks(_ n: Int, workers: Int, _ body: (Int, Int, Int) -> Void) {
 /// restores the configured count. Regions may be entered from several threads at once (two
 /// models in parallel tests), and OpenBLAS's thread count is process-wide.
 enum SingleThreadedBLAS {
-    private static let state = Mutex<(configured: Int, depth: Int)>((Int(openblas_get_num_threads()), 0))
-    static var configured: Int { state.withLock { $0.configured } }
+    /// The configured count, read lock-free by the kernels on every call. Initialized from
+    /// OpenBLAS before any region can have lowered it (a region's caller reads it first).
+    private static let configuredCount = Atomic<Int>(Int(openblas_get_num_threads()))
+    /// How many regions are open.
+    private static let depth = Mutex<Int>(0)
+    static var configured: Int { configuredCount.load(ordering: .relaxed) }
     static func configure(_ n: Int) {
-        state.withLock { s in
-            s.configured = Swift.max(1, n)
-            if s.depth == 0 { openblas_set_num_threads(Int32(s.configured)) }
+        depth.withLock { d in
+            configuredCount.store(Swift.max(1, n), ordering: .relaxed)
+            if d == 0 { openblas_set_num_threads(Int32(Swift.max(1, n))) }
         }
     }
     static func enter() {
-        state.withLock { s in
-            if s.depth == 0 { openblas_set_num_threads(1) }
-            s.depth += 1
+        depth.withLock { d in
+            if d == 0 { openblas_set_num_threads(1) }
+            d += 1
         }
     }
     static func leave() {
-        state.withLock { s in
-            s.depth -= 1
-            if s.depth == 0 { openblas_set_num_threads(Int32(s.configured)) }
+        depth.withLock { d in
+            d -= 1
+            if d == 0 { openblas_set_num_threads(Int32(configured)) }
         }
     }
 }

@@ -3,28 +3,6 @@ import Testing
 import SDDiTCore
 import SDDiTExchange
 
-/// Runs `oracle args...` with extra environment variables; returns (exit status, stdout, stderr).
-func runOracle(_ args: [String], env: [String: String]) throws -> (Int32, String, String) {
-    let p = Process()
-    p.executableURL = oracleBinary()
-    p.arguments = args
-    p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
-    p.currentDirectoryURL = repoRoot
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out; p.standardError = err
-    try p.run()
-    // read stderr on another thread so neither pipe can fill up and block the child
-    let errData = UncheckedBox<Data>(Data())
-    let t = Thread { errData.value = err.fileHandleForReading.readDataToEndOfFile() }
-    t.start()
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    while !t.isFinished { usleep(1000) }
-    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: errData.value, as: UTF8.self))
-}
-
-final class UncheckedBox<T>: @unchecked Sendable { var value: T; init(_ v: T) { value = v } }
-
 /// Thresholds for tests: the error rules as shipped, timings judged so leniently that the
 /// machine's noise cannot fail a test (timing checks have their own unit test below).
 func lenientThresholds() -> RegressThresholds {

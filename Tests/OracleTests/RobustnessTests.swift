@@ -192,11 +192,8 @@ struct RobustnessTests {
         var files: [String] = []
         for threads in ["1", "2"] {
             let out = dir.appendingPathComponent("ref\(threads).h5").path
-            let p = Process()
-            p.executableURL = oracleBinary()
-            p.arguments = ["dump", "--backend", "ref", "--config", "tiny", "--seed", "4", "--sample", "3", "--out", out]
-            p.environment = ProcessInfo.processInfo.environment.merging(["OPENBLAS_NUM_THREADS": threads]) { $1 }
-            p.standardOutput = Pipe(); try p.run(); p.waitUntilExit()
+            _ = try runOracle(["dump", "--backend", "ref", "--config", "tiny", "--seed", "4", "--sample", "3", "--out", out],
+                              env: ["OPENBLAS_NUM_THREADS": threads])
             files.append(out)
         }
         let f1 = try ExchangeFile.read(files[0]), f2 = try ExchangeFile.read(files[1])
@@ -211,12 +208,9 @@ struct RobustnessTests {
         var files: [String] = []
         for threads in ["1", "2"] {
             let out = dir.appendingPathComponent("fast\(threads).h5").path
-            let p = Process()
-            p.executableURL = oracleBinary()
-            p.arguments = ["dump", "--backend", "fast", "--config", "tiny", "--seed", "6", "--batch", "4", "--sample", "3", "--out", out]
-            p.environment = ProcessInfo.processInfo.environment.merging(["OPENBLAS_NUM_THREADS": threads]) { $1 }
-            p.standardOutput = Pipe(); try p.run(); p.waitUntilExit()
-            #expect(p.terminationStatus == 0)
+            let (status, _, _) = try runOracle(["dump", "--backend", "fast", "--config", "tiny", "--seed", "6", "--batch", "4", "--sample", "3", "--out", out],
+                                               env: ["OPENBLAS_NUM_THREADS": threads])
+            #expect(status == 0)
             files.append(out)
         }
         // float32 against float32: Tolerances.rule's float32 pair (rtol 1e-4, atol 1e-5 + 1e-4 max|e|)

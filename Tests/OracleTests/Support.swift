@@ -29,17 +29,38 @@ func oracleBinary() -> URL {
     return Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("oracle")
 }
 
-/// Runs `oracle args...`; returns (exit status, stdout, stderr).
-func runOracle(_ args: [String]) throws -> (Int32, String, String) {
+/// Runs `oracle args...` in the repository root, with extra environment variables; returns
+/// (exit status, stdout, stderr).
+func runOracle(_ args: [String], env: [String: String] = [:]) throws -> (Int32, String, String) {
     let p = Process()
     p.executableURL = oracleBinary()
     p.arguments = args
+    p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
+    p.currentDirectoryURL = repoRoot
     let out = Pipe(), err = Pipe()
     p.standardOutput = out; p.standardError = err
     try p.run()
-    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+    // read stderr on another thread so neither pipe can fill up and block the child
+    let errData = UncheckedBox<Data>(Data())
+    let t = Thread { errData.value = err.fileHandleForReading.readDataToEndOfFile() }
+    t.start()
+    let o = out.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    while !t.isFinished { usleep(1000) }
+    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: errData.value, as: UTF8.self))
+}
+
+final class UncheckedBox<T>: @unchecked Sendable { var value: T; init(_ v: T) { value = v } }
+
+/// Bad input: a non-zero exit, one error line on stderr (argument-parser's usage lines aside)
+/// that mentions `mentions`, and no crash.
+func expectOneLineError(_ args: [String], mentions: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let (code, _, err) = try runOracle(args)
+    #expect(code != 0, "\(args) exited 0", sourceLocation: sourceLocation)
+    let lines = err.split(separator: "\n").filter { !$0.isEmpty && !$0.hasPrefix("Usage") && !$0.hasPrefix("  See") }
+    #expect(lines.count == 1, "\(args): expected one error line, got:\n\(err)", sourceLocation: sourceLocation)
+    #expect(err.contains(mentions), "\(args): error does not mention '\(mentions)': \(err)", sourceLocation: sourceLocation)
+    #expect(!err.contains("Fatal error") && !err.contains("Stack dump"), "\(args) crashed: \(err)", sourceLocation: sourceLocation)
 }
 
 func writeReport(_ name: String, _ lines: [String]) {

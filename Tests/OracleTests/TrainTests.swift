@@ -195,13 +195,7 @@ struct TrainTests {
         (["sample", "--checkpoint", "x.h5", "--out", "/nonexistent-dir/s.h5"], "directory '/nonexistent-dir' does not exist"),
     ])
     func badInputGivesOneLine(_ args: [String], _ mentions: String) throws {
-        let (code, out, err) = try runOracle(args)
-        #expect(code != 0, "\(args) exited 0")
-        let lines = err.split(separator: "\n").filter { !$0.isEmpty && !$0.hasPrefix("Usage") && !$0.hasPrefix("  See") }
-        #expect(lines.count == 1, "\(args): expected one error line, got:\n\(err)")
-        #expect(err.contains(mentions), "\(args): error does not mention '\(mentions)': \(err)")
-        #expect(!err.contains("Fatal error") && !err.contains("Stack dump"), "\(args) crashed: \(err)")
-        _ = out
+        try expectOneLineError(args, mentions: mentions)
     }
 
     @Test func sampleFromANonTrainingFile() throws {
