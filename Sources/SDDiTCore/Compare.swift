@@ -10,6 +10,9 @@ public struct Tolerance: Sendable, Equatable, CustomStringConvertible {
     public var atolScale: Double
     /// Why these numbers (printed with --verbose and in the README's table).
     public var reason: String
+    /// Replaces the formula in report lines when the rule is not |a - e| <= atol + rtol |e|
+    /// (the after-step intervals of `AfterStepRule`).
+    public var label: String? = nil
 
     public init(rtol: Double, atolAbs: Double = 0, atolScale: Double = 0, reason: String = "") {
         self.rtol = rtol; self.atolAbs = atolAbs; self.atolScale = atolScale; self.reason = reason
@@ -18,6 +21,7 @@ public struct Tolerance: Sendable, Equatable, CustomStringConvertible {
     public func atol(scale: Double) -> Double { atolAbs + atolScale * scale }
 
     public var description: String {
+        if let label { return label }
         var s = String(format: "%.0e*|e|", rtol)
         if atolAbs > 0 { s = String(format: "%.0e + ", atolAbs) + s }
         if atolScale > 0 { s += String(format: " + %.0e*max|e|", atolScale) }
@@ -40,7 +44,14 @@ public struct Comparison: Sendable {
     public var effectiveAtol = 0.0
     /// The first non-finite element: "a" or "b", its index and value.
     public var nonFinite: (side: String, index: [Int], value: Double)?
+    /// Interval rules (`Compare.interval`): the first element outside its interval, with the
+    /// interval; and the unit the absolute error is also printed in (lr for after-step).
+    public var outside: (index: [Int], value: Double, lo: Double, hi: Double)?
+    public var unitOfAbs: (size: Double, name: String)?
     public var shapeMismatch: Bool { shapeA != shapeB }
+    /// How close to its limit: 1 is the limit (max rel / rtol; for interval rules, the worst
+    /// use of an interval).
+    public var closeness: Double { maxRel / max(tolerance.rtol, 1e-300) }
     public var passed: Bool { !shapeMismatch && nonFinite == nil && bad == 0 }
 }
 
@@ -96,6 +107,17 @@ extension Comparison {
         let p = min(precisionA, precisionB)
         let head = String(format: "%@ %@ %@  %@  rule %@  %d / %d bad", passed ? "ok  " : "FAIL", name, shape, sides,
                           tolerance.description, bad, count)
+        if let (size, unit) = unitOfAbs {
+            var detail = String(format: "     max abs %.2e (%.3g %@) at %@  a %@  b %@   worst use of the interval %.2f at %@",
+                                maxAbs, maxAbs / size, unit, "\(maxAbsIndex)", fmt17(maxAbsA, p), fmt17(maxAbsE, p),
+                                maxRel, "\(maxRelIndex)")
+            if let o = outside {
+                detail += String(format: "\n     first outside at %@: %@ not in [%@, %@] (%.3g %@ beyond)", "\(o.index)",
+                                 fmt17(o.value, p), fmt17(o.lo, p), fmt17(o.hi, p),
+                                 max(o.lo - o.value, o.value - o.hi) / size, unit)
+            }
+            return [head, detail]
+        }
         let detail = String(format: "     max abs %.2e at %@  a %@  b %@   max rel %.2e at %@  a %@  b %@",
                             maxAbs, "\(maxAbsIndex)", fmt17(maxAbsA, p), fmt17(maxAbsE, p),
                             maxRel, "\(maxRelIndex)", fmt17(maxRelA, p), fmt17(maxRelE, p))
@@ -111,6 +133,8 @@ extension Comparison {
             "max_abs_a": maxAbsA, "max_abs_b": maxAbsE, "max_rel": maxRel, "max_rel_index": maxRelIndex,
             "max_rel_a": maxRelA, "max_rel_b": maxRelE, "scale": scale, "normwise": normwise,
         ]
+        if let (size, unit) = unitOfAbs { o["max_abs_in_\(unit)"] = maxAbs / size; o["rule"] = tolerance.description }
+        if let out = outside { o["first_outside"] = ["index": out.index, "value": out.value, "lo": out.lo, "hi": out.hi] }
         if let nf = nonFinite { o["non_finite"] = ["side": nf.side, "index": nf.index, "value": "\(nf.value)"] }
         return o
     }

@@ -88,6 +88,14 @@ public struct DiffReport: Sendable {
     }
 }
 
+extension AfterStepContext {
+    /// The context of a run of `cfg` (its optimizer settings) on the given setup.
+    public init(_ cfg: ModelConfig, before: [String: NamedTensor], sideA: [String: NamedTensor], sideB: [String: NamedTensor]) {
+        self.init(lr: cfg.lr, weightDecay: cfg.weightDecay, eps: cfg.adamEps, emaBeta: cfg.emaBeta,
+                  before: before, sideA: sideA, sideB: sideB)
+    }
+}
+
 public enum DiffEngine {
     public static func run(a: Side, b: Side, options o: DiffOptions) throws -> DiffReport {
         // Resolve the setup: from a file when one side is a file, else from the seed.
@@ -110,6 +118,7 @@ public enum DiffEngine {
             return [:]
         }
         var dA = try datasets(a, fileA), dB = try datasets(b, fileB)
+        let fullA = dA, fullB = dB   // what each side computed, also what is not compared (its gradients)
         let cfg = setupFile?.config ?? o.config
         // A backend run on a file's setup: the file's setup datasets were consumed, not compared;
         // backend outputs in groups the file does not record were not asked for.
@@ -122,16 +131,29 @@ public enum DiffEngine {
         }
         var r = DiffReport(labelA: a.description, labelB: b.description)
         r.allowMissing = o.allowMissing
-        let lr = cfg.lr
+        // the state before the step, for the after-step rule
+        let before: [String: NamedTensor]
+        if let f = setupFile { before = f.datasets.filter { $0.key.hasPrefix("params/") || $0.key.hasPrefix("teacher/") } }
+        else if let s = setup { before = setupDatasets(s).floats } else { before = [:] }
+        let ctx = AfterStepContext(cfg, before: before, sideA: fullA, sideB: fullB)
         for p in DatasetOrder.sorted(Array(Set(dA.keys).union(dB.keys)), cfg) {
             guard let x = dA[p] else { r.onlyInB.append(p); continue }
             guard let y = dB[p] else { r.onlyInA.append(p); continue }
-            var tol = Tolerances.rule(for: p, x.precision, y.precision, lr: lr)
-            if let rt = o.rtol { tol.rtol = rt; tol.reason = "--rtol" }
-            if let at = o.atol { tol.atolAbs = at; tol.atolScale = 0; tol.reason += " --atol" }
-            r.comparisons.append(Compare.tensors(p, x, y, tolerance: tol))
+            r.comparisons.append(verdict(p, x, y, ctx, lr: cfg.lr, rtol: o.rtol, atol: o.atol))
         }
         return r
+    }
+
+    /// The comparison of one dataset, as `oracle diff`, the tests and `oracle regress` make it:
+    /// after-step parameters by `AfterStepRule` (unless --rtol / --atol override the rules),
+    /// everything else by `Tolerances.rule` for the two precisions.
+    public static func verdict(_ p: String, _ x: NamedTensor, _ y: NamedTensor, _ ctx: AfterStepContext,
+                               lr: Double, rtol: Double? = nil, atol: Double? = nil) -> Comparison {
+        if rtol == nil, atol == nil, let c = AfterStepRule.compare(p, x, y, ctx) { return c }
+        var tol = Tolerances.rule(for: p, x.precision, y.precision, lr: lr)
+        if let rt = rtol { tol.rtol = rt; tol.reason = "--rtol" }
+        if let at = atol { tol.atolAbs = at; tol.atolScale = 0; tol.reason += " --atol" }
+        return Compare.tensors(p, x, y, tolerance: tol)
     }
 
     /// "after_step/params/x" -> "after_step", "grads/x" -> "grads"

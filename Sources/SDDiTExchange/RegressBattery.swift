@@ -68,7 +68,7 @@ public enum RegressBattery {
             let setup = SeededSetup.make(tiny, seed: o.seed, batch: 2, maskRatio: tiny.maskRatio, sampleSteps: 5)
             let ref = try Backend.ref.run(setup)
             for m in modes {
-                let (n, bad) = compare(try m.run(setup), ref, cfg: tiny, prefix: "error/tiny/\(m.rawValue)/", into: &r.metrics)
+                let (n, bad) = compare(try m.run(setup), ref, setup: setup, cfg: tiny, prefix: "error/tiny/\(m.rawValue)/", into: &r.metrics)
                 if bad > 0 { r.notes.append("tiny \(m.rawValue): \(bad) of \(n) tensors outside the diff tolerance") }
             }
         }
@@ -104,7 +104,7 @@ public enum RegressBattery {
                 r.metrics["timing/S2/ref/batch1_step_with_activations_ms"] = RegressMetric.timing([refS * 1000])
                 progress(String(format: "    float64 reference, S/2 batch 1 step: %.0f s", refS))
                 for m in modes {
-                    let (n, bad) = compare(try m.run(setup), ref, cfg: s2, prefix: "error/S2/\(m.rawValue)/", into: &r.metrics)
+                    let (n, bad) = compare(try m.run(setup), ref, setup: setup, cfg: s2, prefix: "error/S2/\(m.rawValue)/", into: &r.metrics)
                     if bad > 0 { r.notes.append("S/2 \(m.rawValue): \(bad) of \(n) tensors outside the diff tolerance") }
                 }
             }
@@ -114,13 +114,13 @@ public enum RegressBattery {
     }
 
     /// One metric per dataset present on both sides, in DatasetOrder (forward order).
-    static func compare(_ a: [String: NamedTensor], _ ref: [String: NamedTensor], cfg: ModelConfig, prefix: String,
+    static func compare(_ a: [String: NamedTensor], _ ref: [String: NamedTensor], setup: RunSetup, cfg: ModelConfig, prefix: String,
                         into m: inout [String: RegressMetric]) -> (Int, Int) {
         let paths = DatasetOrder.sorted(Array(Set(a.keys).intersection(ref.keys)), cfg)
+        let ctx = AfterStepContext(cfg, before: setupDatasets(setup).floats, sideA: a, sideB: ref)
         var bad = 0
         for (i, p) in paths.enumerated() {
-            let tol = Tolerances.rule(for: p, a[p]!.precision, ref[p]!.precision, lr: cfg.lr)
-            let c = Compare.tensors(p, a[p]!, ref[p]!, tolerance: tol)
+            let c = DiffEngine.verdict(p, a[p]!, ref[p]!, ctx, lr: cfg.lr)
             if !c.passed { bad += 1 }
             m[prefix + p] = metric(c, order: i)
         }

@@ -4,8 +4,8 @@ import Glibc
 // Multi-head attention core with sgemm per (sample, head): S = q k^T / sqrt(hd) (stored in
 // P's buffer, checked, then softmax in place in float32), out = P v. qkv [N, L, 3W] in
 // PyTorch's (3, heads, hd) split; out [N, L, W]; P [N, H, L, L] kept for backward.
-// The (sample, head) pairs are split between the BLAS threads, each running its sgemm calls
-// single-threaded (small matrices: one core per product beats two on each); every pair's
+// The (sample, head) pairs are split between the fast path's threads, each running its sgemm
+// calls serially (small matrices: one core per product beats two on each); every pair's
 // arithmetic is the same whichever worker does it.
 extension Kernels {
     /// Per-worker scratch names for half-mode gemm operand copies and the backward's dS,
@@ -29,7 +29,7 @@ extension Kernels {
             for t in lo..<hi {
                 let n = t / H, h = t % H
                 let q = qkv.p + n * L * 3 * W + h * hd, k = q + W
-                gemm(false, true, L, L, hd, scale, q, 3 * W, k, 3 * W, P.p + (n * H + h) * L * L, L, accumulate: false, scratch: names[w])
+                gemm(false, true, L, L, hd, scale, q, 3 * W, k, 3 * W, P.p + (n * H + h) * L * L, L, accumulate: false, scratch: names[w], serial: true)
             }
         }
     }
@@ -55,7 +55,7 @@ extension Kernels {
             for t in lo..<hi {
                 let n = t / H, h = t % H
                 let v = qkv.p + n * L * 3 * W + 2 * W + h * hd
-                gemm(false, false, L, hd, L, 1, P.p + (n * H + h) * L * L, L, v, 3 * W, out.p + n * L * W + h * hd, W, accumulate: false, scratch: names[w])
+                gemm(false, false, L, hd, L, 1, P.p + (n * H + h) * L * L, L, v, 3 * W, out.p + n * L * W + h * hd, W, accumulate: false, scratch: names[w], serial: true)
             }
         }
     }
@@ -76,15 +76,15 @@ extension Kernels {
                 let q = qkv.p + base, k = q + W, v = q + 2 * W
                 let dq = dqkv.p + base, dk = dq + W, dv = dq + 2 * W
                 let dO = dout.p + n * L * W + h * hd, p = P.p + (n * H + h) * L * L
-                gemm(true, false, L, hd, L, 1, p, L, dO, W, dv, 3 * W, accumulate: false, scratch: names[w])
-                gemm(false, true, L, L, hd, 1, dO, W, v, 3 * W, dS.p, L, accumulate: false, scratch: names[w])
+                gemm(true, false, L, hd, L, 1, p, L, dO, W, dv, 3 * W, accumulate: false, scratch: names[w], serial: true)
+                gemm(false, true, L, L, hd, 1, dO, W, v, 3 * W, dS.p, L, accumulate: false, scratch: names[w], serial: true)
                 for i in 0..<L {
                     let ds = dS.p + i * L, pr = p + i * L
                     let dot = vdot(ds, pr, L)
                     for j in 0..<L { ds[j] = pr[j] * (ds[j] - dot) }
                 }
-                gemm(false, false, L, hd, L, scale, dS.p, L, k, 3 * W, dq, 3 * W, accumulate: false, scratch: names[w])
-                gemm(true, false, L, hd, L, scale, dS.p, L, q, 3 * W, dk, 3 * W, accumulate: false, scratch: names[w])
+                gemm(false, false, L, hd, L, scale, dS.p, L, k, 3 * W, dq, 3 * W, accumulate: false, scratch: names[w], serial: true)
+                gemm(true, false, L, hd, L, scale, dS.p, L, q, 3 * W, dk, 3 * W, accumulate: false, scratch: names[w], serial: true)
             }
         }
     }

@@ -3,9 +3,10 @@ import Glibc
 
 /// OpenBLAS settings and this machine's sgemm peak (for `oracle bench`).
 public enum BLASInfo {
-    /// The fast path's and OpenBLAS's thread count (default OPENBLAS_NUM_THREADS, else the
-    /// number of cores).
-    public static func setThreads(_ n: Int) { SingleThreadedBLAS.configure(n) }
+    /// The fast path's thread count (default OPENBLAS_NUM_THREADS, else the number of cores).
+    /// It may change at any time, even while models run: no result depends on it. OpenBLAS
+    /// itself always runs on one thread per call (`FastThreads`).
+    public static func setThreads(_ n: Int) { FastThreads.configure(n) }
     public static var threads: Int { blasThreads() }
     /// The kernel set OpenBLAS picked for this CPU (e.g. SkylakeX, Haswell).
     public static var coreName: String { String(cString: openblas_get_corename()) }
@@ -19,15 +20,16 @@ public enum BLASInfo {
         return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
     }
 
-    /// Best GFLOP/s of row-major cblas_sgemm C = A B on n x n x n float32 over `reps` timed
-    /// runs after one untimed run (2 n^3 FLOPs per run).
+    /// Best GFLOP/s of row-major C = A B on n x n x n float32 over `reps` timed runs after one
+    /// untimed run (2 n^3 FLOPs per run), computed as the fast path computes every product:
+    /// single-threaded OpenBLAS sgemm on fixed tiles spread over the fast path's threads.
     public static func sgemmPeak(n: Int = 2048, reps: Int = 5) -> (gflops: Double, seconds: [Double]) {
         let a = UnsafeMutablePointer<Float>.allocate(capacity: n * n), b = UnsafeMutablePointer<Float>.allocate(capacity: n * n)
         let c = UnsafeMutablePointer<Float>.allocate(capacity: n * n)
         defer { a.deallocate(); b.deallocate(); c.deallocate() }
         for i in 0..<(n * n) { a[i] = Float((i * 7) % 13) * 0.01 - 0.06; b[i] = Float((i * 5) % 11) * 0.01 - 0.05; c[i] = 0 }
         func run() {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(n), Int32(n), 1, a, Int32(n), b, Int32(n), 0, c, Int32(n))
+            sgemmTiled(false, false, n, n, n, 1, a, n, b, n, 0, c, n)
         }
         run()
         var ts: [Double] = []
@@ -37,3 +39,7 @@ public enum BLASInfo {
         return (2 * Double(n) * Double(n) * Double(n) / ts.min()! / 1e9, ts)
     }
 }
+
+/// How many tiles the fast path splits a C[M, N] = A[M, K] B[K, N] product into (a function of
+/// the shape alone; see `sgemmTiles`).
+public func sgemmTileCount(_ M: Int, _ N: Int, _ K: Int) -> Int { sgemmTiles(M, N, K).bounds.count - 1 }

@@ -11,24 +11,24 @@ struct Kernels {
 
     /// C[M,N] = alpha op(A) op(B) (+ C when accumulate). Row-major; lda/ldb/ldc are row strides.
     /// Half modes: operands rounded to the half type, float32 accumulation, the product
-    /// rounded to the half type before it is stored (or added).
+    /// rounded to the half type before it is stored (or added). `serial`: one thread (for
+    /// calls from inside a `parallelTasks` worker); the bits are the same either way only
+    /// when the call site's choice is fixed, which it is (see `sgemmTiled`).
     func gemm(_ ta: Bool, _ tb: Bool, _ M: Int, _ N: Int, _ K: Int, _ alpha: Float,
               _ A: UnsafePointer<Float>, _ lda: Int, _ B: UnsafePointer<Float>, _ ldb: Int,
-              _ C: UnsafeMutablePointer<Float>, _ ldc: Int, accumulate: Bool, scratch: String = "gemm") {
+              _ C: UnsafeMutablePointer<Float>, _ ldc: Int, accumulate: Bool, scratch: String = "gemm", serial: Bool = false) {
         if !prec.isHalf {
-            cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                        Int32(M), Int32(N), Int32(K), alpha, A, Int32(lda), B, Int32(ldb), accumulate ? 1 : 0, C, Int32(ldc))
+            sgemmTiled(ta, tb, M, N, K, alpha, A, lda, B, ldb, accumulate ? 1 : 0, C, ldc, serial: serial)
             return
         }
         // round operand copies (as stored by rows of their leading dimension)
         let aRows = ta ? K : M, aCols = ta ? M : K, bRows = tb ? N : K, bCols = tb ? K : N
         let a = ws.get(scratch + ".a", [aRows, aCols]), b = ws.get(scratch + ".b", [bRows, bCols])
-        copyRounded(a.p, A, rows: aRows, cols: aCols, ld: lda)
-        copyRounded(b.p, B, rows: bRows, cols: bCols, ld: ldb)
+        copyRounded(a.p, A, rows: aRows, cols: aCols, ld: lda, serial: serial)
+        copyRounded(b.p, B, rows: bRows, cols: bCols, ld: ldb, serial: serial)
         let t = ws.get(scratch + ".c", [M, N])
-        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                    Int32(M), Int32(N), Int32(K), alpha, a.p, Int32(aCols), b.p, Int32(bCols), 0, t.p, Int32(N))
-        storeRounded(C, ldc, t.p, rows: M, cols: N, accumulate: accumulate)
+        sgemmTiled(ta, tb, M, N, K, alpha, a.p, aCols, b.p, bCols, 0, t.p, N, serial: serial)
+        storeRounded(C, ldc, t.p, rows: M, cols: N, accumulate: accumulate, serial: serial)
     }
 
     /// y[R,O] = x[R,I] W[O,I]^T + b  (bias added after the product; rounded again in half modes).
@@ -231,9 +231,9 @@ extension Kernels {
         else if prec.isHalf { for i in 0..<n { p[i] = vroundBF16(p[i]) } }
     }
     /// dst[r cols + c] = half(src[r ld + c]).
-    func copyRounded(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, rows: Int, cols: Int, ld: Int) {
+    func copyRounded(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, rows: Int, cols: Int, ld: Int, serial: Bool = false) {
         let fp16 = prec.isFP16
-        parallelRanges(rows, minPerThread: Swift.max(1, 16384 / Swift.max(cols, 1))) { lo, hi in
+        parallelRanges(rows, minPerThread: serial ? rows + 1 : Swift.max(1, 16384 / Swift.max(cols, 1))) { lo, hi in
             for r in lo..<hi {
                 let d = dst + r * cols, s = src + r * ld
                 if fp16 { for c in 0..<cols { d[c] = vroundFP16(s[c]) } } else { for c in 0..<cols { d[c] = vroundBF16(s[c]) } }
@@ -241,9 +241,10 @@ extension Kernels {
         }
     }
     /// C[r ldc + c] (+)= half(t[r cols + c]).
-    func storeRounded(_ C: UnsafeMutablePointer<Float>, _ ldc: Int, _ t: UnsafePointer<Float>, rows: Int, cols: Int, accumulate: Bool) {
+    func storeRounded(_ C: UnsafeMutablePointer<Float>, _ ldc: Int, _ t: UnsafePointer<Float>, rows: Int, cols: Int, accumulate: Bool,
+                      serial: Bool = false) {
         let fp16 = prec.isFP16
-        parallelRanges(rows, minPerThread: Swift.max(1, 16384 / Swift.max(cols, 1))) { lo, hi in
+        parallelRanges(rows, minPerThread: serial ? rows + 1 : Swift.max(1, 16384 / Swift.max(cols, 1))) { lo, hi in
             for r in lo..<hi {
                 let d = C + r * ldc, s = t + r * cols
                 switch (fp16, accumulate) {
@@ -389,15 +390,15 @@ extension Kernels {
     return m
 }
 
-/// The fast path's threads: the configured count (`BLASInfo.setThreads`, `oracle bench
-/// --threads`; by default OpenBLAS's own, i.e. OPENBLAS_NUM_THREADS or all cores). Not
-/// OpenBLAS's current value, which is 1 while any `parallelTasks` region runs.
-@inline(__always) func blasThreads() -> Int { SingleThreadedBLAS.configured }
+/// The fast path's thread count (`BLASInfo.setThreads`, `oracle bench --threads`; by default
+/// OPENBLAS_NUM_THREADS, else all cores). It decides only how many workers share the work:
+/// no result depends on it (see `sgemmTiled`, `parallelRanges`, `parallelTasks`).
+@inline(__always) func blasThreads() -> Int { FastThreads.configured }
 
-
-/// Runs body(lo, hi) over [0, n) split into contiguous chunks (4 per BLAS thread, taken by
+/// Runs body(lo, hi) over [0, n) split into contiguous chunks (4 per thread, taken by
 /// whichever thread is free, so a core busy with something else delays little); serially when
-/// n is small or there is one thread. Chunks are disjoint; results do not depend on the split.
+/// n is small or there is one thread. For element- and row-wise work only: a body must not
+/// carry a sum across its range, so that no result depends on the split.
 @inline(__always) func parallelRanges(_ n: Int, minPerThread: Int = 16384, _ body: (Int, Int) -> Void) {
     let t = Swift.min(blasThreads(), Swift.max(1, n / minPerThread))
     if t <= 1 { body(0, n); return }
@@ -408,50 +409,75 @@ extension Kernels {
     }
 }
 
-/// Runs body(worker, lo, hi) over [0, n) tasks, one contiguous chunk per worker (worker <
-/// `workers`), with OpenBLAS set to one thread meanwhile (each worker's sgemm calls then run
-/// in that worker). OpenBLAS's thread count is process-wide: regions entered concurrently
-/// from several threads (e.g. two models in parallel tests) share one saved value, restored
-/// when the last region ends (`SingleThreadedBLAS`).
+/// Runs body(worker, lo, hi) over [0, n) independent tasks, one contiguous chunk per worker
+/// (worker < `workers`, each with its own scratch). A task's arithmetic must not depend on
+/// which worker runs it; OpenBLAS calls inside a task are single-threaded (`serial: true`).
 func parallelTasks(_ n: Int, workers: Int, _ body: (Int, Int, Int) -> Void) {
     let t = Swift.min(workers, n)
     if t <= 1 { body(0, 0, n); return }
-    SingleThreadedBLAS.enter()
-    defer { SingleThreadedBLAS.leave() }
     withoutActuallyEscaping(body) { b in
         let box = UncheckedSendable(b)
         DispatchQueue.concurrentPerform(iterations: t) { w in box.value(w, n * w / t, n * (w + 1) / t) }
     }
 }
 
-/// Counted "OpenBLAS on one thread" regions: the first to enter sets 1, the last to leave
-/// restores the configured count. Regions may be entered from several threads at once (two
-/// models in parallel tests), and OpenBLAS's thread count is process-wide.
-enum SingleThreadedBLAS {
-    /// The configured count, read lock-free by the kernels on every call. Initialized from
-    /// OpenBLAS before any region can have lowered it (a region's caller reads it first).
-    private static let configuredCount = Atomic<Int>(Int(openblas_get_num_threads()))
-    /// How many regions are open.
-    private static let depth = Mutex<Int>(0)
-    static var configured: Int { configuredCount.load(ordering: .relaxed) }
-    static func configure(_ n: Int) {
-        depth.withLock { d in
-            configuredCount.store(Swift.max(1, n), ordering: .relaxed)
-            if d == 0 { openblas_set_num_threads(Int32(Swift.max(1, n))) }
+/// The partition of C[M, N] into tiles for `sgemmTiled`: a function of (M, N, K) alone, never
+/// of the thread count. Up to 8 tiles of at least 2^21 multiply-adds each, along the longer
+/// of M and N, boundaries on multiples of 16 (whole microkernel panels), tiles >= 32 long.
+/// Returns the tile boundaries along that side and whether it is M.
+func sgemmTiles(_ M: Int, _ N: Int, _ K: Int) -> (rows: Bool, bounds: [Int]) {
+    let work = Double(M) * Double(N) * Double(K), rows = M >= N, side = rows ? M : N
+    var t = 1
+    while t < 8, work / Double(2 * t) >= Double(1 << 21), side / (2 * t) >= 32 { t *= 2 }
+    var bounds = [0]
+    for i in 1..<t { bounds.append((side * i / t) / 16 * 16) }
+    bounds.append(side)
+    return (rows, bounds)
+}
+
+/// C = alpha op(A) op(B) + beta C (row-major), computed tile by tile: each tile of the fixed
+/// partition `sgemmTiles(M, N, K)` is one single-threaded OpenBLAS call over the whole K, and
+/// the tiles are spread over the fast path's threads. OpenBLAS's own threading is off for good
+/// (`FastThreads`): an output element's sum over K is then the same whatever the thread
+/// count, whichever worker runs its tile, and whatever else runs in the process.
+func sgemmTiled(_ ta: Bool, _ tb: Bool, _ M: Int, _ N: Int, _ K: Int, _ alpha: Float,
+                _ A: UnsafePointer<Float>, _ lda: Int, _ B: UnsafePointer<Float>, _ ldb: Int, _ beta: Float,
+                _ C: UnsafeMutablePointer<Float>, _ ldc: Int, serial: Bool = false) {
+    FastThreads.ensureSingleThreadedBLAS()
+    guard M > 0, N > 0 else { return }
+    let (rows, bounds) = sgemmTiles(M, N, K), tiles = bounds.count - 1
+    let oa = ta ? CblasTrans : CblasNoTrans, ob = tb ? CblasTrans : CblasNoTrans
+    func tile(_ i: Int) {
+        let lo = bounds[i], n = bounds[i + 1] - lo
+        if rows {   // rows lo..<lo+n of op(A) and C
+            cblas_sgemm(CblasRowMajor, oa, ob, Int32(n), Int32(N), Int32(K), alpha, A + (ta ? lo : lo * lda), Int32(lda),
+                        B, Int32(ldb), beta, C + lo * ldc, Int32(ldc))
+        } else {    // columns lo..<lo+n of op(B) and C
+            cblas_sgemm(CblasRowMajor, oa, ob, Int32(M), Int32(n), Int32(K), alpha, A, Int32(lda),
+                        B + (tb ? lo * ldb : lo), Int32(ldb), beta, C + lo, Int32(ldc))
         }
     }
-    static func enter() {
-        depth.withLock { d in
-            if d == 0 { openblas_set_num_threads(1) }
-            d += 1
-        }
+    if tiles == 1 || serial || blasThreads() == 1 { for i in 0..<tiles { tile(i) }; return }
+    withoutActuallyEscaping(tile) { t in
+        let box = UncheckedSendable(t)
+        DispatchQueue.concurrentPerform(iterations: tiles) { i in box.value(i) }
     }
-    static func leave() {
-        depth.withLock { d in
-            d -= 1
-            if d == 0 { openblas_set_num_threads(Int32(configured)) }
-        }
-    }
+}
+
+/// The fast path's thread count, and OpenBLAS kept on one thread from the first fast-path
+/// call on (its thread count is process-wide; it is set once, before any work, and never
+/// changed again, so concurrent models cannot change each other's bits).
+enum FastThreads {
+    /// OpenBLAS's own default (OPENBLAS_NUM_THREADS, else all cores), read before it is set to 1.
+    private static let initial: Int = {
+        let n = Int(openblas_get_num_threads())
+        openblas_set_num_threads(1)
+        return Swift.max(1, n)
+    }()
+    private static let count = Atomic<Int>(initial)
+    static var configured: Int { count.load(ordering: .relaxed) }
+    static func configure(_ n: Int) { count.store(Swift.max(1, n), ordering: .relaxed) }
+    @inline(__always) static func ensureSingleThreadedBLAS() { _ = initial }
 }
 
 /// Hands a closure over raw buffers to Dispatch's workers: each worker touches a disjoint

@@ -33,7 +33,7 @@ struct RegressTests {
         let store = dir.appendingPathComponent("store").path
         try FileManager.default.createDirectory(atPath: store, withIntermediateDirectories: true)
         try lenientThresholds().encoded().write(to: URL(fileURLWithPath: store + "/thresholds.json"))
-        let rec = ["regress", "record", "--battery", "quick", "--store", store, "--reps", "2"]
+        let rec = ["regress", "record", "--blas-core", "keep", "--battery", "quick", "--store", store, "--reps", "2"]
         var times: [Double] = []
         for _ in 0..<2 {
             let t0 = Date()
@@ -79,7 +79,7 @@ struct RegressTests {
 
     @Test func malformedPerturbationIsOneLine() throws {
         let store = tempDir().appendingPathComponent("s").path
-        let (c, _, err) = try runOracle(["regress", "record", "--store", store], env: ["SDDIT_ORACLE_PERTURB": "softmax:x"])
+        let (c, _, err) = try runOracle(["regress", "record", "--blas-core", "keep", "--store", store], env: ["SDDIT_ORACLE_PERTURB": "softmax:x"])
         #expect(c == 2, "exit \(c)")
         #expect(err.split(separator: "\n").count == 1 && err.contains("SDDIT_ORACLE_PERTURB"), "stderr: \(err)")
         #expect(!FileManager.default.fileExists(atPath: store + "/records"), "a failed run created records")
@@ -116,12 +116,12 @@ struct RegressTests {
         try Data("x".utf8).write(to: file)
         for store in [file.path, file.path + "/sub"] {
             let t0 = Date()
-            let (c, out, err) = try runOracle(["regress", "record", "--store", store], env: [:])
+            let (c, out, err) = try runOracle(["regress", "record", "--blas-core", "keep", "--store", store], env: [:])
             #expect(c == 2 && err.split(separator: "\n").count == 1 && err.contains("is a file, not a directory"), "store \(store): exit \(c)\n\(out)\(err)")
             #expect(Date().timeIntervalSince(t0) < 5, "the battery ran before the store was checked")
             #expect(try Data(contentsOf: file) == Data("x".utf8))
         }
-        let (c, _, err) = try runOracle(["regress", "record", "--battery", "huge", "--store", empty], env: [:])
+        let (c, _, err) = try runOracle(["regress", "record", "--blas-core", "keep", "--battery", "huge", "--store", empty], env: [:])
         #expect(c != 0 && err.contains("unknown battery 'huge'"), "bad battery: \(c) \(err)")
     }
 

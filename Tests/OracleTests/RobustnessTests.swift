@@ -162,7 +162,8 @@ struct RobustnessTests {
         let (c0, _, e0) = try runOracle(args + ["--seed", "0", "--out", complete])
         #expect(c0 == 0, "uninterrupted dump failed: \(e0)")
         let expected = try ExchangeFile.read(complete).datasets.count
-        var oldSeen = 0, newSeen = 0
+        // each kill leaves the file as it was before that run, or a complete new file
+        var previous = old, oldSeen = 0, newSeen = 0, killed = 0
         for i in 0..<12 {
             let p = Process()
             p.executableURL = oracleBinary()
@@ -172,14 +173,17 @@ struct RobustnessTests {
             usleep(useconds_t(20_000 + (i * 37_000) % 400_000))
             kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
+            if p.terminationReason == .uncaughtSignal { killed += 1 }
             let now = try Data(contentsOf: URL(fileURLWithPath: target))
-            if now == old { oldSeen += 1; continue }
+            if now == previous { oldSeen += 1; continue }
             let f = try ExchangeFile.read(target)   // must be complete
             #expect(f.datasets.count == expected, "kill #\(i): half-written file with \(f.datasets.count) of \(expected) datasets")
             newSeen += 1
+            previous = now
         }
-        #expect(oldSeen + newSeen == 12)
-        Report.add("robustness.txt", ["kill -9 during oracle dump: 12 kills, old file intact \(oldSeen), complete new file \(newSeen), half files 0"])
+        // the test means something only if some runs were really killed before they finished
+        #expect(killed > 0, "no run was killed mid-way: every dump finished within its delay")
+        Report.add("robustness.txt", ["kill -9 during oracle dump: 12 runs, \(killed) killed, previous file intact \(oldSeen), complete new file \(newSeen), half files 0"])
     }
 
     /// The reference is single-threaded: bit-identical results run to run and whatever
@@ -200,9 +204,9 @@ struct RobustnessTests {
         for (k, v) in f1.datasets { #expect(v.values == f2.datasets[k]?.values, "\(k) differs between 1 and 2 threads") }
     }
 
-    /// The fast path with 1 and with 2 threads (OPENBLAS_NUM_THREADS, which also sets the fast
-    /// path's own worker count): the same numbers to float32 tolerance; the report records
-    /// whether they are bit-identical (see README "Determinism").
+    /// The fast path with 1 and with 2 threads (OPENBLAS_NUM_THREADS sets the fast path's own
+    /// worker count; OpenBLAS itself always runs single-threaded): bit-identical, every dataset
+    /// (README "Determinism").
     @Test func fastAcrossThreadCounts() throws {
         let dir = tempDir()
         var files: [String] = []
@@ -213,14 +217,10 @@ struct RobustnessTests {
             #expect(status == 0)
             files.append(out)
         }
-        // float32 against float32: Tolerances.rule's float32 pair (rtol 1e-4, atol 1e-5 + 1e-4 max|e|)
-        let r = try DiffEngine.run(a: .file(files[0]), b: .file(files[1]), options: DiffOptions())
         let f1 = try ExchangeFile.read(files[0]), f2 = try ExchangeFile.read(files[1])
-        let differing = f1.datasets.keys.filter { f1.datasets[$0]!.values != f2.datasets[$0]?.values }.sorted()
-        let passed = r.passed
-        #expect(passed, "1 vs 2 threads beyond float32 tolerance: \(r.summary)")
-        let worst = r.comparisons.max { $0.normwise < $1.normwise }
-        Report.add("robustness.txt", ["fast path, 1 vs 2 threads: \(f1.datasets.count - differing.count) of \(f1.datasets.count) datasets bit-identical"
-                                      + (differing.isEmpty ? "" : "; the others (\(differing.prefix(4).joined(separator: ", ")), ...) differ by at most \(String(format: "%.1e", worst?.normwise ?? 0)) norm-wise (\(worst?.name ?? ""))")])
+        let differing = f1.datasets.keys.filter { f1.datasets[$0]!.values.map(\.bitPattern) != f2.datasets[$0]?.values.map(\.bitPattern) }.sorted()
+        #expect(f1.datasets.count > 100 && f1.datasets.count == f2.datasets.count)
+        #expect(differing.isEmpty, "1 vs 2 threads: \(differing.count) datasets differ: \(differing.prefix(4))")
+        Report.add("robustness.txt", ["fast path, 1 vs 2 threads: \(f1.datasets.count - differing.count) of \(f1.datasets.count) datasets bit-identical"])
     }
 }

@@ -6,8 +6,15 @@ import SDDiTReference
 
 // The Python tooling (tools/sddit_h5.py) against this package: its own tests, a file it
 // writes read back by the Swift reader, and a file `oracle dump` writes checked by it.
-// Each test returns early with a note where python3 with numpy and h5py is not importable.
-@Suite("Python tools")
+// Where python3 with numpy and h5py is not importable these tests show as skipped (with why),
+// never as passed.
+/// True when python3 can import numpy and h5py (asked once).
+let pythonWithH5py: Bool = {
+    guard let (rc, _) = ToolsTests.python(["-c", "import numpy, h5py"]) else { return false }
+    return rc == 0
+}()
+
+@Suite("Python tools", .enabled(if: pythonWithH5py, "python3 with numpy and h5py is not importable (pip install numpy h5py)"))
 struct ToolsTests {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent()
@@ -28,19 +35,8 @@ struct ToolsTests {
         return (p.terminationStatus, String(decoding: out, as: UTF8.self))
     }
 
-    /// True when python3 can import numpy and h5py; prints why not otherwise.
-    static func pythonReady(_ test: String) -> Bool {
-        guard let (rc, out) = python(["-c", "import numpy, h5py"]), rc == 0 else {
-            print("\(test): skipped, python3 with numpy and h5py is not importable "
-                  + "(pip install numpy h5py to run it)")
-            return false
-        }
-        _ = out
-        return true
-    }
 
     @Test func pythonToolSuitePasses() throws {
-        guard Self.pythonReady("pythonToolSuitePasses") else { return }
         let r = try #require(Self.python([Self.tools.appendingPathComponent("test_sddit_h5.py").path]))
         #expect(r.0 == 0, "python3 tools/test_sddit_h5.py exited \(r.0):\n\(r.1)")
         #expect(r.1.contains(" passed, 0 failed"), "no clean summary line:\n\(r.1)")
@@ -49,7 +45,6 @@ struct ToolsTests {
     /// A tiny exchange file written by sddit_h5.write_exchange (random parameters, inputs,
     /// float32 activations) is read by the Swift reader with the right config, types and setup.
     @Test func fileWrittenByPythonReadsInSwift() throws {
-        guard Self.pythonReady("fileWrittenByPythonReadsInSwift") else { return }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tools-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -89,7 +84,6 @@ struct ToolsTests {
 
     /// A file written by `oracle dump` passes `sddit_h5.py check`.
     @Test func oracleDumpPassesPythonCheck() throws {
-        guard Self.pythonReady("oracleDumpPassesPythonCheck") else { return }
         var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
         var oracle: URL? = nil
         for _ in 0..<4 {
@@ -97,16 +91,13 @@ struct ToolsTests {
             if FileManager.default.isExecutableFile(atPath: c.path) { oracle = c; break }
             dir = dir.deletingLastPathComponent()
         }
-        guard let oracle else {
-            print("oracleDumpPassesPythonCheck: skipped, the oracle executable was not found near the test bundle")
-            return
-        }
+        let found = try #require(oracle, "the oracle executable was not found near the test bundle")
         let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("tools-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: tmp) }
         let out = tmp.appendingPathComponent("dump.h5").path
         let p = Process()
-        p.executableURL = oracle
+        p.executableURL = found
         p.arguments = ["dump", "--backend", "ref", "--config", "tiny", "--out", out, "--sample", "3"]
         let pipe = Pipe()
         p.standardOutput = pipe; p.standardError = pipe

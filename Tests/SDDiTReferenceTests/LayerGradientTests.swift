@@ -25,6 +25,17 @@ func checkLayer(_ name: String, _ inputs: [(String, Tensor<Double>)],
 
 @Suite("Layer gradients (5-point central differences, h = 1e-3)")
 struct LayerGradientTests {
+    /// The checker itself cannot pass a NaN (|NaN| > tol is false, so it is tested as
+    /// "not within"), nor a wrong derivative.
+    @Test func checkerCatchesPlantedDefects() {
+        let x = [0.3, -1.2, 2.0]
+        func f(_ y: [Double]) -> Double { y.reduce(0) { $0 + $1 * $1 } }   // gradient 2 x
+        #expect(checkGradient("ok", shape: [3], x: x, analytic: x.map { 2 * $0 }, f: f).failures == 0)
+        #expect(checkGradient("nan analytic", shape: [3], x: x, analytic: [0.6, .nan, 4.0], f: f).failures == 1)
+        #expect(checkGradient("nan numeric", shape: [3], x: x, analytic: x.map { 2 * $0 }, f: { _ in .nan }).failures == 3)
+        #expect(checkGradient("wrong", shape: [3], x: x, analytic: [0.6, -2.4, 4.0 + 1e-6], f: f).failures == 1)
+    }
+
     @Test func linear() {
         checkLayer("Linear", [("x", randomTensor([2, 3, 5], seed: 1)), ("weight", randomTensor([4, 5], seed: 2)),
                               ("bias", randomTensor([4], seed: 3))],

@@ -55,7 +55,7 @@ func checkGradient(_ name: String, shape: [Int], x: [Double], analytic: [Double]
             r.worstRel = rel; r.worstIndex = unravel(i, shape); r.analytic = a; r.numeric = num
         }
         r.worstAbs = max(r.worstAbs, err)
-        if err > atol + rtol * abs(num) {
+        if !(err <= atol + rtol * abs(num)) {   // a NaN on either side fails too
             r.failures += 1
             if r.firstFailure == nil {
                 r.firstFailure = String(format: "%@ %@ at %@: analytic %.17g, numeric %.17g, abs err %.3e, rel err %.3e (rule %.0e + %.0e*|numeric|)",
