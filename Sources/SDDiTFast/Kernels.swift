@@ -422,13 +422,15 @@ func parallelTasks(_ n: Int, workers: Int, _ body: (Int, Int, Int) -> Void) {
 }
 
 /// The partition of C[M, N] into tiles for `sgemmTiled`: a function of (M, N, K) alone, never
-/// of the thread count. Up to 8 tiles of at least 2^21 multiply-adds each, along the longer
+/// of the thread count. Up to 4 tiles of at least 2^21 multiply-adds each, along the longer
 /// of M and N, boundaries on multiples of 16 (whole microkernel panels), tiles >= 32 long.
+/// (Each tile packs the whole other operand again: on the S/2 training step, 2 cores, 4 tiles
+/// measured 4132-4405 ms, 8 tiles 4315-4547 ms, 2 tiles 4248-4456 ms.)
 /// Returns the tile boundaries along that side and whether it is M.
 func sgemmTiles(_ M: Int, _ N: Int, _ K: Int) -> (rows: Bool, bounds: [Int]) {
     let work = Double(M) * Double(N) * Double(K), rows = M >= N, side = rows ? M : N
     var t = 1
-    while t < 8, work / Double(2 * t) >= Double(1 << 21), side / (2 * t) >= 32 { t *= 2 }
+    while t < 4, work / Double(2 * t) >= Double(1 << 21), side / (2 * t) >= 32 { t *= 2 }
     var bounds = [0]
     for i in 1..<t { bounds.append((side * i / t) / 16 * 16) }
     bounds.append(side)
