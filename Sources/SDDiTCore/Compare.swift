@@ -51,8 +51,14 @@ public struct Comparison: Sendable {
     public var shapeMismatch: Bool { shapeA != shapeB }
     /// How close to its limit: 1 is the limit (max rel / rtol; for interval rules, the worst
     /// use of an interval).
-    public var closeness: Double { maxRel / max(tolerance.rtol, 1e-300) }
-    public var passed: Bool { !shapeMismatch && nonFinite == nil && bad == 0 }
+    public var closeness: Double {
+        max(maxRel / max(tolerance.rtol, 1e-300), calibration.map { $0.ratio / $0.limit } ?? 0)
+    }
+    /// Calibrated verdict (`Calibration`): the norm-wise error as a multiple of the error of a
+    /// known-correct implementation in the precision this side claims (`level`), and the limit.
+    public var calibration: (level: Double, ratio: Double, limit: Double, precision: String)?
+    public var calibrationFailed: Bool { calibration.map { !($0.ratio <= $0.limit) } ?? false }
+    public var passed: Bool { !shapeMismatch && nonFinite == nil && bad == 0 && !calibrationFailed }
 }
 
 public enum Compare {
@@ -105,8 +111,12 @@ extension Comparison {
             return ["FAIL \(name) \(shape)  \(sides)  non-finite \(nf.value) in \(nf.side == "a" ? labelA : labelB) at \(nf.index)"]
         }
         let p = min(precisionA, precisionB)
-        let head = String(format: "%@ %@ %@  %@  rule %@  %d / %d bad", passed ? "ok  " : "FAIL", name, shape, sides,
+        var head = String(format: "%@ %@ %@  %@  rule %@  %d / %d bad", passed ? "ok  " : "FAIL", name, shape, sides,
                           tolerance.description, bad, count)
+        if let cal = calibration {
+            head += String(format: "; error x%.3g the %@ level %.2e (limit x%.0f)%@", cal.ratio, cal.precision, cal.level, cal.limit,
+                           calibrationFailed ? ": far above a correct \(cal.precision) run" : "")
+        }
         if let (size, unit) = unitOfAbs {
             var detail = String(format: "     max abs %.2e (%.3g %@) at %@  a %@  b %@   worst use of the interval %.2f at %@",
                                 maxAbs, maxAbs / size, unit, "\(maxAbsIndex)", fmt17(maxAbsA, p), fmt17(maxAbsE, p),
@@ -133,6 +143,9 @@ extension Comparison {
             "max_abs_a": maxAbsA, "max_abs_b": maxAbsE, "max_rel": maxRel, "max_rel_index": maxRelIndex,
             "max_rel_a": maxRelA, "max_rel_b": maxRelE, "scale": scale, "normwise": normwise,
         ]
+        if let cal = calibration {
+            o["calibration"] = ["level": cal.level, "ratio": cal.ratio, "limit": cal.limit, "precision": cal.precision, "failed": calibrationFailed]
+        }
         if let (size, unit) = unitOfAbs { o["max_abs_in_\(unit)"] = maxAbs / size; o["rule"] = tolerance.description }
         if let out = outside { o["first_outside"] = ["index": out.index, "value": out.value, "lo": out.lo, "hi": out.hi] }
         if let nf = nonFinite { o["non_finite"] = ["side": nf.side, "index": nf.index, "value": "\(nf.value)"] }

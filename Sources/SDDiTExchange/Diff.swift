@@ -29,6 +29,8 @@ public struct DiffOptions: Sendable {
     public var rtol: Double? = nil
     public var atol: Double? = nil
     public var allowMissing = false
+    /// Judge a float32 file also against the error of the fast path on its setup (`Calibration`).
+    public var calibrate = true
     public init() {}
 }
 
@@ -62,13 +64,13 @@ public struct DiffReport: Sendable {
             }
             for g in order {
                 let cs = groups[g]!, bad = cs.filter { !$0.passed }.count
-                let w = cs.max { $0.maxRel / max($0.tolerance.rtol, 1e-300) < $1.maxRel / max($1.tolerance.rtol, 1e-300) }!
+                let w = cs.max { $0.closeness < $1.closeness }!
                 out.append("  " + g.padding(toLength: 19, withPad: " ", startingAt: 0) + String(format: "%4d tensors, %d failed; max rel %.2e (rtol %.0e) in %@", cs.count, bad,
                                   w.maxRel, w.tolerance.rtol, String(w.name.dropFirst(g.count + 1))))
             }
         }
         if !verbose, failed == 0, !comparisons.isEmpty {
-            let worst = comparisons.max { $0.maxRel / max($0.tolerance.rtol, 1e-300) < $1.maxRel / max($1.tolerance.rtol, 1e-300) }!
+            let worst = comparisons.max { $0.closeness < $1.closeness }!
             out.append(String(format: "all %d tensors within tolerance; closest to its limit: %@ max rel %.2e (rtol %.0e)",
                               comparisons.count, worst.name, worst.maxRel, worst.tolerance.rtol))
         }
@@ -85,6 +87,38 @@ public struct DiffReport: Sendable {
         ["a": labelA, "b": labelB, "compared": comparisons.count, "failed": failed,
          "only_in_a": onlyInA, "only_in_b": onlyInB, "passed": passed,
          "tensors": comparisons.map(\.json)]
+    }
+}
+
+/// Calibrated tolerances for float32 files: a tensor fails when its norm-wise error against the
+/// float64 side, max|a - e| / max|e|, is far above the error of the fast path (float32, a
+/// correct implementation) on the same setup: ratio = error / max(level, 4u), u = 2^-24.
+/// Measured with the reference run in Float (an independent float32 implementation: plain
+/// sequential loops) against the fast path, tiny config, six seeds, masked and unmasked, with
+/// and without guidance, 516 tensors: median ratio 1.0, worst 2.9 (gradients of the final
+/// layer); the sampler states 30 (that implementation keeps x in float32, where EDM's sampler
+/// and the fast path keep it in float64). Limits: x16 (5.5x over the worst), x128 for the
+/// sampler. A planted exact GELU or LayerNorm eps 1e-5 in one block: x400 and more at that
+/// block's output (tests). The blanket rule of `Tolerances` stays as a ceiling.
+public enum Calibration {
+    public static let limit = 16.0, samplerLimit = 128.0, floorUnits = 4.0
+
+    /// A comparison of a float32 tensor of the file side against a float64-or-better side,
+    /// other than the after-step parameters (`AfterStepRule`) and the setup's fixed tables.
+    static func applies(_ c: Comparison, actualIsA: Bool) -> Bool {
+        let act = actualIsA ? c.precisionA : c.precisionB, exp = actualIsA ? c.precisionB : c.precisionA
+        guard act == .float32, exp >= .float64, !c.shapeMismatch, c.nonFinite == nil else { return false }
+        return !(c.name.hasPrefix("after_step/params/") || c.name.hasPrefix("after_step/teacher/") || c.name.hasPrefix("params/"))
+    }
+
+    static func judge(_ c: Comparison, correct f: NamedTensor, expected e: NamedTensor) -> (level: Double, ratio: Double, limit: Double, precision: String)? {
+        guard f.values.count == e.values.count, f.values.allSatisfy(\.isFinite) else { return nil }
+        let scale = e.values.reduce(0) { max($0, abs($1)) }
+        var m = 0.0
+        for i in 0..<e.values.count { m = max(m, abs(f.values[i] - e.values[i])) }
+        let level = max(scale > 0 ? m / scale : m, floorUnits * Precision.float32.unitRoundoff)
+        let lim = c.name.hasPrefix("sampler/") ? samplerLimit : limit
+        return (level, c.normwise / level, lim, "float32")
     }
 }
 
@@ -140,6 +174,25 @@ public enum DiffEngine {
             guard let x = dA[p] else { r.onlyInB.append(p); continue }
             guard let y = dB[p] else { r.onlyInA.append(p); continue }
             r.comparisons.append(verdict(p, x, y, ctx, lr: cfg.lr, rtol: o.rtol, atol: o.atol))
+        }
+        // A float32 file against a float64 side: each tensor's error against that of the fast
+        // path (a correct float32 implementation) on the same setup.
+        if o.calibrate, o.rtol == nil, o.atol == nil {
+            // the side judged is the less precise one, and only when it is a file
+            func actualIsA(_ c: Comparison) -> Bool? {
+                let aLow = c.precisionA < c.precisionB
+                if aLow { return fileA != nil ? true : nil }
+                return c.precisionB < c.precisionA && fileB != nil ? false : nil
+            }
+            let todo = r.comparisons.indices.filter { i in actualIsA(r.comparisons[i]).map { Calibration.applies(r.comparisons[i], actualIsA: $0) } ?? false }
+            if !todo.isEmpty {
+                let fast = try Backend.fast.run(try getSetup())
+                for i in todo {
+                    let c = r.comparisons[i]
+                    guard let f = fast[c.name], let e = (actualIsA(c)! ? fullB : fullA)[c.name] else { continue }
+                    r.comparisons[i].calibration = Calibration.judge(c, correct: f, expected: e)
+                }
+            }
         }
         return r
     }

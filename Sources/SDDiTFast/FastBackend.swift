@@ -34,7 +34,8 @@ public enum FastBackend {
         return out
     }
 
-    public static func run(_ s: Setup, precision: FastPrecision) throws -> [String: NamedTensor] {
+    /// `variant`: a deliberate deviation (planted-bug files in the tests); none by default.
+    public static func run(_ s: Setup, precision: FastPrecision, variant: FastVariant = FastVariant()) throws -> [String: NamedTensor] {
         let cfg = s.config, label = precision.label
         var out: [String: NamedTensor] = [:]
         func nt(_ shape: [Int], _ v: [Float]) -> NamedTensor { NamedTensor(shape: shape, values: v.map { Double($0) }, precision: label) }
@@ -43,6 +44,7 @@ public enum FastBackend {
         if let I = s.inputs {
             let m = FastModel(cfg, precision: precision, student: s.student, teacher: s.teacher,
                               centerCls: s.centerCls, centerPatch: s.centerPatch)
+            m.variant = variant
             m.record = true
             let r = try m.trainStepFindingScale(I)
             for (k, v) in m.activations { out["activations/" + k] = nt(v.shape, v.values) }
@@ -55,6 +57,7 @@ public enum FastBackend {
         }
         if let sm = s.sampler {
             let m = FastModel(cfg, precision: precision, student: s.student, teacher: nil)
+            m.variant = variant
             let sig = sigmas(steps: sm.steps, sigmaMin: cfg.sigmaMin, sigmaMax: cfg.sigmaMax, rho: cfg.rho)
             let traj = try m.sample(xInit: sm.xInit.data, labels: sm.labels, sigmas: sig, cfgScale: sm.cfgScale)
             // the sampler keeps x and sigmas in float64; the network ran in `precision`

@@ -25,6 +25,8 @@ public final class FastModel {
     /// 1 is SPEC §4 (bit-identical to the unweighted sum); 0 is the paper's table-3 ablation
     /// "without discriminative loss" (the teacher still runs, so L_D is still reported).
     public var discriminativeWeight: Float = 1
+    /// Deliberate deviations from SPEC, for planted-bug files (tests); none by default.
+    public var variant = FastVariant()
 
     public var workspaceBytes: Int { ws.bytes }
     var labelsForBackward: [Int] = []
@@ -152,8 +154,9 @@ public final class FastModel {
         let mod = ws.get(name + ".mod", [N, 6 * W])
         k.linear(siluC, P[key + "adaLN_modulation.1.weight"]!, P[key + "adaLN_modulation.1.bias"]!, mod)
         try out(name + ".adaLN", "adaLN_modulation Linear(SiLU(c))", mod, [("SiLU(c)", siluC)])
+        let eps = variant.layerNormEpsBlock.map { key == "blocks.\($0)." } == true ? variant.layerNormEps : 1e-6
         let m1 = ws.get(name + ".m1", [N, L, W]), mean1 = ws.get(name + ".mean1", [N * L]), rstd1 = ws.get(name + ".rstd1", [N * L])
-        k.lnModulate(x, mod, shiftChunk: 0, scaleChunk: 1, chunks: 6, m1, mean: mean1, rstd: rstd1)
+        k.lnModulate(x, mod, shiftChunk: 0, scaleChunk: 1, chunks: 6, m1, mean: mean1, rstd: rstd1, eps: eps)
         try out(name + ".norm1", "modulate(LayerNorm(x), shift1, scale1)", m1, [("x", x)])
         let qkv = ws.get(name + ".qkv", [N, L, 3 * W])
         k.linear(m1, P[key + "attn.qkv.weight"]!, P[key + "attn.qkv.bias"]!, qkv)
@@ -173,12 +176,12 @@ public final class FastModel {
         k.gatedResidual(x, mod, chunk: 2, chunks: 6, proj, x1)
         try out(name + ".x1", "x + gate1 * attn", x1, [("x", x), ("attn.proj", proj)])
         let m2 = ws.get(name + ".m2", [N, L, W]), mean2 = ws.get(name + ".mean2", [N * L]), rstd2 = ws.get(name + ".rstd2", [N * L])
-        k.lnModulate(x1, mod, shiftChunk: 3, scaleChunk: 4, chunks: 6, m2, mean: mean2, rstd: rstd2)
+        k.lnModulate(x1, mod, shiftChunk: 3, scaleChunk: 4, chunks: 6, m2, mean: mean2, rstd: rstd2, eps: eps)
         try out(name + ".norm2", "modulate(LayerNorm(x1), shift2, scale2)", m2, [("x1", x1)])
         let f1 = ws.get(name + ".mlp.fc1", [N, L, hm]), gl = ws.get(name + ".mlp.gelu", [N, L, hm])
         k.linear(m2, P[key + "mlp.fc1.weight"]!, P[key + "mlp.fc1.bias"]!, f1)
         try out(name + ".mlp.fc1", "mlp.fc1 Linear", f1, [("norm2", m2)])
-        k.geluTanh(f1, gl)
+        if variant.exactGELUBlock.map({ key == "blocks.\($0)." }) == true { k.geluErf(f1, gl) } else { k.geluTanh(f1, gl) }
         try out(name + ".mlp.gelu", "GELU(tanh)", gl, [("mlp.fc1", f1)])
         let f2 = ws.get(name + ".mlp.fc2", [N, L, W])
         k.linear(gl, P[key + "mlp.fc2.weight"]!, P[key + "mlp.fc2.bias"]!, f2)
@@ -269,5 +272,19 @@ public final class FastModel {
         k.linear(u, w, nil, o)
         try out(pre + ".head.out", "weight-normalized last layer", o, [("normalized", u)])
         return HeadState(x: x, h1: h1, g1: g1, h2: h2, g2: g2, h3: h3, u: u, norms: norms, w: w, vnorm: vnorm, out: o)
+    }
+}
+
+/// Deliberate deviations from SPEC that implementations get wrong, for building planted-bug
+/// files with a known defect (tests of the calibrated verdicts). Encoder block i means the
+/// student's and the teacher's `blocks.i` (the same code runs both).
+public struct FastVariant: Sendable {
+    /// Exact (erf) GELU instead of the tanh approximation in encoder block i's MLP.
+    public var exactGELUBlock: Int? = nil
+    /// LayerNorm eps `layerNormEps` instead of 1e-6 in encoder block i's two norms.
+    public var layerNormEpsBlock: Int? = nil
+    public var layerNormEps: Float = 1e-6
+    public init(exactGELUBlock: Int? = nil, layerNormEpsBlock: Int? = nil, layerNormEps: Float = 1e-6) {
+        self.exactGELUBlock = exactGELUBlock; self.layerNormEpsBlock = layerNormEpsBlock; self.layerNormEps = layerNormEps
     }
 }

@@ -71,14 +71,14 @@ struct Kernels {
     /// Fused LayerNorm (no affine, eps 1e-6) + modulate: y = xhat (1 + scale[n]) + shift[n].
     /// shift/scale are rows of `mod` [N, k W] at chunk offsets; mean/rstd saved per row.
     func lnModulate(_ x: FT, _ mod: FT, shiftChunk: Int, scaleChunk: Int, chunks: Int,
-                    _ y: FT, mean: FT, rstd: FT) {
+                    _ y: FT, mean: FT, rstd: FT, eps: Float = 1e-6) {
         let W = x.last, R = x.rows, N = mod.shape[0], L = R / N
         parallelRanges(R, minPerThread: Swift.max(1, 16384 / Swift.max(W, 1))) { lo, hi in
             for r in lo..<hi {
                 let n = r / L, xp = x.p + r * W, yp = y.p + r * W
                 let m = vsum(xp, W) / Float(W)
                 let v = vsumSquaredDeviation(xp, W, m) / Float(W)
-                let s = 1 / (v + 1e-6).squareRoot()
+                let s = 1 / (v + eps).squareRoot()
                 mean.p[r] = m; rstd.p[r] = s
                 let sh = mod.p + n * chunks * W + shiftChunk * W, sc = mod.p + n * chunks * W + scaleChunk * W
                 for i in 0..<W { yp[i] = (xp[i] - m) * s * (1 + sc[i]) + sh[i] }

@@ -1,0 +1,91 @@
+import Foundation
+import Testing
+import SDDiTCore
+import SDDiTExchange
+import SDDiTFast
+import SDDiTReference
+
+// Calibrated verdicts for float32 files (issue "Verdicts calibrated to the precision a run
+// claims"): a subtle forward bug fails at the block where it starts, not downstream, while an
+// independent correct float32 implementation passes.
+@Suite("Calibrated float32 verdicts")
+struct CalibrationTests {
+    static func setup(seed: UInt64, sample: Bool = true) -> RunSetup {
+        SeededSetup.make(.tiny, seed: seed, batch: 2, maskRatio: 0.25, sampleSteps: sample ? 3 : nil, cfgScale: seed % 2 == 0 ? 1.5 : nil)
+    }
+
+    /// A float32 exchange file: the setup (parameters rounded to float32, as a float32
+    /// state_dict holds them, the fixed tables included) and the given float32 results.
+    static func file(_ s: RunSetup, _ results: [String: NamedTensor], name: String) throws -> String {
+        var ds = results
+        let (floats, ints) = setupDatasets(s)
+        for (k, v) in floats where ds[k] == nil || k.hasPrefix("params/") {
+            let isParam = k.hasPrefix("params/") || k.hasPrefix("teacher/")
+            ds[k] = isParam ? NamedTensor(shape: v.shape, values: v.values.map { Double(Float($0)) }, precision: .float32) : v
+        }
+        let path = tempDir().appendingPathComponent(name + ".h5").path
+        try ExchangeWriter.write(path, config: s.config, datasets: ds, integers: ints, cfgScale: s.sampler?.cfgScale)
+        return path
+    }
+
+    static func diff(_ path: String) throws -> DiffReport {
+        try DiffEngine.run(a: .file(path), b: .backend(.ref), options: DiffOptions())
+    }
+
+    /// The reference's own code in Float (plain sequential loops, float32 throughout, the
+    /// sampler state too): an implementation independent of the fast path. It passes on four
+    /// seeds, under the x16 limit (x128 for sampler states).
+    @Test(arguments: [1, 2, 3, 4] as [UInt64])
+    func independentFloat32Passes(seed: UInt64) throws {
+        let s = Self.setup(seed: seed)
+        let path = try Self.file(s, try ReferenceBackend.run(s, as: Float.self), name: "ref32-\(seed)")
+        let r = try Self.diff(path)
+        for c in r.comparisons where !c.passed {
+            Issue.record(Comment(rawValue: c.lines(labelA: r.labelA, labelB: r.labelB).joined(separator: "\n")))
+        }
+        #expect(r.passed, "seed \(seed): \(r.summary)")
+        let cal = r.comparisons.compactMap(\.calibration)
+        #expect(cal.count >= 80, "calibrated \(cal.count) tensors")
+        let worst = r.comparisons.filter { $0.calibration != nil && !$0.name.hasPrefix("sampler/") }.max { $0.calibration!.ratio < $1.calibration!.ratio }
+        print("independent float32, seed \(seed): worst calibrated ratio \(worst.map { "\($0.calibration!.ratio) in \($0.name)" } ?? "-")")
+    }
+
+    /// Exact GELU in encoder block 0 or 1, or LayerNorm eps 1e-5 in encoder block 0 (student
+    /// and teacher): each stays inside the blanket float32 rule at its block, and fails there
+    /// first, by calibration (measured x113-241 for GELU, x44-49 for eps). Not asked: eps 1e-5
+    /// in block 1, where the inputs' variance is large and the change at that block is x4.7-86
+    /// the float32 level depending on the seed (an independent float32 run reaches x3.6): it
+    /// then fails first downstream (seed 1: teacher.head.cls).
+    @Test(arguments: [("gelu", 0), ("gelu", 1), ("eps", 0)])
+    func subtleForwardBugFailsWhereItStarts(_ kind: String, _ block: Int) throws {
+        for seed in [1, 2] as [UInt64] {
+            let s = Self.setup(seed: seed, sample: false)
+            let v = kind == "gelu" ? FastVariant(exactGELUBlock: block) : FastVariant(layerNormEpsBlock: block, layerNormEps: 1e-5)
+            let path = try Self.file(s, try FastBackend.run(s.fastSetup, precision: .fp32, variant: v), name: "\(kind)\(block)-\(seed)")
+            let r = try Self.diff(path)
+            let first = r.comparisons.first { !$0.passed }
+            let target = "activations/student.enc.block.\(block)"
+            #expect(first?.name == target, "\(kind) in block \(block), seed \(seed): first FAIL \(first?.name ?? "none"), expected \(target)")
+            if let c = r.comparisons.first(where: { $0.name == target }) {
+                #expect(c.bad == 0, "\(target) should be inside the blanket rule (only the calibration catches it): \(c.bad) bad")
+                #expect(c.calibrationFailed, "\(target): \(c.lines(labelA: r.labelA, labelB: r.labelB).joined(separator: " | "))")
+                print("\(kind) in block \(block), seed \(seed): " + c.lines(labelA: r.labelA, labelB: r.labelB)[0])
+            }
+            // the block before the planted one is still clean
+            if block > 0 {
+                let before = r.comparisons.first { $0.name == "activations/student.enc.block.\(block - 1)" }
+                #expect(before?.passed == true)
+            }
+        }
+    }
+
+    /// The fast path's own clean float32 file passes at ratio 1 (it is the calibration run; the
+    /// sampler states, kept in float64 and stored in float32, within 1%).
+    @Test func fastFileIsAtItsOwnLevel() throws {
+        let s = Self.setup(seed: 7)
+        let r = try Self.diff(try Self.file(s, try FastBackend.run(s.fastSetup, precision: .fp32), name: "fast-7"))
+        #expect(r.passed, "\(r.summary)")
+        let above = r.comparisons.filter { ($0.calibration?.ratio ?? 0) > ($0.name.hasPrefix("sampler/") ? 1.01 : 1 + 1e-12) }
+        #expect(above.isEmpty, "\(above.map { "\($0.name) x\($0.calibration!.ratio)" }.prefix(5))")
+    }
+}
