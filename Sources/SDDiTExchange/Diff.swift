@@ -38,7 +38,15 @@ public struct DiffReport: Sendable {
     public var labelA: String, labelB: String
     public var comparisons: [Comparison] = []
     public var onlyInA: [String] = [], onlyInB: [String] = []
-    public var failed: Int { comparisons.filter { !$0.passed }.count }
+    /// Gradients (or their after-step updates) recorded for a fixed parameter (SPEC §5:
+    /// pos_embed, decoder_pos_embed, head.last_layer.weight_g are not trained): a bug, never
+    /// merely "missing on the other side"; they fail whatever --allow-missing says.
+    public var fixedTrained: [String] = []
+    /// Groups the backend side computed but the file did not record (not compared).
+    public var notRecorded: [String] = []
+    /// Every path of both sides in comparison order (for printing one-sided ones in place).
+    public var order: [String] = []
+    public var failed: Int { comparisons.filter { !$0.passed }.count + fixedTrained.count }
     public var allowMissing = false
 
     /// Passes only when something was compared, nothing failed, and (unless allowed) no
@@ -47,12 +55,28 @@ public struct DiffReport: Sendable {
         !comparisons.isEmpty && failed == 0 && (allowMissing || (onlyInA.isEmpty && onlyInB.isEmpty))
     }
     public var summary: String {
-        "compared \(comparisons.count), failed \(failed), only-in-a \(onlyInA.count), only-in-b \(onlyInB.count)"
+        var s = "compared \(comparisons.count), failed \(failed), only-in-a \(onlyInA.count), only-in-b \(onlyInB.count)"
+        if !notRecorded.isEmpty { s += "; not recorded, not compared: " + notRecorded.joined(separator: ", ") }
+        return s
     }
 
     public func lines(verbose: Bool = false) -> [String] {
         var out: [String] = []
-        for c in comparisons where verbose || !c.passed { out += c.lines(labelA: labelA, labelB: labelB) }
+        // comparisons and one-sided datasets in comparison order
+        var byName: [String: Comparison] = [:]
+        for c in comparisons { byName[c.name] = c }
+        let a = Set(onlyInA), b = Set(onlyInB), fixed = Set(fixedTrained)
+        for p in (order.isEmpty ? comparisons.map(\.name) + onlyInA + onlyInB : order) {
+            if let c = byName[p] {
+                if verbose || !c.passed { out += c.lines(labelA: labelA, labelB: labelB) }
+            } else if fixed.contains(p) {
+                out.append("FAIL /\(p) in \(a.contains(p) ? labelA : labelB): gradient recorded for a fixed parameter (not trained, SPEC §5)")
+            } else if a.contains(p) {
+                out.append("ONLY-IN-A /\(p)")
+            } else if b.contains(p) {
+                out.append("ONLY-IN-B /\(p)")
+            }
+        }
         if !verbose, !comparisons.isEmpty {
             // one line per group: how many tensors, how many failed, the closest to its limit
             var order: [String] = [], groups: [String: [Comparison]] = [:]
@@ -74,10 +98,10 @@ public struct DiffReport: Sendable {
             out.append(String(format: "all %d tensors within tolerance; closest to its limit: %@ max rel %.2e (rtol %.0e)",
                               comparisons.count, worst.name, worst.maxRel, worst.tolerance.rtol))
         }
-        out += onlyInA.map { "ONLY-IN-A /\($0)" } + onlyInB.map { "ONLY-IN-B /\($0)" }
         if comparisons.isEmpty { out.append("FAIL nothing was compared: the two sides share no dataset") }
-        if !allowMissing, !(onlyInA.isEmpty && onlyInB.isEmpty) {
-            out.append("FAIL \(onlyInA.count + onlyInB.count) datasets are missing on one side (use --allow-missing to accept)")
+        let missing = onlyInA.count + onlyInB.count - fixedTrained.count
+        if !allowMissing, missing > 0 {
+            out.append("FAIL \(missing) datasets are missing on one side, in groups both record (--allow-missing accepts a dump that left some out)")
         }
         out.append(summary)
         return out
@@ -86,6 +110,7 @@ public struct DiffReport: Sendable {
     public var json: [String: Any] {
         ["a": labelA, "b": labelB, "compared": comparisons.count, "failed": failed,
          "only_in_a": onlyInA, "only_in_b": onlyInB, "passed": passed,
+         "fixed_parameter_gradients": fixedTrained, "not_recorded": notRecorded,
          "tensors": comparisons.map(\.json)]
     }
 }
@@ -156,23 +181,44 @@ public enum DiffEngine {
         let cfg = setupFile?.config ?? o.config
         // A backend run on a file's setup: the file's setup datasets were consumed, not compared;
         // backend outputs in groups the file does not record were not asked for.
+        var notRecorded: [String] = []
         if let f = setupFile, fileA == nil || fileB == nil {
             let groups = Set(f.datasets.keys.filter { !ExchangeFile.isSetup($0) }.map(groupOf))
+            let computed = Set((fileA == nil ? dA : dB).keys.map(groupOf))
+            notRecorded = ["activations", "losses", "grads", "after_step", "sampler"].filter { computed.contains($0) && !groups.contains($0) }
             func trim(_ d: inout [String: NamedTensor], isFile: Bool) {
                 d = d.filter { isFile ? !ExchangeFile.isSetup($0.key) : groups.contains(groupOf($0.key)) }
             }
             trim(&dA, isFile: fileA != nil); trim(&dB, isFile: fileB != nil)
         }
+        // A file's fixed tables (params/pos_embed, ...) are judged in the precision of the
+        // file's results: a float32 model's tables stored as float64 (as tools/sddit_h5.py
+        // writes a state_dict) hold float32 values.
+        func resultsPrecision(_ f: ExchangeFile?) -> Precision? {
+            f?.datasets.filter { !ExchangeFile.isSetup($0.key) && !$0.key.hasPrefix("params/") }.map(\.value.precision).min()
+        }
+        for (file, isA) in [(fileA, true), (fileB, false)] {
+            guard let rp = resultsPrecision(file) else { continue }
+            for k in (isA ? dA : dB).keys where k.hasPrefix("params/") {
+                if isA { dA[k]!.precision = min(dA[k]!.precision, rp) } else { dB[k]!.precision = min(dB[k]!.precision, rp) }
+            }
+        }
         var r = DiffReport(labelA: a.description, labelB: b.description)
+        r.notRecorded = notRecorded
         r.allowMissing = o.allowMissing
         // the state before the step, for the after-step rule
         let before: [String: NamedTensor]
         if let f = setupFile { before = f.datasets.filter { $0.key.hasPrefix("params/") || $0.key.hasPrefix("teacher/") } }
         else if let s = setup { before = setupDatasets(s).floats } else { before = [:] }
         let ctx = AfterStepContext(cfg, before: before, sideA: fullA, sideB: fullB)
-        for p in DatasetOrder.sorted(Array(Set(dA.keys).union(dB.keys)), cfg) {
-            guard let x = dA[p] else { r.onlyInB.append(p); continue }
-            guard let y = dB[p] else { r.onlyInA.append(p); continue }
+        let frozen = Set(cfg.studentParameters.filter(\.frozen).map(\.key))
+        func trainsFixed(_ p: String) -> Bool {
+            p.hasPrefix("grads/") && frozen.contains(String(p.dropFirst(6)))
+        }
+        r.order = DatasetOrder.sorted(Array(Set(dA.keys).union(dB.keys)), cfg)
+        for p in r.order {
+            guard let x = dA[p] else { r.onlyInB.append(p); if trainsFixed(p) { r.fixedTrained.append(p) }; continue }
+            guard let y = dB[p] else { r.onlyInA.append(p); if trainsFixed(p) { r.fixedTrained.append(p) }; continue }
             r.comparisons.append(verdict(p, x, y, ctx, lr: cfg.lr, rtol: o.rtol, atol: o.atol))
         }
         // A float32 file against a float64 side: each tensor's error against that of the fast

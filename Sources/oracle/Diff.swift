@@ -23,9 +23,11 @@ struct Diff: ParsableCommand {
 
         Output is in forward-pass order (gradients in backward-pass order), so the first FAIL
         is the first place to look. The last line reads
-          compared N, failed M, only-in-a X, only-in-b Y
+          compared N, failed M, only-in-a X, only-in-b Y[; not recorded, not compared: GROUPS]
         Exit status 0 only when something was compared, M is 0, and no dataset is missing on
-        one side (unless --allow-missing); 1 on a mismatch; 2 on bad input.
+        one side within the groups both record (unless --allow-missing); 1 on a mismatch; 2 on
+        bad input. Groups a file does not record are listed, not compared. A float32 file is
+        also judged against the fast path's error on its setup (x16 that level).
 
         Examples:
           oracle diff --a fixtures/public_train_tiny.h5 --b ref
@@ -33,12 +35,12 @@ struct Diff: ParsableCommand {
           oracle diff --a mine.h5 --b theirs.h5 --json
         """)
 
-    @Option(help: "Side a: ref, ref80, or an HDF5 file.") var a: String
-    @Option(help: "Side b: ref, ref80, or an HDF5 file.") var b: String
+    @Option(help: "Side a: a backend (ref, ref80, fast, fast-fp16, fast-bf16, fast-fp16-pure, fast-bf16-pure) or an HDF5 file.") var a: String
+    @Option(help: "Side b: a backend or an HDF5 file.") var b: String
     @OptionGroup var setup: SetupOptions
     @Option(help: "Override the relative tolerance of every tensor.") var rtol: Double?
     @Option(help: "Override the absolute tolerance of every tensor (drops the max|e| scale term).") var atol: Double?
-    @Flag(name: .customLong("allow-missing"), help: "Do not fail when a dataset is present on one side only.")
+    @Flag(name: .customLong("allow-missing"), help: "Do not fail when a recorded group lacks some datasets on one side (a gradient of a fixed parameter still fails).")
     var allowMissing = false
     @Flag(help: "Print the report as JSON.") var json = false
     @Flag(help: "Print every tensor, not only the failing ones.") var verbose = false

@@ -89,3 +89,79 @@ struct CalibrationTests {
         #expect(above.isEmpty, "\(above.map { "\($0.name) x\($0.calibration!.ratio)" }.prefix(5))")
     }
 }
+
+// What a file does not record is said plainly; a gradient for a fixed parameter is a bug.
+@Suite("Partial and extra data")
+struct PartialDataTests {
+    static func fastFile(_ seed: UInt64, name: String, edit: (inout [String: NamedTensor]) -> Void = { _ in },
+                         paramsAsFloat64: Bool = false) throws -> String {
+        let s = CalibrationTests.setup(seed: seed, sample: false)
+        var res = try FastBackend.run(s.fastSetup, precision: .fp32)
+        edit(&res)
+        var ds = res
+        let (floats, ints) = setupDatasets(s)
+        for (k, v) in floats where ds[k] == nil || k.hasPrefix("params/") {
+            let isParam = k.hasPrefix("params/") || k.hasPrefix("teacher/")
+            // tools/sddit_h5.py stores a float32 state_dict as float64 datasets holding float32 values
+            ds[k] = isParam ? NamedTensor(shape: v.shape, values: v.values.map { Double(Float($0)) }, precision: paramsAsFloat64 ? .float64 : .float32) : v
+        }
+        for k in Array(ds.keys) where !isSetupOrParam(k) && res[k] == nil { ds[k] = nil }
+        let path = tempDir().appendingPathComponent(name + ".h5").path
+        try ExchangeWriter.write(path, config: s.config, datasets: ds, integers: ints)
+        return path
+    }
+    static func isSetupOrParam(_ k: String) -> Bool { ExchangeFile.isSetup(k) || k.hasPrefix("params/") }
+
+    static func diff(_ path: String, allowMissing: Bool = false) throws -> DiffReport {
+        var o = DiffOptions()
+        o.allowMissing = allowMissing
+        return try DiffEngine.run(a: .file(path), b: .backend(.ref), options: o)
+    }
+
+    /// A clean float32 run whose state_dict was stored as float64 (the documented tools path):
+    /// its fixed tables are judged as float32, and it passes.
+    @Test func float32RunWithFloat64ParamsPasses() throws {
+        let r = try Self.diff(try Self.fastFile(11, name: "tools-style", paramsAsFloat64: true))
+        #expect(r.passed, "\(r.lines().suffix(6).joined(separator: "\n"))")
+        let pe = r.comparisons.first { $0.name == "params/pos_embed" }
+        #expect(pe?.precisionA == .float32 && pe?.passed == true, "\(pe.map { $0.lines(labelA: "a", labelB: "b")[0] } ?? "no pos_embed")")
+    }
+
+    /// An activations-only dump passes (nothing to accept), and the summary says what it did
+    /// not record.
+    @Test func activationsOnlyFileSaysWhatIsNotRecorded() throws {
+        let path = try Self.fastFile(12, name: "acts-only") { $0 = $0.filter { $0.key.hasPrefix("activations/") || $0.key.hasPrefix("params/") } }
+        let r = try Self.diff(path)
+        #expect(r.passed, "\(r.summary)")
+        #expect(r.notRecorded == ["losses", "grads", "after_step"], "\(r.notRecorded)")
+        #expect(r.summary.hasSuffix("not recorded, not compared: losses, grads, after_step"), "\(r.summary)")
+    }
+
+    /// A gradient for head.last_layer.weight_g (trained by mistake) fails as such, with or
+    /// without --allow-missing, at its place in the order.
+    @Test func gradientOfAFixedParameterFails() throws {
+        let path = try Self.fastFile(13, name: "weight-g") { d in
+            d["grads/head.last_layer.weight_g"] = NamedTensor(shape: [64, 1], values: Array(repeating: 1e-3, count: 64), precision: .float32)
+        }
+        for allow in [false, true] {
+            let r = try Self.diff(path, allowMissing: allow)
+            #expect(!r.passed && r.fixedTrained == ["grads/head.last_layer.weight_g"], "allow \(allow): \(r.summary)")
+            let lines = r.lines()
+            #expect(lines.contains { $0.contains("grads/head.last_layer.weight_g") && $0.contains("gradient recorded for a fixed parameter") }, "\(lines.prefix(4))")
+        }
+    }
+
+    /// One-sided datasets print at their place in the comparison order, before later FAILs.
+    @Test func oneSidedLinesInOrder() throws {
+        let path = try Self.fastFile(14, name: "gap") { d in
+            d["activations/student.enc.block.1"] = nil
+            d["grads/blocks.0.mlp.fc1.weight"]!.values[3] += 0.1
+        }
+        let r = try Self.diff(path)
+        let lines = r.lines()
+        let gap = lines.firstIndex { $0 == "ONLY-IN-B /activations/student.enc.block.1" }
+        let fail = lines.firstIndex { $0.hasPrefix("FAIL grads/blocks.0.mlp.fc1.weight") }
+        #expect(gap != nil && fail != nil && gap! < fail!, "\(lines.prefix(6))")
+        #expect(!r.passed)
+    }
+}
