@@ -57,6 +57,8 @@ public struct Comparison: Sendable {
     /// Calibrated verdict (`Calibration`): the norm-wise error as a multiple of the error of a
     /// known-correct implementation in the precision this side claims (`level`), and the limit.
     public var calibration: (level: Double, ratio: Double, limit: Double, precision: String)?
+    /// Bits of agreement with the other side: -log2 of the norm-wise error (53 when equal).
+    public var bits: Double { normwise > 0 ? min(-log2(normwise), 64) : 64 }
     public var calibrationFailed: Bool { calibration.map { !($0.ratio <= $0.limit) } ?? false }
     public var passed: Bool { !shapeMismatch && nonFinite == nil && bad == 0 && !calibrationFailed }
 }
@@ -114,7 +116,7 @@ extension Comparison {
         var head = String(format: "%@ %@ %@  %@  rule %@  %d / %d bad", passed ? "ok  " : "FAIL", name, shape, sides,
                           tolerance.description, bad, count)
         if let cal = calibration {
-            head += String(format: "; error x%.3g the %@ level %.2e (limit x%.0f)%@", cal.ratio, cal.precision, cal.level, cal.limit,
+            head += String(format: "; %.1f bits; error x%.3g the %@ level %.2e (limit x%.0f)%@", bits, cal.ratio, cal.precision, cal.level, cal.limit,
                            calibrationFailed ? ": far above a correct \(cal.precision) run" : "")
         }
         if let (size, unit) = unitOfAbs {

@@ -5,11 +5,13 @@
 /// The precision a tensor was computed or stored in; it sets comparison tolerances.
 public enum Precision: String, Sendable, Comparable, CaseIterable {
     case float16, bfloat16, float32, float64, float80, integer
+    /// TF32 (NVIDIA tensor cores): float32 storage, matmul operands with a 10-bit mantissa.
+    case tfloat32
 
     /// Unit roundoff (half the machine epsilon).
     public var unitRoundoff: Double {
         switch self {
-        case .float16: return 0x1p-11
+        case .float16, .tfloat32: return 0x1p-11
         case .bfloat16: return 0x1p-8
         case .float32: return 0x1p-24
         case .float64: return 0x1p-53
@@ -18,7 +20,7 @@ public enum Precision: String, Sendable, Comparable, CaseIterable {
         }
     }
     private var rank: Int {
-        switch self { case .bfloat16: 0; case .float16: 1; case .float32: 2; case .float64: 3; case .float80: 4; case .integer: 5 }
+        switch self { case .bfloat16: 0; case .float16: 1; case .tfloat32: 2; case .float32: 3; case .float64: 4; case .float80: 5; case .integer: 6 }
     }
     public static func < (a: Precision, b: Precision) -> Bool { a.rank < b.rank }
 }

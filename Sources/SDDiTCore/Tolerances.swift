@@ -44,11 +44,12 @@ public enum Tolerances {
                     : "; after-step parameters within lr (noise gradients)"
             }
             return t
-        case .float16, .bfloat16:
+        case .float16, .bfloat16, .tfloat32:
             // Half-precision matmul operands / storage: tolerances in units of the half type's
             // unit roundoff u (fp16 4.9e-4, bf16 3.9e-3): rtol 20u, atol 20u + 40u max|e|.
             // Measured norm-wise (fixtures, golden dumps): fp16 activations 1.9e-3 (4u),
             // gradients 1.4e-2 (29u); bf16 activations 2.3e-2 (6u), gradients 8.6e-2 (22u).
+            // TF32 (operands only, u = 2^-11 as fp16): the same rule.
             let u = low.unitRoundoff
             var t = Tolerance(rtol: 20 * u, atolAbs: 20 * u, atolScale: 40 * u,
                               reason: "half-precision operands: 20u / 20u + 40u max|e|, u the half type's unit roundoff")

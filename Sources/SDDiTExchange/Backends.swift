@@ -17,6 +17,8 @@ public enum Backend: String, CaseIterable, Sendable {
     /// Every stored tensor in fp16 / bf16.
     case fastFP16Pure = "fast-fp16-pure"
     case fastBF16Pure = "fast-bf16-pure"
+    /// float32 with every matmul's operands in TF32 (NVIDIA Ampere+ with TF32 enabled).
+    case fastTF32 = "fast-tf32"
 
     public var fastPrecision: FastPrecision? {
         switch self {
@@ -26,6 +28,7 @@ public enum Backend: String, CaseIterable, Sendable {
         case .fastBF16: return .bf16
         case .fastFP16Pure: return .pureFP16
         case .fastBF16Pure: return .pureBF16
+        case .fastTF32: return .tf32
         }
     }
 

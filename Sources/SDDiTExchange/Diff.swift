@@ -46,6 +46,8 @@ public struct DiffReport: Sendable {
     public var notRecorded: [String] = []
     /// Every path of both sides in comparison order (for printing one-sided ones in place).
     public var order: [String] = []
+    /// What the errors of a calibrated file look like, when it fails calibration (`Calibration.diagnose`).
+    public var diagnosis: [String] = []
     public var failed: Int { comparisons.filter { !$0.passed }.count + fixedTrained.count }
     public var allowMissing = false
 
@@ -89,8 +91,13 @@ public struct DiffReport: Sendable {
             for g in order {
                 let cs = groups[g]!, bad = cs.filter { !$0.passed }.count
                 let w = cs.max { $0.closeness < $1.closeness }!
-                out.append("  " + g.padding(toLength: 19, withPad: " ", startingAt: 0) + String(format: "%4d tensors, %d failed; max rel %.2e (rtol %.0e) in %@", cs.count, bad,
-                                  w.maxRel, w.tolerance.rtol, String(w.name.dropFirst(g.count + 1))))
+                var line = "  " + g.padding(toLength: 19, withPad: " ", startingAt: 0) + String(format: "%4d tensors, %d failed; max rel %.2e (rtol %.0e) in %@", cs.count, bad,
+                                  w.maxRel, w.tolerance.rtol, String(w.name.dropFirst(g.count + 1)))
+                if max(cs[0].precisionA, cs[0].precisionB) >= .float64 {
+                    let least = cs.min { $0.bits < $1.bits }!
+                    line += String(format: "; agreement >= %.1f bits (%@)", least.bits, String(least.name.dropFirst(g.count + 1)))
+                }
+                out.append(line)
             }
         }
         if !verbose, failed == 0, !comparisons.isEmpty {
@@ -98,6 +105,7 @@ public struct DiffReport: Sendable {
             out.append(String(format: "all %d tensors within tolerance; closest to its limit: %@ max rel %.2e (rtol %.0e)",
                               comparisons.count, worst.name, worst.maxRel, worst.tolerance.rtol))
         }
+        out += diagnosis
         if comparisons.isEmpty { out.append("FAIL nothing was compared: the two sides share no dataset") }
         let missing = onlyInA.count + onlyInB.count - fixedTrained.count
         if !allowMissing, missing > 0 {
@@ -110,7 +118,7 @@ public struct DiffReport: Sendable {
     public var json: [String: Any] {
         ["a": labelA, "b": labelB, "compared": comparisons.count, "failed": failed,
          "only_in_a": onlyInA, "only_in_b": onlyInB, "passed": passed,
-         "fixed_parameter_gradients": fixedTrained, "not_recorded": notRecorded,
+         "fixed_parameter_gradients": fixedTrained, "not_recorded": notRecorded, "diagnosis": diagnosis,
          "tensors": comparisons.map(\.json)]
     }
 }
@@ -134,6 +142,27 @@ public enum Calibration {
         let act = actualIsA ? c.precisionA : c.precisionB, exp = actualIsA ? c.precisionB : c.precisionA
         guard act == .float32, exp >= .float64, !c.shapeMismatch, c.nonFinite == nil else { return false }
         return !(c.name.hasPrefix("after_step/params/") || c.name.hasPrefix("after_step/teacher/") || c.name.hasPrefix("params/"))
+    }
+
+    /// Which precision the errors from the first failing tensor on look like: the file's
+    /// norm-wise error there against the levels of the fast path with TF32 operands and in
+    /// bf16 autocast on the same setup (nearest within 4x), else a bug.
+    static func diagnose(_ first: Comparison, expected e: NamedTensor, setup: RunSetup) throws -> [String] {
+        let E = first.normwise
+        var best: (Backend, Double, Double)? = nil
+        for m in [Backend.fastTF32, .fastBF16] {
+            guard let f = try m.run(setup)[first.name], let j = judge(first, correct: f, expected: e) else { continue }
+            let d = abs(log2(E / j.level))
+            if best == nil || d < best!.1 { best = (m, d, j.level) }
+        }
+        let what: [Backend: String] = [.fastTF32: "~10-bit-mantissa operands: TF32 matmuls or convolutions?",
+                                       .fastBF16: "bfloat16 operands (8-bit significand): bf16 autocast?"]
+        if let (m, d, level) = best, d <= 2 {
+            return [String(format: "diagnosis: from %@ on, errors are those of %@ (%.2e here, %@ %.2e); compare with --b %@",
+                           first.name, what[m]!, E, m.rawValue, level, m.rawValue)]
+        }
+        return [String(format: "diagnosis: from %@ on, errors are x%.0f those of a correct float32 run and match no reduced-precision mode (TF32, bf16): a bug there?",
+                       first.name, first.calibration?.ratio ?? 0)]
     }
 
     static func judge(_ c: Comparison, correct f: NamedTensor, expected e: NamedTensor) -> (level: Double, ratio: Double, limit: Double, precision: String)? {
@@ -237,6 +266,9 @@ public enum DiffEngine {
                     let c = r.comparisons[i]
                     guard let f = fast[c.name], let e = (actualIsA(c)! ? fullB : fullA)[c.name] else { continue }
                     r.comparisons[i].calibration = Calibration.judge(c, correct: f, expected: e)
+                }
+                if let first = r.comparisons.first(where: \.calibrationFailed), let aAct = actualIsA(first) {
+                    r.diagnosis = try Calibration.diagnose(first, expected: (aAct ? fullB : fullA)[first.name]!, setup: try getSetup())
                 }
             }
         }

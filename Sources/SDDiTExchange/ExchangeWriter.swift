@@ -16,7 +16,7 @@ public enum ExchangeWriter {
             for p in DatasetOrder.sorted(Array(datasets.keys), config) {
                 let d = datasets[p]!
                 switch d.precision {
-                case .float32, .float16, .bfloat16:
+                case .float32, .float16, .bfloat16, .tfloat32:
                     try f.write(p, floats: d.values.map { Float($0) }, shape: d.shape)
                 default:
                     try f.write(p, doubles: d.values, shape: d.shape)

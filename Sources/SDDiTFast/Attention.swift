@@ -15,7 +15,7 @@ extension Kernels {
         let n = Swift.max(L * L, L * hd, hd * hd)
         return (0..<Swift.max(workers, 1)).map { w in
             let name = "attn.w\(w)"
-            if prec.isHalf { for s in [".a", ".b", ".c"] { _ = ws.get(name + s, [n]) } }
+            if prec.isHalf || prec == .tf32 { for s in [".a", ".b", ".c"] { _ = ws.get(name + s, [n]) } }
             _ = ws.get(name + ".dS", [L, L])
             return name
         }

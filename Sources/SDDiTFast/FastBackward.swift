@@ -137,7 +137,7 @@ extension FastModel {
         }
         try gradOut(ActivationName.tokens, "patch embed", dTokens)
         let dwx = FT(p: g["x_embedder.proj.weight"]!.p, shape: [D, cfg.patchDim])
-        k.linearBackward(dTokens, e.patches, FT(p: P["x_embedder.proj.weight"]!.p, shape: [D, cfg.patchDim]), dx: nil, dw: dwx, db: g["x_embedder.proj.bias"])
+        patchKernels.linearBackward(dTokens, e.patches, FT(p: P["x_embedder.proj.weight"]!.p, shape: [D, cfg.patchDim]), dx: nil, dw: dwx, db: g["x_embedder.proj.bias"])
         // conditioning: siluC = SiLU(c); c = mlp.2(SiLU(mlp.0(temb))) + table[y]
         let dc = ws.get("d.student.c", [N, D])
         k.siluBackward(dsiluC, e.c, dc, accumulate: false)

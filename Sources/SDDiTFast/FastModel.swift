@@ -27,6 +27,9 @@ public final class FastModel {
     public var discriminativeWeight: Float = 1
     /// Deliberate deviations from SPEC, for planted-bug files (tests); none by default.
     public var variant = FastVariant()
+    /// The patch embedding's kernels: TF32 operands under `variant.tf32PatchEmbedding` (cuDNN's
+    /// default for convolutions), this model's otherwise.
+    var patchKernels: Kernels { variant.tf32PatchEmbedding && prec == .fp32 ? Kernels(prec: .tf32, ws: ws) : k }
 
     public var workspaceBytes: Int { ws.bytes }
     var labelsForBackward: [Int] = []
@@ -125,7 +128,7 @@ public final class FastModel {
         } } } } } }
         let tokens = ws.get(pre + ".tokens", [N, Tn, D])
         let wx = FT(p: P["x_embedder.proj.weight"]!.p, shape: [D, Pd])
-        k.linear(patches, wx, P["x_embedder.proj.bias"]!, tokens)
+        patchKernels.linear(patches, wx, P["x_embedder.proj.bias"]!, tokens)
         let pos = P["pos_embed"]!
         for n in 0..<N { for i in 0..<(Tn * D) { tokens.p[n * Tn * D + i] += pos.p[D + i] } }
         try out(pre + ".tokens", "patch embed + pos_embed", tokens, [("x_in", xIn)])
@@ -284,7 +287,12 @@ public struct FastVariant: Sendable {
     /// LayerNorm eps `layerNormEps` instead of 1e-6 in encoder block i's two norms.
     public var layerNormEpsBlock: Int? = nil
     public var layerNormEps: Float = 1e-6
-    public init(exactGELUBlock: Int? = nil, layerNormEpsBlock: Int? = nil, layerNormEps: Float = 1e-6) {
+    /// The patch embedding (a Conv2d in PyTorch) with TF32 operands, forward and backward, in
+    /// an otherwise float32 run: PyTorch's default on Ampere and later GPUs
+    /// (`torch.backends.cudnn.allow_tf32 = True`).
+    public var tf32PatchEmbedding = false
+    public init(exactGELUBlock: Int? = nil, layerNormEpsBlock: Int? = nil, layerNormEps: Float = 1e-6, tf32PatchEmbedding: Bool = false) {
         self.exactGELUBlock = exactGELUBlock; self.layerNormEpsBlock = layerNormEpsBlock; self.layerNormEps = layerNormEps
+        self.tf32PatchEmbedding = tf32PatchEmbedding
     }
 }

@@ -17,6 +17,14 @@ struct Kernels {
     func gemm(_ ta: Bool, _ tb: Bool, _ M: Int, _ N: Int, _ K: Int, _ alpha: Float,
               _ A: UnsafePointer<Float>, _ lda: Int, _ B: UnsafePointer<Float>, _ ldb: Int,
               _ C: UnsafeMutablePointer<Float>, _ ldc: Int, accumulate: Bool, scratch: String = "gemm", serial: Bool = false) {
+        if prec == .tf32 {   // operands rounded to TF32; float32 accumulation and output
+            let aRows = ta ? K : M, aCols = ta ? M : K, bRows = tb ? N : K, bCols = tb ? K : N
+            let a = ws.get(scratch + ".a", [aRows, aCols]), b = ws.get(scratch + ".b", [bRows, bCols])
+            copyTF32(a.p, A, rows: aRows, cols: aCols, ld: lda, serial: serial)
+            copyTF32(b.p, B, rows: bRows, cols: bCols, ld: ldb, serial: serial)
+            sgemmTiled(ta, tb, M, N, K, alpha, a.p, aCols, b.p, bCols, accumulate ? 1 : 0, C, ldc, serial: serial)
+            return
+        }
         if !prec.isHalf {
             sgemmTiled(ta, tb, M, N, K, alpha, A, lda, B, ldb, accumulate ? 1 : 0, C, ldc, serial: serial)
             return
@@ -237,6 +245,15 @@ extension Kernels {
             for r in lo..<hi {
                 let d = dst + r * cols, s = src + r * ld
                 if fp16 { for c in 0..<cols { d[c] = vroundFP16(s[c]) } } else { for c in 0..<cols { d[c] = vroundBF16(s[c]) } }
+            }
+        }
+    }
+    /// dst[r cols + c] = tf32(src[r ld + c]).
+    func copyTF32(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, rows: Int, cols: Int, ld: Int, serial: Bool = false) {
+        parallelRanges(rows, minPerThread: serial ? rows + 1 : Swift.max(1, 16384 / Swift.max(cols, 1))) { lo, hi in
+            for r in lo..<hi {
+                let d = dst + r * cols, s = src + r * ld
+                for c in 0..<cols { d[c] = roundTF32(s[c]) }
             }
         }
     }

@@ -13,12 +13,16 @@ public enum FastPrecision: String, CaseIterable, Sendable {
     case pureFP16
     /// Every stored tensor in bf16.
     case pureBF16
+    /// TF32 on NVIDIA tensor cores (`torch.backends.cuda.matmul.allow_tf32`, cuDNN's default
+    /// for convolutions): every matmul's operands rounded to a 10-bit mantissa (float32's
+    /// exponent), float32 accumulation and storage; everything else float32.
+    case tf32
 
-    public var isHalf: Bool { self != .fp32 }
+    public var isHalf: Bool { self != .fp32 && self != .tf32 }
     public var isPure: Bool { self == .pureFP16 || self == .pureBF16 }
     public var isFP16: Bool { self == .fp16 || self == .pureFP16 }
     /// The precision label results carry (it selects comparison tolerances).
-    public var label: Precision { self == .fp32 ? .float32 : (isFP16 ? .float16 : .bfloat16) }
+    public var label: Precision { self == .fp32 ? .float32 : self == .tf32 ? .tfloat32 : (isFP16 ? .float16 : .bfloat16) }
     public var halfMax: Float { isFP16 ? 65504 : Float.greatestFiniteMagnitude }
     /// Smallest normal number of the half type (below it: underflow to subnormals / zero).
     public var halfMinNormal: Float { isFP16 ? 6.103515625e-05 : Float.leastNormalMagnitude }
@@ -26,6 +30,14 @@ public enum FastPrecision: String, CaseIterable, Sendable {
 
 /// Rounds float32 to the nearest fp16 / bf16 value (ties to even), kept in a Float.
 @inline(__always) public func roundFP16(_ x: Float) -> Float { Float(Float16(x)) }
+
+/// Rounds float32 to TF32 (10 mantissa bits, ties to even), kept in a Float.
+@inline(__always) public func roundTF32(_ x: Float) -> Float {
+    if x.isNaN || x.isInfinite { return x }
+    let b = x.bitPattern
+    let r = b &+ 0x0FFF &+ ((b >> 13) & 1)
+    return Float(bitPattern: r & 0xFFFF_E000)
+}
 
 @inline(__always) public func roundBF16(_ x: Float) -> Float {
     if x.isNaN { return x }
@@ -37,7 +49,7 @@ public enum FastPrecision: String, CaseIterable, Sendable {
 extension FastPrecision {
     @inline(__always) func round(_ x: Float) -> Float {
         switch self {
-        case .fp32: return x
+        case .fp32, .tf32: return x
         case .fp16, .pureFP16: return roundFP16(x)
         case .bf16, .pureBF16: return roundBF16(x)
         }
