@@ -226,6 +226,27 @@ struct RegressTests {
         let t = RegressThresholds.defaults
         #expect(RegressCheck.compare(baseline: base, latest: flipped, thresholds: t).regressions.isEmpty)
         #expect(RegressCheck.compare(baseline: base, latest: beyond, thresholds: t).regressions.map(\.metric) == [key])
+        // the after-step rule's metric (tol 1: the use of an Adam-step interval) counts only
+        // when its verdict turns to FAIL
+        var i0 = metric(0.01, tol: 1), i1 = metric(0.6, tol: 1), i2 = metric(1.4, tol: 1, pass: false)
+        i0.maxAbs = 1e-4; i1.maxAbs = 1e-4; i2.maxAbs = 1e-4
+        var grown = record([key: i0]), failing = grown
+        grown.metrics[key] = i1; failing.metrics[key] = i2
+        #expect(RegressCheck.compare(baseline: record([key: i0]), latest: grown, thresholds: t).regressions.isEmpty)
+        #expect(RegressCheck.compare(baseline: record([key: i0]), latest: failing, thresholds: t).regressions.map(\.metric) == [key])
+    }
+
+    /// Across CPUs or OpenBLAS kernel sets the fast path's errors differ by construction: only
+    /// their verdict counts there; the reference's errors are still compared.
+    @Test func otherKernelsJudgeFastErrorsByVerdict() throws {
+        let fast = "error/fixture/public_train_tiny/fast/losses/dis_cls", ref = "error/fixture/public_train_tiny/ref/losses/dis_cls"
+        let base = record([fast: metric(1e-8), ref: metric(2e-12, tol: 1e-9)], cpu: "Xeon")
+        var other = record([fast: metric(2e-7), ref: metric(5e-11, tol: 1e-9)], cpu: "EPYC")
+        let res = RegressCheck.compare(baseline: base, latest: other, thresholds: RegressThresholds.defaults)
+        #expect(res.regressions.map(\.metric) == [ref], "\(res.regressions.map(\.metric))")
+        other.metrics[fast] = metric(2e-4, pass: false)
+        let res2 = RegressCheck.compare(baseline: base, latest: other, thresholds: RegressThresholds.defaults)
+        #expect(Set(res2.regressions.map(\.metric)) == [fast, ref])
     }
 
     @Test func reportIsSelfContained() throws {
