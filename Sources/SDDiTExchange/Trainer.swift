@@ -190,6 +190,28 @@ public final class Trainer {
         guard !r.isEmpty else { return .nan }
         return r.reduce(0.0) { $0 + history[$1][c] } / Double(r.count)
     }
+
+    /// Column c over the steps in `range` as a window line prints it (`WindowMean`).
+    public func windowMean(_ c: Int, _ range: Range<Int>) -> WindowMean {
+        let r = range.clamped(to: 0..<history.count)
+        return WindowMean(r.map { history[$0][c] })
+    }
+}
+
+/// The mean of a window's finite values and the count of the others: a window with one
+/// skipped (inf) step reads "0.5800 (1 inf)", never "inf"; one with no finite value reads
+/// "n/a (20 non-finite)".
+public struct WindowMean: CustomStringConvertible, Sendable {
+    public let mean: Double, finite: Int, nonFinite: Int
+    public init(_ xs: [Double]) {
+        let f = xs.filter(\.isFinite)
+        finite = f.count; nonFinite = xs.count - f.count
+        mean = f.isEmpty ? .nan : f.reduce(0, +) / Double(f.count)
+    }
+    public var description: String {
+        if finite == 0 { return "n/a (\(nonFinite) non-finite)" }
+        return String(format: "%.4f", mean) + (nonFinite > 0 ? " (\(nonFinite) inf)" : "")
+    }
 }
 
 // MARK: - Checkpoints (SPEC §7 layout plus /train)

@@ -138,10 +138,9 @@ struct Train: ParsableCommand {
         let held = try reportingErrors { try t.evaluate() }
         if let c = checkpoint { try reportingErrors { try t.writeCheckpoint(c) } }
         let w = max(t.step / 10, 1), ran = t.step - firstStep
-        print(String(format: "done: step %d/%d, %d steps in %.1f s (%.1f steps/s); L_G %.4f -> %.4f, total %.4f -> %.4f (means of the first and last %d steps); skipped %d, loss scale %g",
-                     t.step, o.steps, ran, secs, Double(ran) / max(secs, 1e-9), t.mean(0, 0..<w), t.mean(0, (t.step - w)..<t.step),
-                     t.mean(3, 0..<w), t.mean(3, (t.step - w)..<t.step), w, t.history.filter { $0[4] != 0 }.count,
-                     t.model.scaler.scale))
+        print(String(format: "done: step %d/%d, %d steps in %.1f s (%.1f steps/s); ", t.step, o.steps, ran, secs, Double(ran) / max(secs, 1e-9))
+              + "L_G \(t.windowMean(0, 0..<w)) -> \(t.windowMean(0, (t.step - w)..<t.step)), total \(t.windowMean(3, 0..<w)) -> \(t.windowMean(3, (t.step - w)..<t.step)) "
+              + String(format: "(means of the finite steps among the first and last %d); skipped %d, loss scale %g", w, t.history.filter { $0[4] != 0 }.count, t.model.scaler.scale))
         print(String(format: "held-out L_G %.4f at step %d", held, t.step) + (checkpoint.map { "; checkpoint \($0)" } ?? ""))
     }
 
@@ -199,12 +198,13 @@ final class ProgressBar {
     init(total: Int, every: Int, prefix: String = "") { self.total = total; self.every = every; self.prefix = prefix }
 
     func line(_ t: Trainer, _ rec: TrainRecord, elapsed: Double, since: Int) -> String {
-        let n = Double(max(window.count, 1))
-        func m(_ f: (TrainRecord) -> Double) -> Double { window.reduce(0) { $0 + f($1) } / n }
+        // window means of the finite steps, with the count of the others (a skipped step's
+        // loss is inf): one overflow in a window never turns its mean into "inf"
+        func m(_ f: (TrainRecord) -> Double) -> String { WindowMean(window.map(f)).description }
         let sps = Double(rec.step - since) / max(elapsed, 1e-9)
         let skipped = window.filter(\.skipped).count
-        return prefix + String(format: "step %d/%d  L_G %.4f  L_D^cls %.4f  L_D^patch %.4f  total %.4f  %.1f steps/s  loss scale %g",
-                               rec.step, total, m(\.generative), m(\.disCls), m(\.disPatch), m(\.total), sps, rec.lossScale)
+        return prefix + "step \(rec.step)/\(total)  L_G \(m(\.generative))  L_D^cls \(m(\.disCls))  L_D^patch \(m(\.disPatch))  total \(m(\.total))  "
+            + String(format: "%.1f steps/s  loss scale %g", sps, rec.lossScale)
             + (skipped > 0 ? "  (\(skipped) skipped)" : "")
     }
 

@@ -208,3 +208,15 @@ struct TrainTests {
         #expect(c2 == 2 && e2.contains("not a training checkpoint"), "\(e2)")
     }
 }
+
+/// Honest progress lines (issue "Mixed-precision training: report the quiet failures"): a
+/// window averages its finite steps and counts the others.
+@Suite("Progress lines")
+struct ProgressLineTests {
+    @Test func windowMeanCountsNonFiniteSteps() {
+        #expect(WindowMean([0.5, 0.7]).description == "0.6000")
+        #expect(WindowMean([0.5, .infinity, 0.7, .infinity, .infinity]).description == "0.6000 (3 inf)")
+        #expect(WindowMean([.infinity, .nan]).description == "n/a (2 non-finite)")
+        #expect(!WindowMean([0.5, .infinity]).description.hasPrefix("inf"))
+    }
+}
