@@ -74,6 +74,9 @@ public final class Trainer {
     public private(set) var history: [[Double]] = []
     /// (step, held-out generative loss).
     public private(set) var evals: [(step: Int, loss: Double)] = []
+    /// The quiet-failure monitor (GradScaler collapse), on unless `watchQuietFailures` is false.
+    public let quiet = QuietFailureMonitor()
+    public var watchQuietFailures = true
 
     public init(_ o: TrainOptions) throws {
         try o.validate()
@@ -139,6 +142,7 @@ public final class Trainer {
         let rec = TrainRecord(step: step, generative: l[LossName.generative]!, disCls: l[LossName.disCls]!,
                               disPatch: l[LossName.disPatch]!, total: l[LossName.total]!, skipped: r.skipped, lossScale: r.lossScale)
         history.append([rec.generative, rec.disCls, rec.disPatch, rec.total, rec.skipped ? 1 : 0, Double(rec.lossScale)])
+        if watchQuietFailures { _ = try quiet.observe(self, rec, inputs: I) }
         return rec
     }
 
@@ -248,8 +252,9 @@ extension Trainer {
         if !evals.isEmpty { ds["train/eval"] = NamedTensor(shape: [evals.count, 2], values: evals.flatMap { [Double($0.step), $0.loss] }, precision: .float64) }
         var c = cfg
         c.tauT = tauT(step); c.emaBeta = emaBeta(step)   // the schedules' values for the recorded step
-        try ExchangeWriter.write(path, config: c, configExtra: ["generator": "sddit-oracle train", "train": o.json, "batch_size": N],
-                                 datasets: ds, integers: ints)
+        var extra: [String: Any] = ["generator": "sddit-oracle train", "train": o.json, "batch_size": N]
+        if let q = quiet.failure { extra["quiet_failure"] = q.json }
+        try ExchangeWriter.write(path, config: c, configExtra: extra, datasets: ds, integers: ints)
     }
 
     /// A trainer restored from a checkpoint; `steps` extends (or shortens) the run's length,
@@ -305,6 +310,12 @@ extension Trainer {
             e = (0..<ed.shape[0]).map { (Int(ed.values[$0 * 2]), ed.values[$0 * 2 + 1]) }
         }
         guard h.count == step else { throw fail("/train/history has \(h.count) rows, expected one per step (\(step))") }
-        return Trainer(options: o, model: m, step: step, history: h, evals: e)
+        let trainer = Trainer(options: o, model: m, step: step, history: h, evals: e)
+        if let q = obj["quiet_failure"] as? [String: Any], let qs = q["step"] as? Int {
+            let z = (q["zeroed"] as? [[String: Any]] ?? []).compactMap { d in (d["tensor"] as? String).map { ($0, d["fraction"] as? Double ?? 0) } }
+            trainer.quiet.restore(QuietFailure(step: qs, scale: Float(q["scale"] as? Double ?? 0), initialScale: Float(q["initial_scale"] as? Double ?? 0),
+                                         reason: q["reason"] as? String ?? "", zeroed: z))
+        }
+        return trainer
     }
 }

@@ -50,6 +50,22 @@ struct PrecisionCmd: ParsableCommand {
     func run() throws {
         if listScenarios {
             for s in PrecisionScenario.all { print("\(s.name)  \(s.summary)") }
+            print("\(CollapseScenario.name)  \(CollapseScenario.summary)")
+            return
+        }
+        if scenario == CollapseScenario.name {
+            let p = try mode.map(Self.mode) ?? .pureFP16
+            let t = try reportingErrors { try CollapseScenario.run(mode: p) }
+            print("scenario \(CollapseScenario.name), mode \(Backend.allCases.first { $0.fastPrecision == p }!.rawValue): \(CollapseScenario.summary)")
+            let h = t.history, w = 10
+            print("L_G \(t.windowMean(0, 0..<w)) -> \(t.windowMean(0, (h.count - w)..<h.count)) (finite steps among the first and last \(w)); "
+                  + String(format: "skipped %d of %d steps; loss scale %g", h.filter { $0[4] != 0 }.count, h.count, Double(t.model.scaler.scale)))
+            if let q = t.quiet.failure {
+                print("warning: " + q.description)
+                print("remedy: \(CollapseScenario.remedy)")
+                throw ExitCode(1)
+            }
+            print("no quiet failure")
             return
         }
         if let name = scenario {

@@ -102,7 +102,12 @@ struct FastPathTests {
         let (c3, out3, _) = try runOracle(["precision", "--list-scenarios"])
         #expect(c3 == 0)
         let names = out3.split(separator: "\n").map { String($0.split(separator: " ")[0]) }
-        #expect(names == PrecisionScenario.all.map(\.name))
+        #expect(names == PrecisionScenario.all.map(\.name) + [CollapseScenario.name])
+        // the quiet failure: reported with the scale and the flushed tensors, exit 1; silent in bf16
+        let (c4, out4, _) = try runOracle(["precision", "--scenario", "gradscaler-collapse"])
+        #expect(c4 == 1 && out4.contains("warning: quiet failure at step") && out4.contains("gradients zero or subnormal"), "\(out4)")
+        let (c5, out5, _) = try runOracle(["precision", "--scenario", "gradscaler-collapse", "--mode", "fast-bf16"])
+        #expect(c5 == 0 && out5.contains("no quiet failure"), "\(out5)")
     }
 
     @Test func gradScalerFollowsPyTorch() {
