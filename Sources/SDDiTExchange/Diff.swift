@@ -91,8 +91,8 @@ public struct DiffReport: Sendable {
             for g in order {
                 let cs = groups[g]!, bad = cs.filter { !$0.passed }.count
                 let w = cs.max { $0.closeness < $1.closeness }!
-                var line = "  " + g.padding(toLength: 19, withPad: " ", startingAt: 0) + String(format: "%4d tensors, %d failed; max rel %.2e (rtol %.0e) in %@", cs.count, bad,
-                                  w.maxRel, w.tolerance.rtol, String(w.name.dropFirst(g.count + 1)))
+                var line = "  " + g.padding(toLength: 19, withPad: " ", startingAt: 0) + String(format: "%4d tensors, %d failed; ", cs.count, bad)
+                    + Self.closest(w, String(w.name.dropFirst(g.count + 1)))
                 if max(cs[0].precisionA, cs[0].precisionB) >= .float64 {
                     let least = cs.min { $0.bits < $1.bits }!
                     line += String(format: "; agreement >= %.1f bits (%@)", least.bits, String(least.name.dropFirst(g.count + 1)))
@@ -102,8 +102,8 @@ public struct DiffReport: Sendable {
         }
         if !verbose, failed == 0, !comparisons.isEmpty {
             let worst = comparisons.max { $0.closeness < $1.closeness }!
-            out.append(String(format: "all %d tensors within tolerance; closest to its limit: %@ max rel %.2e (rtol %.0e)",
-                              comparisons.count, worst.name, worst.maxRel, worst.tolerance.rtol))
+            out.append(String(format: "all %d tensors within tolerance; closest to its limit: %@ ", comparisons.count, worst.name)
+                       + Self.closest(worst, nil))
         }
         out += diagnosis
         if comparisons.isEmpty { out.append("FAIL nothing was compared: the two sides share no dataset") }
@@ -113,6 +113,16 @@ public struct DiffReport: Sendable {
         }
         out.append(summary)
         return out
+    }
+
+    /// How close a comparison is to its limit, in its rule's own terms.
+    static func closest(_ c: Comparison, _ name: String?) -> String {
+        let at = name.map { " in " + $0 } ?? ""
+        if let cal = c.calibration, cal.ratio / cal.limit >= c.maxRel / max(c.tolerance.rtol, 1e-300) {
+            return String(format: "error x%.3g the %@ level (limit x%.0f)%@", cal.ratio, cal.precision, cal.limit, at)
+        }
+        if c.unitOfAbs != nil { return String(format: "worst use of an Adam-step interval %.2f (limit 1)%@", c.maxRel, at) }
+        return String(format: "max rel %.2e (rtol %.0e)%@", c.maxRel, c.tolerance.rtol, at)
     }
 
     public var json: [String: Any] {
