@@ -1,5 +1,6 @@
 // After-step parameters judged by the math of the step (SPEC §5, hazard 2), not by a blanket
-// allowance; each side's step is judged (the reference's passes by construction). AdamW's first step from zero moments has m^ = g and sqrt(v^) = |g|, so
+// allowance; each side's step is judged (the reference's passes by construction).
+// AdamW's first step from zero moments has m^ = g and sqrt(v^) = |g|, so
 //     p1 = p0 (1 - lr wd) - lr g / (|g| + eps)                                   (1)
 // and the EMA teacher is t1 = beta t0 + (1 - beta) p1.                            (2)
 // A correct implementation moves every entry with |g| >> eps by almost exactly lr, in the
@@ -131,8 +132,7 @@ public enum AfterStepRule {
             }
             return (lo, hi, "its own after-step student (EMA), within 8u (|t0| + |p1|)")
         }
-        let pAct = NamedTensor(shape: act.shape, values: act.values, precision: act.precision)
-        guard let (plo, phi, _) = studentBounds(key, act: pAct, actSide: actSide, expSide: expSide, ctx) else { return nil }
+        guard let (plo, phi, _) = studentBounds(key, act: act, actSide: actSide, expSide: expSide, ctx) else { return nil }
         for i in 0..<n {
             let bt = beta * t0.values[i], s = c * u * abs(t0.values[i])
             lo[i] = bt + (1 - beta) * plo[i] - s; hi[i] = bt + (1 - beta) * phi[i] + s

@@ -233,15 +233,11 @@ public enum DiffEngine {
         // A file's fixed tables (params/pos_embed, ...) are judged in the precision of the
         // file's results: a float32 model's tables stored as float64 (as tools/sddit_h5.py
         // writes a state_dict) hold float32 values.
-        func resultsPrecision(_ f: ExchangeFile?) -> Precision? {
-            f?.datasets.filter { !ExchangeFile.isSetup($0.key) && !$0.key.hasPrefix("params/") }.map(\.value.precision).min()
+        func judgeTablesAsResults(_ d: inout [String: NamedTensor], _ f: ExchangeFile?) {
+            guard let rp = f?.datasets.filter({ !ExchangeFile.isSetup($0.key) && !$0.key.hasPrefix("params/") }).map(\.value.precision).min() else { return }
+            for k in d.keys where k.hasPrefix("params/") { d[k]!.precision = min(d[k]!.precision, rp) }
         }
-        for (file, isA) in [(fileA, true), (fileB, false)] {
-            guard let rp = resultsPrecision(file) else { continue }
-            for k in (isA ? dA : dB).keys where k.hasPrefix("params/") {
-                if isA { dA[k]!.precision = min(dA[k]!.precision, rp) } else { dB[k]!.precision = min(dB[k]!.precision, rp) }
-            }
-        }
+        judgeTablesAsResults(&dA, fileA); judgeTablesAsResults(&dB, fileB)
         var r = DiffReport(labelA: a.description, labelB: b.description)
         r.notRecorded = notRecorded
         r.allowMissing = o.allowMissing

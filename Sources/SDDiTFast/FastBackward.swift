@@ -28,7 +28,7 @@ extension FastModel {
         let dg = ws.get("d." + name + ".mlp.gelu", [N, L, hm], zero: true)
         k.linearBackward(df2, gl, P[key + "mlp.fc2.weight"]!, dx: dg, dw: g[key + "mlp.fc2.weight"], db: g[key + "mlp.fc2.bias"])
         let df1 = ws.get("d." + name + ".mlp.fc1", [N, L, hm])
-        if variant.exactGELUBlock.map({ key == "blocks.\($0)." }) == true { k.geluErfBackward(dg, f1, df1) } else { k.geluTanhBackward(dg, f1, df1) }
+        if variant.exactGELU(key) { k.geluErfBackward(dg, f1, df1) } else { k.geluTanhBackward(dg, f1, df1) }
         try gradOut(name + ".mlp.fc1", "GELU(tanh)", df1)
         let dm2 = ws.get("d." + name + ".m2", [N, L, W], zero: true)
         k.linearBackward(df1, m2, P[key + "mlp.fc1.weight"]!, dx: dm2, dw: g[key + "mlp.fc1.weight"], db: g[key + "mlp.fc1.bias"])

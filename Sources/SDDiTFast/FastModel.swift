@@ -157,7 +157,7 @@ public final class FastModel {
         let mod = ws.get(name + ".mod", [N, 6 * W])
         k.linear(siluC, P[key + "adaLN_modulation.1.weight"]!, P[key + "adaLN_modulation.1.bias"]!, mod)
         try out(name + ".adaLN", "adaLN_modulation Linear(SiLU(c))", mod, [("SiLU(c)", siluC)])
-        let eps = variant.layerNormEpsBlock.map { key == "blocks.\($0)." } == true ? variant.layerNormEps : 1e-6
+        let eps = variant.layerNormEps(key)
         let m1 = ws.get(name + ".m1", [N, L, W]), mean1 = ws.get(name + ".mean1", [N * L]), rstd1 = ws.get(name + ".rstd1", [N * L])
         k.lnModulate(x, mod, shiftChunk: 0, scaleChunk: 1, chunks: 6, m1, mean: mean1, rstd: rstd1, eps: eps)
         try out(name + ".norm1", "modulate(LayerNorm(x), shift1, scale1)", m1, [("x", x)])
@@ -184,7 +184,7 @@ public final class FastModel {
         let f1 = ws.get(name + ".mlp.fc1", [N, L, hm]), gl = ws.get(name + ".mlp.gelu", [N, L, hm])
         k.linear(m2, P[key + "mlp.fc1.weight"]!, P[key + "mlp.fc1.bias"]!, f1)
         try out(name + ".mlp.fc1", "mlp.fc1 Linear", f1, [("norm2", m2)])
-        if variant.exactGELUBlock.map({ key == "blocks.\($0)." }) == true { k.geluErf(f1, gl) } else { k.geluTanh(f1, gl) }
+        if variant.exactGELU(key) { k.geluErf(f1, gl) } else { k.geluTanh(f1, gl) }
         try out(name + ".mlp.gelu", "GELU(tanh)", gl, [("mlp.fc1", f1)])
         let f2 = ws.get(name + ".mlp.fc2", [N, L, W])
         k.linear(gl, P[key + "mlp.fc2.weight"]!, P[key + "mlp.fc2.bias"]!, f2)
@@ -295,4 +295,8 @@ public struct FastVariant: Sendable {
         self.exactGELUBlock = exactGELUBlock; self.layerNormEpsBlock = layerNormEpsBlock; self.layerNormEps = layerNormEps
         self.tf32PatchEmbedding = tf32PatchEmbedding
     }
+    /// Whether the block with parameter prefix `key` ("blocks.i.") uses exact GELU.
+    func exactGELU(_ key: String) -> Bool { exactGELUBlock.map { key == "blocks.\($0)." } ?? false }
+    /// The LayerNorm eps of the block with parameter prefix `key` (SPEC's 1e-6 but in the planted block).
+    func layerNormEps(_ key: String) -> Float { layerNormEpsBlock.map { key == "blocks.\($0)." } == true ? layerNormEps : 1e-6 }
 }

@@ -11,21 +11,14 @@ struct Kernels {
 
     /// C[M,N] = alpha op(A) op(B) (+ C when accumulate). Row-major; lda/ldb/ldc are row strides.
     /// Half modes: operands rounded to the half type, float32 accumulation, the product
-    /// rounded to the half type before it is stored (or added). `serial`: one thread (for
+    /// rounded to the half type before it is stored (or added). TF32: operands rounded to
+    /// TF32, the float32 product stored as it is. `serial`: one thread (for
     /// calls from inside a `parallelTasks` worker); the bits are the same either way only
     /// when the call site's choice is fixed, which it is (see `sgemmTiled`).
     func gemm(_ ta: Bool, _ tb: Bool, _ M: Int, _ N: Int, _ K: Int, _ alpha: Float,
               _ A: UnsafePointer<Float>, _ lda: Int, _ B: UnsafePointer<Float>, _ ldb: Int,
               _ C: UnsafeMutablePointer<Float>, _ ldc: Int, accumulate: Bool, scratch: String = "gemm", serial: Bool = false) {
-        if prec == .tf32 {   // operands rounded to TF32; float32 accumulation and output
-            let aRows = ta ? K : M, aCols = ta ? M : K, bRows = tb ? N : K, bCols = tb ? K : N
-            let a = ws.get(scratch + ".a", [aRows, aCols]), b = ws.get(scratch + ".b", [bRows, bCols])
-            copyTF32(a.p, A, rows: aRows, cols: aCols, ld: lda, serial: serial)
-            copyTF32(b.p, B, rows: bRows, cols: bCols, ld: ldb, serial: serial)
-            sgemmTiled(ta, tb, M, N, K, alpha, a.p, aCols, b.p, bCols, accumulate ? 1 : 0, C, ldc, serial: serial)
-            return
-        }
-        if !prec.isHalf {
+        if prec == .fp32 {
             sgemmTiled(ta, tb, M, N, K, alpha, A, lda, B, ldb, accumulate ? 1 : 0, C, ldc, serial: serial)
             return
         }
@@ -34,6 +27,10 @@ struct Kernels {
         let a = ws.get(scratch + ".a", [aRows, aCols]), b = ws.get(scratch + ".b", [bRows, bCols])
         copyRounded(a.p, A, rows: aRows, cols: aCols, ld: lda, serial: serial)
         copyRounded(b.p, B, rows: bRows, cols: bCols, ld: ldb, serial: serial)
+        if prec == .tf32 {   // TF32: float32 accumulation and output
+            sgemmTiled(ta, tb, M, N, K, alpha, a.p, aCols, b.p, bCols, accumulate ? 1 : 0, C, ldc, serial: serial)
+            return
+        }
         let t = ws.get(scratch + ".c", [M, N])
         sgemmTiled(ta, tb, M, N, K, alpha, a.p, aCols, b.p, bCols, 0, t.p, N, serial: serial)
         storeRounded(C, ldc, t.p, rows: M, cols: N, accumulate: accumulate, serial: serial)
@@ -238,22 +235,15 @@ extension Kernels {
         if prec.isFP16 { for i in 0..<n { p[i] = vroundFP16(p[i]) } }
         else if prec.isHalf { for i in 0..<n { p[i] = vroundBF16(p[i]) } }
     }
-    /// dst[r cols + c] = half(src[r ld + c]).
+    /// dst[r cols + c] = round(src[r ld + c]) to the operand type (fp16, bf16 or TF32).
     func copyRounded(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, rows: Int, cols: Int, ld: Int, serial: Bool = false) {
-        let fp16 = prec.isFP16
+        let fp16 = prec.isFP16, tf32 = prec == .tf32
         parallelRanges(rows, minPerThread: serial ? rows + 1 : Swift.max(1, 16384 / Swift.max(cols, 1))) { lo, hi in
             for r in lo..<hi {
                 let d = dst + r * cols, s = src + r * ld
-                if fp16 { for c in 0..<cols { d[c] = vroundFP16(s[c]) } } else { for c in 0..<cols { d[c] = vroundBF16(s[c]) } }
-            }
-        }
-    }
-    /// dst[r cols + c] = tf32(src[r ld + c]).
-    func copyTF32(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, rows: Int, cols: Int, ld: Int, serial: Bool = false) {
-        parallelRanges(rows, minPerThread: serial ? rows + 1 : Swift.max(1, 16384 / Swift.max(cols, 1))) { lo, hi in
-            for r in lo..<hi {
-                let d = dst + r * cols, s = src + r * ld
-                for c in 0..<cols { d[c] = roundTF32(s[c]) }
+                if fp16 { for c in 0..<cols { d[c] = vroundFP16(s[c]) } }
+                else if tf32 { for c in 0..<cols { d[c] = roundTF32(s[c]) } }
+                else { for c in 0..<cols { d[c] = vroundBF16(s[c]) } }
             }
         }
     }

@@ -44,12 +44,8 @@ struct AfterStepTests {
         var cfg = ModelConfig.tiny
         cfg.lr = lr
         let setup = SeededSetup.make(cfg, seed: seed, batch: 2, maskRatio: 0.25, sampleSteps: nil)
-        var ds = try (float32 ? Backend.fast : Backend.ref).run(setup)
-        let (floats, ints) = setupDatasets(setup)
-        for (k, v) in floats where ds[k] == nil {
-            let isParam = k.hasPrefix("params/") || k.hasPrefix("teacher/")
-            ds[k] = float32 && isParam ? NamedTensor(shape: v.shape, values: v.values.map { Double(Float($0)) }, precision: .float32) : v
-        }
+        let (merged, ints) = exchangeDatasets(setup, try (float32 ? Backend.fast : Backend.ref).run(setup), params: float32 ? .float32 : nil)
+        var ds = merged
         for spec in cfg.studentParameters where !spec.frozen {
             let p0 = ds["params/" + spec.key]!.values, g = ds["grads/" + spec.key]!.values
             var p1 = p0
@@ -67,10 +63,8 @@ struct AfterStepTests {
             }
         }
         if !grads { ds = ds.filter { !$0.key.hasPrefix("grads/") } }
-        var intDs: [String: ([Int64], [Int])] = [:]
-        for (k, v) in ints { intDs[k] = v }
         let path = tempDir().appendingPathComponent("\(bug)-\(seed)-\(float32 ? 32 : 64).h5").path
-        try ExchangeWriter.write(path, config: cfg, datasets: ds, integers: intDs)
+        try ExchangeWriter.write(path, config: cfg, datasets: ds, integers: ints)
         return path
     }
 

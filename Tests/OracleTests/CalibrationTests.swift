@@ -17,15 +17,7 @@ struct CalibrationTests {
     /// A float32 exchange file: the setup (parameters rounded to float32, as a float32
     /// state_dict holds them, the fixed tables included) and the given float32 results.
     static func file(_ s: RunSetup, _ results: [String: NamedTensor], name: String) throws -> String {
-        var ds = results
-        let (floats, ints) = setupDatasets(s)
-        for (k, v) in floats where ds[k] == nil || k.hasPrefix("params/") {
-            let isParam = k.hasPrefix("params/") || k.hasPrefix("teacher/")
-            ds[k] = isParam ? NamedTensor(shape: v.shape, values: v.values.map { Double(Float($0)) }, precision: .float32) : v
-        }
-        let path = tempDir().appendingPathComponent(name + ".h5").path
-        try ExchangeWriter.write(path, config: s.config, datasets: ds, integers: ints, cfgScale: s.sampler?.cfgScale)
-        return path
+        try writeExchangeFile(s, results, params: .float32, name: name)
     }
 
     static func diff(_ path: String) throws -> DiffReport {
@@ -98,19 +90,9 @@ struct PartialDataTests {
         let s = CalibrationTests.setup(seed: seed, sample: false)
         var res = try FastBackend.run(s.fastSetup, precision: .fp32)
         edit(&res)
-        var ds = res
-        let (floats, ints) = setupDatasets(s)
-        for (k, v) in floats where ds[k] == nil || k.hasPrefix("params/") {
-            let isParam = k.hasPrefix("params/") || k.hasPrefix("teacher/")
-            // tools/sddit_h5.py stores a float32 state_dict as float64 datasets holding float32 values
-            ds[k] = isParam ? NamedTensor(shape: v.shape, values: v.values.map { Double(Float($0)) }, precision: paramsAsFloat64 ? .float64 : .float32) : v
-        }
-        for k in Array(ds.keys) where !isSetupOrParam(k) && res[k] == nil { ds[k] = nil }
-        let path = tempDir().appendingPathComponent(name + ".h5").path
-        try ExchangeWriter.write(path, config: s.config, datasets: ds, integers: ints)
-        return path
+        // tools/sddit_h5.py stores a float32 state_dict as float64 datasets holding float32 values
+        return try writeExchangeFile(s, res, params: paramsAsFloat64 ? .float64 : .float32, name: name)
     }
-    static func isSetupOrParam(_ k: String) -> Bool { ExchangeFile.isSetup(k) || k.hasPrefix("params/") }
 
     static func diff(_ path: String, allowMissing: Bool = false) throws -> DiffReport {
         var o = DiffOptions()

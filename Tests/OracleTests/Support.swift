@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 import SDDiTCore
+import SDDiTExchange
+import SDDiTReference
 
 /// The repository root (tests read fixtures/ and write test-reports/ there).
 let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
@@ -68,4 +70,30 @@ func writeReport(_ name: String, _ lines: [String]) {
     try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
     try? (lines.joined(separator: "\n") + "\n").write(to: dir.appendingPathComponent(name), atomically: true, encoding: .utf8)
     print(lines.joined(separator: "\n"))
+}
+
+/// A run's results with its setup as an exchange file would hold them. `params`: the
+/// precision the parameters (student, teacher, fixed tables) are stored in; .float32 and
+/// .float64 both hold float32 values (a float32 model's state_dict, the latter as
+/// tools/sddit_h5.py stores it); nil keeps the setup's float64 values.
+func exchangeDatasets(_ s: RunSetup, _ results: [String: NamedTensor], params: Precision?) -> (floats: [String: NamedTensor], ints: [String: ([Int64], [Int])]) {
+    var ds = results
+    let (floats, ints) = setupDatasets(s)
+    for (k, v) in floats {
+        let isParam = k.hasPrefix("params/") || k.hasPrefix("teacher/")
+        if let p = params, isParam {
+            ds[k] = NamedTensor(shape: v.shape, values: v.values.map { Double(Float($0)) }, precision: p)
+        } else if ds[k] == nil {
+            ds[k] = v
+        }
+    }
+    return (ds, ints)
+}
+
+/// `exchangeDatasets` written to a new temporary file; its path.
+func writeExchangeFile(_ s: RunSetup, _ results: [String: NamedTensor], params: Precision?, name: String) throws -> String {
+    let (ds, ints) = exchangeDatasets(s, results, params: params)
+    let path = tempDir().appendingPathComponent(name + ".h5").path
+    try ExchangeWriter.write(path, config: s.config, datasets: ds, integers: ints, cfgScale: s.sampler?.cfgScale)
+    return path
 }
