@@ -161,12 +161,29 @@ extension ModelConfig {
         return 8 * (5 * params + Double(N) * (2 * enc + dec + head))
     }
 
+    /// Bytes of the headroom sweep's forward-and-backward-only fast model, roughly: student,
+    /// teacher and gradients in float32 (no AdamW moments, no Double copy), float32
+    /// activations, and one Double tensor at a time while loading.
+    public func estimatedHeadroomSweepBytes(batch N: Int) -> Double {
+        let counts = parameterCounts
+        let T = Double(tokens + 1)
+        let enc = Double(depth) * (40 * T * Double(hiddenSize) + 2 * Double(numHeads) * T * T)
+        let dec = Double(decoderDepth) * (40 * T * Double(decoderHiddenSize) + 2 * Double(decoderNumHeads) * T * T)
+        let head = 2 * T * (4 * Double(headHiddenDim) + 3 * Double(headOutDim))
+        let largest = Double(studentParameters.map(\.count).max() ?? 0)
+        return 4 * (2 * Double(counts.total) + Double(counts.encoder + counts.head) + Double(N) * (2 * enc + dec + head)) + 24 * largest
+    }
+
     /// Throws when a step would need more memory than the machine has (said before allocating).
     public func checkMemory(batch: Int, available: Double) throws {
-        let need = estimatedStepBytes(batch: batch)
+        try checkMemory(need: estimatedStepBytes(batch: batch), what: String(format: "a training step at batch %d", batch), available: available)
+    }
+
+    /// Throws when `need` bytes (for `what`) exceed 80% of `available`.
+    public func checkMemory(need: Double, what: String, available: Double) throws {
         if need > 0.8 * available || !need.isFinite {
-            throw ConfigError(String(format: "config: a training step at batch %d needs about %.1f GiB (%d parameters), more than this machine's %.1f GiB; refusing before allocating",
-                                     batch, need / 1073741824, parameterCounts.total, available / 1073741824))
+            throw ConfigError(String(format: "config: %@ needs about %.1f GiB (%d parameters), more than this machine's %.1f GiB; refusing before allocating",
+                                     what, need / 1073741824, parameterCounts.total, available / 1073741824))
         }
     }
 }

@@ -71,7 +71,8 @@ public struct PrecisionScenario: Sendable {
 }
 
 /// The headroom sweep: one training step per sigma (every sample at that sigma) and the
-/// sampler's denoiser calls, recording each named tensor's range against a half type.
+/// sampler's denoiser calls, recording each named tensor's range against a half type, and
+/// each gradient's exponents (for the loss scale below which it goes quiet).
 public enum HeadroomSweep {
     public struct Row: Sendable {
         public var sigma: Double
@@ -79,35 +80,58 @@ public enum HeadroomSweep {
         public var entries: [HeadroomEntry]
     }
 
+    /// The sweep over a setup (its student, teacher, inputs and centers).
     public static func run(_ setup: RunSetup, mode: FastPrecision, sigmas: [Double], lossScale: Float,
                            samplerSteps: Int) throws -> [Row] {
-        var rows: [Row] = []
         let f = setup.fastSetup
-        let cfg = setup.config
-        for s in sigmas {
-            let m = FastModel(cfg, precision: mode, student: f.student, teacher: f.teacher,
-                              centerCls: f.centerCls, centerPatch: f.centerPatch)
+        let m = FastModel(setup.config, precision: mode, student: f.student, teacher: f.teacher,
+                          centerCls: f.centerCls, centerPatch: f.centerPatch)
+        return try run(m, inputs: f.inputs!, sigmas: sigmas, lossScale: lossScale, samplerSteps: samplerSteps)
+    }
+
+    /// The sweep of `SeededSetup.make(cfg, seed:, batch:, maskRatio:)` with a
+    /// forward-and-backward-only model: the same numbers in the memory of three float32
+    /// copies of the parameters (XL/2 at batch 1 in about 10 GB).
+    public static func run(_ cfg: ModelConfig, seed: UInt64, batch: Int, maskRatio: Double, mode: FastPrecision,
+                           sigmas: [Double], lossScale: Float, samplerSteps: Int,
+                           progress: ((String) -> Void)? = nil) throws -> [Row] {
+        let m = SeededSetup.forwardBackwardModel(cfg, seed: seed, precision: mode)
+        let I: StepInputs<Double> = Initialization.inputs(cfg, batch: batch, maskRatio: maskRatio, seed: seed &+ 2)
+        m.centerCls = I.centerCls.data.map { Float($0) }; m.centerPatch = I.centerPatch.data.map { Float($0) }
+        let fi = FastStepInputs(x0: I.x0.data, labels: I.labels, sigmaS: I.sigmaS, noiseS: I.noiseS.data,
+                                noiseT: I.noiseT.data, mask: I.mask)
+        return try run(m, inputs: fi, sigmas: sigmas, lossScale: lossScale, samplerSteps: samplerSteps, progress: progress)
+    }
+
+    /// One model serves every sigma (forward and backward leave its parameters unchanged).
+    public static func run(_ m: FastModel, inputs: FastStepInputs, sigmas: [Double], lossScale: Float,
+                           samplerSteps: Int, progress: ((String) -> Void)? = nil) throws -> [Row] {
+        var rows: [Row] = []
+        let cfg = m.cfg
+        m.monitor.recordHeadroom = true
+        for (j, s) in sigmas.enumerated() {
+            progress?(String(format: "training step at sigma %.4g (%d of %d)", s, j + 1, sigmas.count))
+            m.monitor.reset()
             m.scaler = LossScaler(enabled: true); m.scaler.scale = lossScale
-            m.monitor.recordHeadroom = true
-            var I = f.inputs!
+            var I = inputs
             I.sigmaS = Array(repeating: s, count: I.labels.count)
             _ = try m.forwardBackward(I)
+            m.recordGradientHeadroom(scale: lossScale)
             rows.append(Row(sigma: s, phase: "train", entries: m.monitor.ordered))
         }
         if samplerSteps > 1 {
-            let N = f.inputs!.labels.count
+            let N = inputs.labels.count
             let sig = FastBackend.sigmas(steps: samplerSteps, sigmaMin: cfg.sigmaMin, sigmaMax: cfg.sigmaMax, rho: cfg.rho)
             var rng = SeededRandom(seed: 5)
-            let x = rng.normals(N * cfg.inChannels * cfg.inputSize * cfg.inputSize, std: cfg.sigmaMax)
-            let m = FastModel(cfg, precision: mode, student: f.student, teacher: nil)
-            m.monitor.recordHeadroom = true
-            var xi = x
+            var xi = rng.normals(N * cfg.inChannels * cfg.inputSize * cfg.inputSize, std: cfg.sigmaMax)
             for i in 0..<(sig.count - 1) {   // the real Heun trajectory, one step at a time
+                progress?(String(format: "sampler step %d of %d", i + 1, sig.count - 1))
                 m.monitor.reset()
-                xi = try m.sample(xInit: xi, labels: f.inputs!.labels, sigmas: [sig[i], sig[i + 1]], cfgScale: nil).last!
+                xi = try m.sample(xInit: xi, labels: inputs.labels, sigmas: [sig[i], sig[i + 1]], cfgScale: nil).last!
                 rows.append(Row(sigma: sig[i], phase: "sample", entries: m.monitor.ordered))
             }
         }
+        m.monitor.recordHeadroom = false
         return rows
     }
 }

@@ -70,12 +70,17 @@ public final class Trainer {
     public let model: FastModel
     /// Steps done so far.
     public private(set) var step = 0
-    /// Per step: L_G, L_D^cls, L_D^patch, total, skipped (0/1), loss scale.
+    /// Per step: L_G, L_D^cls, L_D^patch, total, skipped (0/1), loss scale, and the
+    /// update-to-weight ratio ||theta_k - theta_(k-1)|| / ||theta_(k-1)|| over the trainable
+    /// student parameters (0 on a skipped step; NaN in rows of checkpoints that predate it).
     public private(set) var history: [[Double]] = []
+    public static let historyColumns = 7
     /// (step, held-out generative loss).
     public private(set) var evals: [(step: Int, loss: Double)] = []
     /// The quiet-failure monitor (GradScaler collapse), on unless `watchQuietFailures` is false.
     public let quiet = QuietFailureMonitor()
+    /// The stalled-training monitor (updates that vanish while the loss stays finite).
+    public let stall = StallMonitor()
     public var watchQuietFailures = true
 
     public init(_ o: TrainOptions) throws {
@@ -134,15 +139,20 @@ public final class Trainer {
     public func trainStep() throws -> TrainRecord {
         let I = batch(step)
         let r: FastStepResult
+        let before = model.trainableSnapshot()
         do { r = try model.trainStep(I, tauT: tauT(step), emaBeta: emaBeta(step)) } catch let e as NonFiniteError {
             throw TrainAnomaly(step: step + 1, error: e, explanation: e.explanation(halfMax: options.precision.isFP16 ? 65504 : nil))
         }
         step += 1
         let l = r.losses
+        let update = UpdateRatios(model, before: before)
         let rec = TrainRecord(step: step, generative: l[LossName.generative]!, disCls: l[LossName.disCls]!,
                               disPatch: l[LossName.disPatch]!, total: l[LossName.total]!, skipped: r.skipped, lossScale: r.lossScale)
-        history.append([rec.generative, rec.disCls, rec.disPatch, rec.total, rec.skipped ? 1 : 0, Double(rec.lossScale)])
-        if watchQuietFailures { _ = try quiet.observe(self, rec, inputs: I) }
+        history.append([rec.generative, rec.disCls, rec.disPatch, rec.total, rec.skipped ? 1 : 0, Double(rec.lossScale), update.total])
+        if watchQuietFailures {
+            _ = try quiet.observe(self, rec, inputs: I)
+            _ = stall.observe(self, update)
+        }
         return rec
     }
 
@@ -248,12 +258,15 @@ extension Trainer {
         ints["train/scaler_clean_steps"] = ([Int64(model.scaler.cleanSteps)], [])
         ints["train/scaler_skipped_steps"] = ([Int64(model.scaler.skippedSteps)], [])
         ds["train/loss_scale"] = NamedTensor(shape: [], values: [Double(model.scaler.scale)], precision: .float32)
-        if !history.isEmpty { ds["train/history"] = NamedTensor(shape: [history.count, 6], values: history.flatMap { $0 }, precision: .float64) }
+        if !history.isEmpty {
+            ds["train/history"] = NamedTensor(shape: [history.count, Self.historyColumns], values: history.flatMap { $0 }, precision: .float64)
+        }
         if !evals.isEmpty { ds["train/eval"] = NamedTensor(shape: [evals.count, 2], values: evals.flatMap { [Double($0.step), $0.loss] }, precision: .float64) }
         var c = cfg
         c.tauT = tauT(step); c.emaBeta = emaBeta(step)   // the schedules' values for the recorded step
         var extra: [String: Any] = ["generator": "sddit-oracle train", "train": o.json, "batch_size": N]
         if let q = quiet.failure { extra["quiet_failure"] = q.json }
+        if let q = stall.stall { extra["stalled"] = q.json }
         try ExchangeWriter.write(path, config: c, configExtra: extra, datasets: ds, integers: ints)
     }
 
@@ -303,8 +316,9 @@ extension Trainer {
         m.scaler.cleanSteps = try f.ints("train/scaler_clean_steps", shape: [])[0]
         m.scaler.skippedSteps = try f.ints("train/scaler_skipped_steps", shape: [])[0]
         var h: [[Double]] = [], e: [(Int, Double)] = []
-        if let hd = f.datasets["train/history"], hd.shape.count == 2, hd.shape[1] == 6 {
-            h = (0..<hd.shape[0]).map { Array(hd.values[($0 * 6)..<($0 * 6 + 6)]) }
+        if let hd = f.datasets["train/history"], hd.shape.count == 2, hd.shape[1] == 6 || hd.shape[1] == Self.historyColumns {
+            let w = hd.shape[1]   // 6 columns: written before the update ratio was recorded
+            h = (0..<hd.shape[0]).map { Array(hd.values[($0 * w)..<($0 * w + w)]) + (w == 6 ? [.nan] : []) }
         }
         if let ed = f.datasets["train/eval"], ed.shape.count == 2, ed.shape[1] == 2 {
             e = (0..<ed.shape[0]).map { (Int(ed.values[$0 * 2]), ed.values[$0 * 2 + 1]) }
@@ -315,6 +329,13 @@ extension Trainer {
             let z = (q["zeroed"] as? [[String: Any]] ?? []).compactMap { d in (d["tensor"] as? String).map { ($0, d["fraction"] as? Double ?? 0) } }
             trainer.quiet.restore(QuietFailure(step: qs, scale: Float(q["scale"] as? Double ?? 0), initialScale: Float(q["initial_scale"] as? Double ?? 0),
                                          reason: q["reason"] as? String ?? "", zeroed: z))
+        }
+        if let q = obj["stalled"] as? [String: Any], let qs = q["step"] as? Int {
+            trainer.stall.restore(Stall(step: qs, ratio: q["ratio"] as? Double ?? 0, reference: q["reference"] as? Double ?? 0,
+                                        window: q["window"] as? Int ?? StallMonitor.window, skipped: q["skipped"] as? Int ?? 0,
+                                        stillTensors: (q["still"] as? [[String: Any]] ?? []).compactMap { d in
+                                            (d["tensor"] as? String).map { ($0, d["unchanged"] as? Double ?? 0) } },
+                                        lossBefore: q["loss_before"] as? Double ?? .nan, lossNow: q["loss_now"] as? Double ?? .nan))
         }
         return trainer
     }

@@ -17,6 +17,8 @@ public final class FastModel {
     public private(set) var grads: [String: FT] = [:]
     var adamM: [String: FT] = [:], adamV: [String: FT] = [:]
     public internal(set) var adamStep = 0
+    /// False for a forward-and-backward-only model (no AdamW moments: it cannot step).
+    public private(set) var hasOptimizer = true
     public var centerCls: [Float], centerPatch: [Float]
     /// Activations of the last step by SPEC name (filled when `record` is set).
     public var record = false
@@ -61,6 +63,35 @@ public final class FastModel {
             }
         }
         for spec in cfg.teacherParameters { teacher[spec.key] = load("teacher." + spec.key, (t ?? s)[spec.key]!) }
+    }
+
+    /// A model for forward and backward only (the headroom sweep): student, teacher and
+    /// gradients in float32 and no AdamW moments, so XL/2 fits where a training model would
+    /// not. Buffers start at zero; `load` fills them one tensor at a time (no Double copy of
+    /// the model is ever held).
+    public init(_ cfg: ModelConfig, precision: FastPrecision, forwardBackwardOnly: Void) {
+        self.cfg = cfg; self.prec = precision
+        _ = KernelPerturbation.warnOnce
+        k = Kernels(prec: precision, ws: ws)
+        scaler = LossScaler(enabled: precision.isFP16)
+        centerCls = Array(repeating: 0, count: cfg.headOutDim)
+        centerPatch = Array(repeating: 0, count: cfg.headOutDim)
+        monitor.minNormal = precision.halfMinNormal
+        hasOptimizer = false
+        for spec in cfg.studentParameters {
+            student[spec.key] = ws.get("param." + spec.key, spec.shape)
+            if !spec.frozen { grads[spec.key] = ws.get("grad." + spec.key, spec.shape, zero: true) }
+        }
+        for spec in cfg.teacherParameters { teacher[spec.key] = ws.get("teacher." + spec.key, spec.shape) }
+    }
+
+    /// Sets one student (or teacher) tensor from Double values (rounded as the model stores it).
+    public func load(_ key: String, teacher toTeacher: Bool = false, _ v: [Double]) {
+        guard let b = (toTeacher ? teacher : student)[key], b.count == v.count else {
+            fatalError("FastModel.load: no \(toTeacher ? "teacher" : "student") tensor '\(key)' of \(v.count) elements")
+        }
+        for i in 0..<v.count { b.p[i] = Float(v[i]) }
+        if prec.isPure { prec.round(b.p, b.count) }
     }
 
     /// A model over an explicit parameter list and no teacher: the plain DiT of

@@ -237,6 +237,7 @@ extension FastModel {
 
     /// AdamW (when `step`), EMA, and the center update with this step's teacher outputs.
     func applyUpdate(step: Bool, emaBeta: Double?) {
+        if !hasOptimizer { fatalError("FastModel: a forward-and-backward-only model cannot take a training step") }
         if step { adamW() }
         ema(Float(emaBeta ?? cfg.emaBeta))
         let m = Float(cfg.centerMomentum)
@@ -327,6 +328,24 @@ extension FastModel {
     /// Current parameters as Double tensors (student or teacher).
     public func parameters(teacher useTeacher: Bool = false) -> [String: Tensor<Double>] {
         (useTeacher ? teacher : student).mapValues { Tensor(shape: $0.shape, data: $0.array().map { Double($0) }) }
+    }
+    /// The trainable student tensors' values (to measure a step's update against).
+    public func trainableSnapshot() -> [String: [Float]] {
+        var out: [String: [Float]] = [:]
+        for key in grads.keys { out[key] = student[key]!.array() }
+        return out
+    }
+
+    /// The trainable student tensor `key` (nil for a fixed one).
+    public func trainable(_ key: String) -> UnsafeBufferPointer<Float>? {
+        guard grads[key] != nil, let t = student[key] else { return nil }
+        return UnsafeBufferPointer(start: t.p, count: t.count)
+    }
+
+    /// Records each parameter gradient times `scale` (as a GradScaler run stores it) in the
+    /// monitor's headroom statistics as "grad KEY".
+    public func recordGradientHeadroom(scale: Float) {
+        for spec in cfg.studentParameters { if let g = grads[spec.key] { monitor.record("grad " + spec.key, g.p, g.count, scale: scale) } }
     }
     public func gradients() -> [String: Tensor<Double>] {
         grads.mapValues { Tensor(shape: $0.shape, data: $0.array().map { Double($0) }) }

@@ -39,6 +39,24 @@ public struct HeadroomEntry: Sendable {
         maxAbs > 0 ? log2(Double(halfMax) / Double(maxAbs)) : .infinity
     }
     public var underflowFraction: Double { nonZero > 0 ? Double(belowNormal) / Double(nonZero) : 0 }
+    /// Non-zero finite values by binary exponent: exponents[e + 149] counts |x| in [2^e, 2^(e+1)).
+    public var exponents = [Int](repeating: 0, count: 277)
+
+    /// GradScaler collapse in one number: the largest loss scale at which more than half of
+    /// this tensor's non-zero values fall below `minNormal`, for values recorded at loss scale
+    /// `recorded`. Exact for power-of-two scales and `minNormal` (fp16 2^-14, bf16 2^-126):
+    /// scaling by 2^j moves each exponent by j, and |x| 2^j < 2^m iff exponent(x) + j < m.
+    /// The smallest t with #{e < t} > nonZero / 2 gives 2^(m - t) times `recorded`.
+    public func quietScale(recorded: Float, minNormal: Float) -> Double? {
+        guard nonZero > 0 else { return nil }
+        let m = Int(minNormal.exponent)
+        var below = 0
+        for (i, c) in exponents.enumerated() {
+            below += c
+            if 2 * below > nonZero { return Double(recorded) * Double(sign: .plus, exponent: m - (i - 149 + 1), significand: 1) }
+        }
+        return nil
+    }
 }
 
 /// Watches every operation's output: anomaly mode stops at the first non-finite value,
@@ -62,19 +80,7 @@ public final class Monitor {
                inputs: @autoclosure () -> [(String, UnsafePointer<Float>, Int)]) throws {
         guard active else { return }
         let count = shape.reduce(1, *)
-        if recordHeadroom {
-            var e = entries[name] ?? HeadroomEntry(name: name)
-            if entries[name] == nil { order.append(name) }
-            for i in 0..<count {
-                let v = p[i]
-                if !v.isFinite { e.nonFinite += 1; continue }
-                let a = abs(v)
-                if a > e.maxAbs { e.maxAbs = a }
-                if a != 0 { e.nonZero += 1; if a < minNormal { e.belowNormal += 1 } }
-            }
-            e.count += count
-            entries[name] = e
-        }
+        if recordHeadroom { record(name, p, count) }
         if anomaly && !(anomalyLeavesBackwardToScaler && name.hasPrefix("d ")) {
             for i in 0..<count where !p[i].isFinite {
                 let ins = inputs().map { (n, q, c) -> (name: String, maxAbs: Float) in
@@ -86,6 +92,25 @@ public final class Monitor {
                                      value: p[i], inputs: ins)
             }
         }
+    }
+
+    /// Adds `count` values times `scale` to `name`'s headroom statistics.
+    public func record(_ name: String, _ p: UnsafePointer<Float>, _ count: Int, scale: Float = 1) {
+        var e = entries[name] ?? HeadroomEntry(name: name)
+        if entries[name] == nil { order.append(name) }
+        for i in 0..<count {
+            let v = p[i] * scale
+            if !v.isFinite { e.nonFinite += 1; continue }
+            let a = abs(v)
+            if a > e.maxAbs { e.maxAbs = a }
+            if a != 0 {
+                e.nonZero += 1
+                if a < minNormal { e.belowNormal += 1 }
+                e.exponents[Int(a.exponent) + 149] += 1
+            }
+        }
+        e.count += count
+        entries[name] = e
     }
 
     public func reset() { entries = [:]; order = [] }

@@ -45,6 +45,8 @@ struct Diff: ParsableCommand {
     @Flag(help: "Print the report as JSON.") var json = false
     @Flag(help: "Print every tensor, not only the failing ones.") var verbose = false
 
+    func validate() throws { try setup.checkStepMemory() }
+
     func run() throws {
         var o = DiffOptions()
         o.config = try setup.modelConfig()

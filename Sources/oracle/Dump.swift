@@ -27,7 +27,10 @@ struct Dump: ParsableCommand {
     @Option(help: "Parameter init for seeded setups: random (every tensor non-zero) or dit (adaLN-Zero).")
     var initMode: String = "random"
 
-    func validate() throws { try requireWritableOutput(out, option: "--out") }
+    func validate() throws {
+        try setup.checkStepMemory()
+        try requireWritableOutput(out, option: "--out")
+    }
 
     func run() throws {
         guard let be = Backend(rawValue: backend) else {

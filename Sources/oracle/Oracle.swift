@@ -42,13 +42,24 @@ struct SetupOptions: ParsableArguments {
     }
 
     func validate() throws {
-        let cfg = try modelConfig()
-        do { try cfg.checkMemory(batch: max(batch, 1), available: Double(ProcessInfo.processInfo.physicalMemory)) } catch {
-            throw ValidationError("\(error)")
-        }
+        _ = try modelConfig()
         if batch < 1 { throw ValidationError("--batch must be at least 1, found \(batch)") }
         if let r = maskRatio, !(r >= 0 && r < 1) { throw ValidationError("--mask-ratio must lie in [0, 1), found \(r)") }
         if sample < 0 || sample == 1 { throw ValidationError("--sample must be 0 (no sampler) or at least 2 steps, found \(sample)") }
+    }
+}
+
+extension SetupOptions {
+    /// Refuses, before allocating, a run whose estimate (`need`: bytes, for `what`) exceeds the machine's memory.
+    func checkMemory(need: (ModelConfig) -> Double, what: String) throws {
+        let cfg = try modelConfig()
+        do { try cfg.checkMemory(need: need(cfg), what: what, available: Double(ProcessInfo.processInfo.physicalMemory)) } catch {
+            throw ValidationError("\(error)")
+        }
+    }
+    /// The reference's training step at this batch (`oracle diff` and `oracle dump` build one).
+    func checkStepMemory() throws {
+        try checkMemory(need: { $0.estimatedStepBytes(batch: max(batch, 1)) }, what: "a training step at batch \(batch)")
     }
 }
 

@@ -17,14 +17,28 @@ struct PrecisionCmd: ParsableCommand {
         fraction of non-zero values below the half type's smallest normal number (underflow).
         It ends with the tensors that run out of range first and at which sigma.
 
-        With --scenario: one training step of a named reproduction with the anomaly monitor on.
-        When a value goes non-finite it prints a line beginning `first non-finite:` with the
-        tensor, operation, index and input magnitudes, then why, and exits 1.
+        Each gradient (the backward's "d NAME" and each parameter's "grad KEY") also gets the
+        loss scale at which GradScaler's quiet failure begins for it: the largest power of two
+        at which more than half of its non-zero elements fall below the half type's smallest
+        normal number and flush (exact from a float32 sweep, --mode fast, the default). A
+        collapsing GradScaler that falls below it stops training that tensor with a finite
+        loss; `oracle train` warns when it happens.
+
+        The sweep holds one forward-and-backward-only model (float32 student, teacher and
+        gradients, no optimizer state): XL/2 at batch 1 fits in about 10 GB.
+
+        With --scenario: a named reproduction. The NaN/Inf scenarios run one training step with
+        the anomaly monitor on; when a value goes non-finite it prints a line beginning
+        `first non-finite:` with the tensor, operation, index and input magnitudes, then why,
+        and exits 1. gradscaler-collapse trains 60 steps with the quiet-failure monitor and
+        exits 1 with its warning.
 
         Examples:
           oracle precision --list-scenarios
-          oracle precision --scenario edm-grad-overflow --mode fast-fp16    # fires
-          oracle precision --scenario edm-grad-overflow --mode fast-bf16    # silent
+          oracle precision --scenario dino-grad-overflow --mode fast-fp16   # fires
+          oracle precision --scenario dino-grad-overflow --mode fast-bf16   # silent
+          oracle precision --scenario gradscaler-collapse                   # warns
+          oracle precision --config XL/2 --batch 1
           oracle precision --config tiny --points 9 --half fp16
         """)
 
@@ -39,6 +53,18 @@ struct PrecisionCmd: ParsableCommand {
     @Option(name: .customLong("loss-scale"), help: "Loss scale of the backward pass (GradScaler's initial 65536; scenarios in fp16 modes start their GradScaler there).")
     var lossScale: Float?
     @Option(help: "Sweep: tensors listed per sigma.") var top: Int = 4
+
+    func validate() throws {
+        if scenario == nil && !listScenarios {
+            try setup.checkMemory(need: { $0.estimatedHeadroomSweepBytes(batch: max(setup.batch, 1)) },
+                                  what: "the headroom sweep at batch \(setup.batch)")
+        }
+    }
+
+    /// 2^k when `x` is a power of two, else %g.
+    static func powerOfTwo(_ x: Double) -> String {
+        x.significand == 1 ? "2^\(Int(x.exponent))" : String(format: "%g", x)
+    }
 
     static func mode(_ s: String) throws -> FastPrecision {
         guard let b = Backend(rawValue: s), let p = b.fastPrecision else {
@@ -92,20 +118,26 @@ struct PrecisionCmd: ParsableCommand {
         let minNormal: Float = half == "bf16" ? Float.leastNormalMagnitude : 6.103515625e-05
         guard half == "fp16" || half == "bf16" else { throw ValidationError("--half must be fp16 or bf16") }
         guard points >= 2 else { throw ValidationError("--points must be at least 2") }
+        let scale = lossScale ?? 65536
+        guard scale > 0 && scale.isFinite else { throw ValidationError("--loss-scale must be positive and finite") }
+        let started = ContinuousClock.now
         try reportingErrors {
             var cfg = try setup.modelConfig()
             if let r = setup.maskRatio { cfg.maskRatio = r }
-            let s = SeededSetup.make(cfg, seed: setup.seed, batch: setup.batch, maskRatio: cfg.maskRatio, sampleSteps: nil)
             let lo = log(cfg.sigmaMin), hi = log(cfg.sigmaMax)
             let sigmas = (0..<points).map { exp(lo + (hi - lo) * Double($0) / Double(points - 1)) }
-            let rows = try HeadroomSweep.run(s, mode: p, sigmas: sigmas, lossScale: lossScale ?? 65536, samplerSteps: setup.sample)
-            print("headroom against \(half) (max \(halfMax), smallest normal \(minNormal)); config \(cfg.name), batch \(setup.batch), mode \(mode ?? "fast"), backward scaled by \(lossScale ?? 65536)")
+            let status = StatusLine()
+            let rows = try HeadroomSweep.run(cfg, seed: setup.seed, batch: setup.batch, maskRatio: cfg.maskRatio, mode: p,
+                                             sigmas: sigmas, lossScale: scale, samplerSteps: setup.sample,
+                                             progress: { status.show("precision \(cfg.name): " + $0) })
+            status.clear()
+            print("headroom against \(half) (max \(halfMax), smallest normal \(minNormal)); config \(cfg.name), batch \(setup.batch), mode \(mode ?? "fast"), backward scaled by \(scale)")
             var firstOut: [(Double, String, String, Float)] = []
+            var quietest: (scale: Double, name: String, sigma: Double)?
             for r in rows {
-                let ents = r.entries.map { e -> (HeadroomEntry, Double, Double) in
-                    var e2 = e
-                    e2.belowNormal = e.belowNormal   // recorded against the model's own half type
-                    return (e2, e.headroomBits(halfMax), e.underflowFraction)
+                // the network's tensors; parameter gradients ("grad KEY") only enter the quiet-failure line
+                let ents = r.entries.filter { !$0.name.hasPrefix("grad ") }.map { e -> (HeadroomEntry, Double, Double) in
+                    (e, e.headroomBits(halfMax), e.underflowFraction)
                 }
                 let tight = ents.sorted { $0.1 < $1.1 }.prefix(top)
                 let under = ents.max { $0.2 < $1.2 }
@@ -114,6 +146,18 @@ struct PrecisionCmd: ParsableCommand {
                     print(String(format: "                     most underflow: %@ %.1f%% of non-zeros below the smallest normal", u.0.name, 100 * u.2))
                 }
                 for e in ents where e.1 < 0 || e.0.nonFinite > 0 { firstOut.append((r.sigma, r.phase, e.0.name, e.0.maxAbs)) }
+                if r.phase == "train" {
+                    var q: (Double, String)?
+                    for e in r.entries where e.name.hasPrefix("d ") || e.name.hasPrefix("grad ") {
+                        guard let qs = e.quietScale(recorded: scale, minNormal: minNormal) else { continue }
+                        if q == nil || qs > q!.0 { q = (qs, e.name) }
+                    }
+                    if let q {
+                        print(String(format: "                     goes quiet first: %@ (over half its non-zero elements below the smallest normal at a loss scale of %@ or less)",
+                                     q.1 + (q.1.hasPrefix("grad ") ? " (a parameter gradient: in the half type under pure half training)" : ""), Self.powerOfTwo(q.0)))
+                        if quietest == nil || q.0 > quietest!.scale { quietest = (q.0, q.1, r.sigma) }
+                    }
+                }
             }
             if firstOut.isEmpty {
                 print("no tensor exceeds \(half)'s range at any sigma of the sweep")
@@ -124,6 +168,15 @@ struct PrecisionCmd: ParsableCommand {
                     print("  \(k.split(separator: " ")[0]) sigma \(String(format: "%.4g", v[0].0)): " + v.map { String(format: "%@ (max %.3g)", $0.2, $0.3) }.joined(separator: ", "))
                 }
             }
+            if let q = quietest {
+                let margin = log2(Double(scale) / q.scale)
+                let head: String = String(format: "quiet failure (GradScaler collapse): at a loss scale of %@ or less, %@ loses over half of its non-zero gradient elements to %@ underflow (sigma %.4g); ",
+                                          Self.powerOfTwo(q.scale), q.name, half, q.sigma)
+                let tail: String = margin > 0 ? String(format: "%.1f halvings below this sweep's scale %g", margin, Double(scale))
+                                              : String(format: "already at this sweep's scale %g", Double(scale))
+                print(head + tail)
+            }
+            print(String(format: "swept in %.2f s", (ContinuousClock.now - started).seconds))
         }
     }
 }

@@ -119,6 +119,7 @@ struct Train: ParsableCommand {
             while t.step < end {
                 let rec = try t.trainStep()
                 if let q = t.quiet.failure, q.step == rec.step { bar.message("warning: " + q.description) }
+                if let q = t.stall.stall, q.step == rec.step { bar.message("warning: " + q.description) }
                 bar.update(rec, t, elapsed: (clock.now - t0).seconds, since: firstStep)
                 if evalEvery > 0, t.step % evalEvery == 0, t.step < end {
                     let l = try reportingErrors { try t.evaluate() }
@@ -144,6 +145,7 @@ struct Train: ParsableCommand {
               + String(format: "(means of the finite steps among the first and last %d); skipped %d, loss scale %g", w, t.history.filter { $0[4] != 0 }.count, t.model.scaler.scale))
         print(String(format: "held-out L_G %.4f at step %d", held, t.step) + (checkpoint.map { "; checkpoint \($0)" } ?? ""))
         if let q = t.quiet.failure { print("warning: " + q.description) }
+        if let q = t.stall.stall { print("warning: " + q.description) }
     }
 
     func runAblations() throws {

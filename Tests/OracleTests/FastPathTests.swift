@@ -108,6 +108,25 @@ struct FastPathTests {
         #expect(c4 == 1 && out4.contains("warning: quiet failure at step") && out4.contains("gradients zero or subnormal"), "\(out4)")
         let (c5, out5, _) = try runOracle(["precision", "--scenario", "gradscaler-collapse", "--mode", "fast-bf16"])
         #expect(c5 == 0 && out5.contains("no quiet failure"), "\(out5)")
+        // the sweep: the quiet-failure scale of the gradients, and the examples of --help exist
+        let (c6, out6, _) = try runOracle(["precision", "--config", "tiny", "--points", "2", "--sample", "0"])
+        #expect(c6 == 0 && out6.contains("quiet failure (GradScaler collapse): at a loss scale of 2^"), "\(out6)")
+        let (_, help, _) = try runOracle(["precision", "--help"])
+        for line in help.split(separator: "\n") where line.contains("--scenario ") && line.contains("oracle precision") {
+            let name = line.split(separator: " ").drop { $0 != "--scenario" }.dropFirst().first.map(String.init) ?? ""
+            #expect(PrecisionScenario.named(name) != nil || name == CollapseScenario.name, "--help names scenario '\(name)'")
+        }
+    }
+
+    /// XL/2 at batch 1: the sweep's estimate fits a 24 GiB machine (measured: 10.3 GiB peak RSS,
+    /// README), where a training model's does not; a batch that does not fit is refused in one line.
+    @Test func xl2SweepFitsIn24GiB() throws {
+        let xl = try #require(ModelConfig.named("XL/2"))
+        let gib = 1073741824.0
+        #expect(xl.estimatedHeadroomSweepBytes(batch: 1) < 0.8 * 23.5 * gib, "\(xl.estimatedHeadroomSweepBytes(batch: 1) / gib) GiB")
+        #expect(xl.estimatedStepBytes(batch: 1) > 23.5 * gib)
+        let (c, _, err) = try runOracle(["precision", "--config", "XL/2", "--batch", "4096"])
+        #expect(c == 64 && err.contains("the headroom sweep at batch 4096 needs about"), "\(err)")
     }
 
     @Test func gradScalerFollowsPyTorch() {
@@ -129,6 +148,50 @@ struct FastPathTests {
         let big: Float = 3.0e38
         #expect(abs(roundBF16(big) - big) / big <= 0x1p-8, "bf16 keeps float32's range")
         #expect(roundBF16(.nan).isNaN)
+    }
+
+    /// The lean sweep (a forward-and-backward-only model loaded tensor by tensor, what lets XL/2
+    /// run in 24 GiB) records the same statistics, bit for bit, as the sweep over a full model
+    /// built from `SeededSetup.make`.
+    @Test func leanSweepMatchesTheFullModelSweep() throws {
+        let cfg = ModelConfig.tiny
+        let s = SeededSetup.make(cfg, seed: 4, batch: 2, maskRatio: cfg.maskRatio, sampleSteps: nil)
+        for mode in [FastPrecision.fp32, .pureFP16] {
+            let a = try HeadroomSweep.run(s, mode: mode, sigmas: [0.01, 3], lossScale: 1024, samplerSteps: 3)
+            let b = try HeadroomSweep.run(cfg, seed: 4, batch: 2, maskRatio: cfg.maskRatio, mode: mode, sigmas: [0.01, 3],
+                                          lossScale: 1024, samplerSteps: 3)
+            #expect(a.count == b.count)
+            for (x, y) in zip(a, b) {
+                #expect(x.entries.map(\.name) == y.entries.map(\.name))
+                for (e, f) in zip(x.entries, y.entries) {
+                    #expect(e.maxAbs.bitPattern == f.maxAbs.bitPattern && e.nonZero == f.nonZero && e.belowNormal == f.belowNormal
+                            && e.exponents == f.exponents, "\(mode) \(x.phase) sigma \(x.sigma) \(e.name): \(e.maxAbs) vs \(f.maxAbs)")
+                }
+            }
+        }
+    }
+
+    /// quietScale against counting directly: for each power-of-two scale 2^j, whether more than
+    /// half of the non-zero values times 2^j / recorded fall below the smallest normal.
+    @Test func quietScaleIsTheLargestScaleThatFlushesHalf() {
+        var rng = SeededRandom(seed: 9)
+        for trial in 0..<20 {
+            let n = 1 + trial * 7
+            var v = (0..<n).map { _ in Float(rng.normal() * pow(2, Double(Int(rng.next() % 40)) - 30)) }
+            if trial % 3 == 0 { v += [0, 0] }
+            let m = Monitor()
+            m.minNormal = 6.103515625e-05
+            let recorded: Float = 1024
+            v.withUnsafeBufferPointer { m.record("g", $0.baseAddress!, v.count) }
+            let e = m.entries["g"]!
+            func flushesHalf(_ j: Int) -> Bool {
+                let nz = v.filter { $0 != 0 }
+                let below = nz.filter { Double(abs($0)) * pow(2, Double(j)) / Double(recorded) < Double(m.minNormal) }.count
+                return 2 * below > nz.count
+            }
+            let want = (-200...200).reversed().first(where: flushesHalf).map { pow(2, Double($0)) }
+            #expect(e.quietScale(recorded: recorded, minNormal: m.minNormal) == want, "trial \(trial)")
+        }
     }
 
     @Test func headroomSweepRecordsEveryTensor() throws {

@@ -263,4 +263,54 @@ struct QuietFailureTests {
         for _ in 0..<40 { try t.trainStep() }
         #expect(t.quiet.failure == nil, "\(p): \(t.quiet.failure?.description ?? "")")
     }
+
+    /// The update-to-weight ratio recorded per step is ||dtheta|| / ||theta|| of the step, computed
+    /// here independently from two parameter snapshots.
+    @Test func updateRatioIsTheStepsRelativeChange() throws {
+        let t = try Trainer(TrainTests.options(.fp32, steps: 3, batch: 4))
+        try t.trainStep()
+        let before = t.model.parameters()
+        try t.trainStep()
+        let after = t.model.parameters()
+        var d = 0.0, w = 0.0
+        for s in t.options.config.studentParameters where !s.frozen {
+            for (a, b) in zip(before[s.key]!.data, after[s.key]!.data) { d += (b - a) * (b - a); w += a * a }
+        }
+        let r = t.history.last![6], want = (d / w).squareRoot()
+        #expect(r > 0 && abs(r - want) <= 1e-12 * want, "recorded \(r), recomputed \(want)")
+    }
+
+    /// A run whose every step is skipped from step 40 on (GradScaler's scale made infinite, so
+    /// every scaled gradient overflows) stops moving with a finite loss: the stall warning comes
+    /// once the 50-step window's mean update falls below 1% of the early level, names the
+    /// skipped steps and the unchanged tensors, and survives a checkpoint. The same run left
+    /// alone (and float32) stays silent.
+    @Test func stalledTrainingIsReported() throws {
+        // (GradScaler skips the first 11 steps here, the DINO gradient overflowing at 2^16..2^6:
+        // the early level is the median of steps 12-31)
+        var o = TrainTests.options(.fp16, steps: 100, batch: 8)
+        o.config.pMean = -1.2
+        let t = try Trainer(o), clean = try Trainer(o)
+        var firstSeen: Int?
+        for k in 0..<100 {
+            if k == 40 { t.model.scaler.scale = .infinity }
+            try t.trainStep(); try clean.trainStep()
+            if firstSeen == nil, t.stall.stall != nil { firstSeen = t.step }
+        }
+        let s = try #require(t.stall.stall, "no stall warning; skipped steps \(t.history.filter { $0[4] != 0 }.count)")
+        #expect(s.step == firstSeen && s.step == 40 + StallMonitor.window, "warned at \(s.step)")
+        #expect(s.skipped > 0 && s.ratio < 0.01 * s.reference)
+        #expect(s.stillTensors.count == t.options.config.studentParameters.filter { !$0.frozen }.count
+                && s.stillTensors.allSatisfy { $0.unchanged == 1 }, "\(s.description)")
+        #expect(s.description.contains("stalled at step \(s.step)") && s.lossNow.isFinite)
+        #expect(clean.stall.stall == nil, "\(clean.stall.stall?.description ?? "")")
+        let path = tempDir().appendingPathComponent("stall.h5").path
+        t.model.scaler.scale = 65536   // a checkpoint holds a finite scale
+        try t.writeCheckpoint(path)
+        let r = try Trainer.resume(path)
+        #expect(r.stall.stall?.step == s.step && r.history.count == t.history.count && r.history.last![6] == 0)
+        let f32 = try Trainer(TrainTests.options(.fp32, steps: 100, batch: 8))
+        for _ in 0..<100 { try f32.trainStep() }
+        #expect(f32.stall.stall == nil && f32.history.allSatisfy { $0[6] > 0 }, "\(f32.stall.stall?.description ?? "")")
+    }
 }

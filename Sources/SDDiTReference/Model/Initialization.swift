@@ -10,30 +10,44 @@ public enum Initialization {
     }
 
     public static func parameters<T: RefScalar>(_ cfg: ModelConfig, mode: Mode, seed: UInt64) -> Parameters<T> {
-        var rng = SeededRandom(seed: seed)
         var P = Parameters<T>()
-        for s in cfg.studentParameters {
-            let fanIn = s.shape.dropFirst().reduce(1, *), fanOut = s.shape[0]
-            var v: [Double]
+        var stream = Stream(cfg, mode: mode, seed: seed)
+        while let (s, v) = stream.next() {
             switch s.key {
-            case "pos_embed":
-                P[s.key] = SinCosPosEmbed.table(width: cfg.hiddenSize, grid: cfg.grid, clsRow: true); continue
-            case "decoder_pos_embed":
-                P[s.key] = SinCosPosEmbed.table(width: cfg.decoderHiddenSize, grid: cfg.grid, clsRow: false); continue
-            case "head.last_layer.weight_g":
-                v = Array(repeating: 1, count: s.count)
+            case "pos_embed": P[s.key] = SinCosPosEmbed.table(width: cfg.hiddenSize, grid: cfg.grid, clsRow: true)
+            case "decoder_pos_embed": P[s.key] = SinCosPosEmbed.table(width: cfg.decoderHiddenSize, grid: cfg.grid, clsRow: false)
+            default: P[s.key] = Tensor(shape: s.shape, data: v!.map { T($0) })
+            }
+        }
+        return P
+    }
+
+    /// The student's tensors one at a time, in `cfg.studentParameters` order, as `parameters`
+    /// draws them (nil for the fixed sin-cos tables, which the caller computes in its own type):
+    /// a caller that keeps only its own copy needs one Double tensor of memory, not a model.
+    public struct Stream: IteratorProtocol {
+        let cfg: ModelConfig, mode: Mode
+        var rng: SeededRandom, index = 0
+        public init(_ cfg: ModelConfig, mode: Mode, seed: UInt64) { self.cfg = cfg; self.mode = mode; rng = SeededRandom(seed: seed) }
+
+        public mutating func next() -> (spec: ParameterSpec, values: [Double]?)? {
+            guard index < cfg.studentParameters.count else { return nil }
+            let s = cfg.studentParameters[index]
+            index += 1
+            let fanIn = s.shape.dropFirst().reduce(1, *), fanOut = s.shape[0]
+            switch s.key {
+            case "pos_embed", "decoder_pos_embed": return (s, nil)
+            case "head.last_layer.weight_g": return (s, Array(repeating: 1, count: s.count))
             default:
                 switch mode {
                 case .random:
                     let std = s.key.hasSuffix("bias") ? 0.05 : min(0.2, max(0.02, 1 / Double(fanIn).squareRoot()))
-                    v = rng.normals(s.count, std: std)
+                    return (s, rng.normals(s.count, std: std))
                 case .dit:
-                    v = ditInit(s, fanIn: fanIn, fanOut: fanOut, &rng)
+                    return (s, ditInit(s, fanIn: fanIn, fanOut: fanOut, &rng))
                 }
             }
-            P[s.key] = Tensor(shape: s.shape, data: v.map { T($0) })
         }
-        return P
     }
 
     static func ditInit(_ s: ParameterSpec, fanIn: Int, fanOut: Int, _ rng: inout SeededRandom) -> [Double] {
