@@ -26,10 +26,14 @@ let package = Package(
         .target(
             name: "SDDiTCore",
             dependencies: [.product(name: "RealModule", package: "swift-numerics")]),
-        // The float64 truth: plain loops generic over `Real` (Double, Float80); no BLAS.
+        // The reference's product kernel (4 x 8 Double sums, AVX-512F / AVX2 / SSE2 picked at
+        // load time): no fused multiply-add (-ffp-contract=off), so the plain loops' exact bits.
+        .target(name: "CRefKernels", cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]),
+        // The float64 truth: plain loops generic over `Real` (Double, Float80), and for Double
+        // kernels with the same bits (Kernels/); no BLAS.
         .target(
             name: "SDDiTReference",
-            dependencies: ["SDDiTCore", .product(name: "RealModule", package: "swift-numerics")],
+            dependencies: ["SDDiTCore", "CRefKernels", .product(name: "RealModule", package: "swift-numerics")],
             // Generic code is specialized for Double / Float80 in its callers' modules too
             // (without it every arithmetic op of a cross-module call goes through witness tables).
             swiftSettings: [.unsafeFlags(["-cross-module-optimization"], .when(configuration: .release))]),

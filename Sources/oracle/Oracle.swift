@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import SDDiTCore
 import SDDiTExchange
+import SDDiTReference
 
 @main
 struct Oracle: ParsableCommand {
@@ -17,6 +18,14 @@ struct Oracle: ParsableCommand {
           oracle info tiny.h5                     # or: oracle info XL/2
         """,
         subcommands: [Diff.self, Dump.self, Info.self, PrecisionCmd.self, Bench.self, Train.self, Sample.self, Regress.self])
+
+    static func main() {
+        // The reference allocates a fresh array per activation (up to tens of MB at S/2): kept
+        // on the heap (glibc's largest mmap threshold, 32 MiB, and no trimming) a freed one is
+        // reused instead of mapped anew, whose page faults took a quarter of an S/2 run.
+        Product.keepFreedMemory()
+        main(nil)
+    }
 }
 
 /// Options shared by commands that build a run from a config and a seed.

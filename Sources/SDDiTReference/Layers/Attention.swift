@@ -3,10 +3,35 @@ import RealModule
 // Multi-head self-attention core (SPEC §2.6), between the qkv and proj linears.
 // qkv [N, L, 3W] split as PyTorch's reshape(N, L, 3, heads, W/heads) -> out [N, L, W]:
 // P = softmax(q k^T / sqrt(W/heads)) per (n, head), out = P v, heads concatenated.
+// forward / backward: Double through `Product` for q k^T, P v and their gradients (the plain
+// loops' bits, AttentionKernels.swift); other types through the plain loops, the definition.
 public enum Attention {
     public struct Saved<T: RefScalar>: Sendable { public var probs: [T] }   // P [N, heads, L, L]
 
     public static func forward<T: RefScalar>(_ qkv: Tensor<T>, heads: Int) -> (y: Tensor<T>, saved: Saved<T>) {
+        if T.self == Double.self {   // (same layout: the casts copy nothing)
+            let (y, P) = forwardKernel(unsafeBitCast(qkv, to: Tensor<Double>.self), heads: heads)
+            return (unsafeBitCast(y, to: Tensor<T>.self), Saved(probs: unsafeBitCast(P, to: [T].self)))
+        }
+        return forwardPlain(qkv, heads: heads)
+    }
+
+    public static func backward<T: RefScalar>(dy: Tensor<T>, qkv: Tensor<T>, heads: Int, saved: Saved<T>,
+                                              dqkv: inout Tensor<T>) {
+        if T.self == Double.self {
+            var d = unsafeBitCast(dqkv, to: Tensor<Double>.self)
+            dqkv = .zeros([0])   // one owner of the buffer while the kernel writes it
+            backwardKernel(dy: unsafeBitCast(dy, to: Tensor<Double>.self), qkv: unsafeBitCast(qkv, to: Tensor<Double>.self), heads: heads,
+                           probs: unsafeBitCast(saved.probs, to: [Double].self), dqkv: &d)
+            dqkv = unsafeBitCast(d, to: Tensor<T>.self)
+            return
+        }
+        backwardPlain(dy: dy, qkv: qkv, heads: heads, saved: saved, dqkv: &dqkv)
+    }
+
+    // MARK: the plain loops: the definition
+
+    public static func forwardPlain<T: RefScalar>(_ qkv: Tensor<T>, heads: Int) -> (y: Tensor<T>, saved: Saved<T>) {
         let N = qkv.shape[0], L = qkv.shape[1], W = qkv.lastDim / 3, hd = W / heads
         let scale = 1 / T(hd).squareRoot()
         var out = [T](repeating: 0, count: N * L * W)
@@ -39,7 +64,7 @@ public enum Attention {
     }
 
     /// dv = P^T dy; dP = dy v^T; dS = P (dP - rowsum(dP P)); dq = dS k / sqrt(hd); dk = dS^T q / sqrt(hd)
-    public static func backward<T: RefScalar>(dy: Tensor<T>, qkv: Tensor<T>, heads: Int, saved: Saved<T>,
+    public static func backwardPlain<T: RefScalar>(dy: Tensor<T>, qkv: Tensor<T>, heads: Int, saved: Saved<T>,
                                               dqkv: inout Tensor<T>) {
         let N = qkv.shape[0], L = qkv.shape[1], W = qkv.lastDim / 3, hd = W / heads
         let scale = 1 / T(hd).squareRoot()

@@ -1,8 +1,79 @@
 // Linear (SPEC §2: every nn.Linear, and the patch embedding as a linear map of patches).
 // x [..., I] -> y [..., O]; weight [O, I] (PyTorch layout), bias [O].
+// Each product has its plain loop (the definition, used for Float80) and, for Double, the same
+// sums through `Product` (Kernels/Product.swift): bit-identical, tested against the loops.
 public enum Linear {
     /// y[r, o] = b[o] + sum_i x[r, i] W[o, i]
     public static func forward<T: RefScalar>(_ x: Tensor<T>, weight w: Tensor<T>, bias b: Tensor<T>?) -> Tensor<T> {
+        if T.self == Double.self {   // (same layout: the casts copy nothing)
+            return unsafeBitCast(forwardKernel(unsafeBitCast(x, to: Tensor<Double>.self), weight: unsafeBitCast(w, to: Tensor<Double>.self),
+                                               bias: b.map { unsafeBitCast($0, to: Tensor<Double>.self) }), to: Tensor<T>.self)
+        }
+        return forwardPlain(x, weight: w, bias: b)
+    }
+
+    /// dx[r, i] += sum_o dy[r, o] W[o, i]
+    public static func backwardInput<T: RefScalar>(dy: Tensor<T>, weight w: Tensor<T>, dx: inout Tensor<T>) {
+        if T.self == Double.self {
+            let O = dy.lastDim, R = dy.rows, I = w.count / O
+            dy.data.withUnsafeBufferPointer { a in w.data.withUnsafeBufferPointer { b in dx.data.withUnsafeMutableBufferPointer { c in
+                a.withMemoryRebound(to: Double.self) { a in b.withMemoryRebound(to: Double.self) { b in c.withMemoryRebound(to: Double.self) { c in
+                    Product.run(M: R, N: I, K: O, A: StridedMatrix(a.baseAddress!, rowStride: O, colStride: 1),
+                                B: StridedMatrix(b.baseAddress!, rowStride: I, colStride: 1), start: nil,
+                                C: c.baseAddress!, ldc: I, store: .add)
+                } } }
+            } } }
+            return
+        }
+        backwardInputPlain(dy: dy, weight: w, dx: &dx)
+    }
+
+    /// dW[o, i] += sum_r dy[r, o] x[r, i];  db[o] += sum_r dy[r, o]
+    public static func backwardParams<T: RefScalar>(dy: Tensor<T>, x: Tensor<T>, dw: inout Tensor<T>, db: inout Tensor<T>?) {
+        if T.self == Double.self {
+            let O = dy.lastDim, R = dy.rows, I = x.lastDim
+            dy.data.withUnsafeBufferPointer { a in x.data.withUnsafeBufferPointer { b in dw.data.withUnsafeMutableBufferPointer { c in
+                a.withMemoryRebound(to: Double.self) { a in b.withMemoryRebound(to: Double.self) { b in c.withMemoryRebound(to: Double.self) { c in
+                    Product.run(M: O, N: I, K: R, A: StridedMatrix(a.baseAddress!, rowStride: 1, colStride: O),
+                                B: StridedMatrix(b.baseAddress!, rowStride: I, colStride: 1), start: nil,
+                                C: c.baseAddress!, ldc: I, store: .add)
+                } } }
+            } } }
+            if db != nil { biasGradient(dy: dy, db: &db!) }
+            return
+        }
+        backwardParamsPlain(dy: dy, x: x, dw: &dw, db: &db)
+    }
+
+    static func forwardKernel(_ x: Tensor<Double>, weight w: Tensor<Double>, bias b: Tensor<Double>?) -> Tensor<Double> {
+        let I = x.lastDim, R = x.rows, O = w.count / I
+        precondition(w.count == O * I, "Linear: weight \(w.shape) does not take input \(x.shape)")
+        var y = [Double](repeating: 0, count: R * O)
+        let bias = b?.data ?? []
+        x.data.withUnsafeBufferPointer { a in w.data.withUnsafeBufferPointer { wp in y.withUnsafeMutableBufferPointer { c in
+            bias.withUnsafeBufferPointer { bp in
+                Product.run(M: R, N: O, K: I, A: StridedMatrix(a.baseAddress!, rowStride: I, colStride: 1),
+                            B: StridedMatrix(wp.baseAddress!, rowStride: 1, colStride: I), start: b == nil ? nil : bp.baseAddress!,
+                            C: c.baseAddress!, ldc: O, store: .set)
+            }
+        } } }
+        return Tensor(shape: Array(x.shape.dropLast()) + [O], data: y)
+    }
+
+    /// db[o] += sum_r dy[r, o]
+    static func biasGradient<T: RefScalar>(dy: Tensor<T>, db: inout Tensor<T>) {
+        let O = dy.lastDim, R = dy.rows
+        for o in 0..<O {
+            var s: T = 0
+            for r in 0..<R { s += dy.data[r * O + o] }
+            db.data[o] += s
+        }
+    }
+
+    // MARK: the plain loops: the definition
+
+    /// y[r, o] = b[o] + sum_i x[r, i] W[o, i]
+    public static func forwardPlain<T: RefScalar>(_ x: Tensor<T>, weight w: Tensor<T>, bias b: Tensor<T>?) -> Tensor<T> {
         let I = x.lastDim, R = x.rows, O = w.count / I
         precondition(w.count == O * I, "Linear: weight \(w.shape) does not take input \(x.shape)")
         var y = [T](repeating: 0, count: R * O)
@@ -17,7 +88,7 @@ public enum Linear {
     }
 
     /// dx[r, i] += sum_o dy[r, o] W[o, i]
-    public static func backwardInput<T: RefScalar>(dy: Tensor<T>, weight w: Tensor<T>, dx: inout Tensor<T>) {
+    public static func backwardInputPlain<T: RefScalar>(dy: Tensor<T>, weight w: Tensor<T>, dx: inout Tensor<T>) {
         let O = dy.lastDim, R = dy.rows, I = w.count / O
         for r in 0..<R {
             for i in 0..<I {
@@ -29,7 +100,7 @@ public enum Linear {
     }
 
     /// dW[o, i] += sum_r dy[r, o] x[r, i];  db[o] += sum_r dy[r, o]
-    public static func backwardParams<T: RefScalar>(dy: Tensor<T>, x: Tensor<T>, dw: inout Tensor<T>, db: inout Tensor<T>?) {
+    public static func backwardParamsPlain<T: RefScalar>(dy: Tensor<T>, x: Tensor<T>, dw: inout Tensor<T>, db: inout Tensor<T>?) {
         let O = dy.lastDim, R = dy.rows, I = x.lastDim
         for o in 0..<O {
             for i in 0..<I {
@@ -38,12 +109,6 @@ public enum Linear {
                 dw.data[o * I + i] += s
             }
         }
-        if db != nil {
-            for o in 0..<O {
-                var s: T = 0
-                for r in 0..<R { s += dy.data[r * O + o] }
-                db!.data[o] += s
-            }
-        }
+        if db != nil { biasGradient(dy: dy, db: &db!) }
     }
 }
