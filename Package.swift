@@ -26,7 +26,7 @@ let package = Package(
         .target(
             name: "SDDiTCore",
             dependencies: [.product(name: "RealModule", package: "swift-numerics")]),
-        // The reference's product kernel (4 x 8 Double sums, AVX-512F / AVX2 / SSE2 picked at
+        // The reference's product kernel (8 x 8 Double sums, AVX-512F / AVX2 / SSE2 picked at
         // load time): no fused multiply-add (-ffp-contract=off), so the plain loops' exact bits.
         .target(name: "CRefKernels", cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]),
         // The float64 truth: plain loops generic over `Real` (Double, Float80), and for Double

@@ -1,9 +1,10 @@
-// The reference's product kernel: 4 rows x 8 columns of independent sums, vectorized across
+// The reference's product kernel: up to 8 rows x 8 columns of independent sums, vectorized across
 // the columns only. Every sum is s0 + a_0 b_0 + a_1 b_1 + ... in ascending k, each product and
 // each addition rounded once: explicit multiply and add intrinsics, built with
 // -ffp-contract=off, so no fused multiply-add can appear. Double is exact the same on every
 // instruction set, which is picked once at load time (AVX-512F, AVX2, else SSE2).
 #include <immintrin.h>
+#include <stdlib.h>
 #include <string.h>
 #include "ref_kernels.h"
 
@@ -16,7 +17,25 @@ __attribute__((target("avx512f")))
 static void block_avx512(const double *A, long rs, long cs, long rows, const double *panel, long K,
                          const double *s0, double *C, long ldc, long width, int add) {
     double out[8];
-    if (rows == 4) {
+    if (rows == 8) {   // 8 independent add chains: enough to cover the add latency
+        __m512d c[8];
+        for (int r = 0; r < 8; r++) c[r] = _mm512_loadu_pd(s0);
+        for (long k = 0; k < K; k++) {
+            __m512d b = _mm512_loadu_pd(panel + 8 * k);
+            const double *a = A + k * cs;
+            c[0] = _mm512_add_pd(c[0], _mm512_mul_pd(b, _mm512_set1_pd(a[0])));
+            c[1] = _mm512_add_pd(c[1], _mm512_mul_pd(b, _mm512_set1_pd(a[rs])));
+            c[2] = _mm512_add_pd(c[2], _mm512_mul_pd(b, _mm512_set1_pd(a[2 * rs])));
+            c[3] = _mm512_add_pd(c[3], _mm512_mul_pd(b, _mm512_set1_pd(a[3 * rs])));
+            c[4] = _mm512_add_pd(c[4], _mm512_mul_pd(b, _mm512_set1_pd(a[4 * rs])));
+            c[5] = _mm512_add_pd(c[5], _mm512_mul_pd(b, _mm512_set1_pd(a[5 * rs])));
+            c[6] = _mm512_add_pd(c[6], _mm512_mul_pd(b, _mm512_set1_pd(a[6 * rs])));
+            c[7] = _mm512_add_pd(c[7], _mm512_mul_pd(b, _mm512_set1_pd(a[7 * rs])));
+        }
+        for (int r = 0; r < 8; r++) { _mm512_storeu_pd(out, c[r]); put(out, C + r * ldc, width, add); }
+        return;
+    }
+    if (rows >= 4) {
         __m512d c0 = _mm512_loadu_pd(s0), c1 = c0, c2 = c0, c3 = c0;
         const double *a0 = A, *a1 = A + rs, *a2 = A + 2 * rs, *a3 = A + 3 * rs;
         for (long k = 0; k < K; k++) {
@@ -31,7 +50,7 @@ static void block_avx512(const double *A, long rs, long cs, long rows, const dou
         _mm512_storeu_pd(out, c1); put(out, C + ldc, width, add);
         _mm512_storeu_pd(out, c2); put(out, C + 2 * ldc, width, add);
         _mm512_storeu_pd(out, c3); put(out, C + 3 * ldc, width, add);
-        return;
+        A += 4 * rs; C += 4 * ldc; rows -= 4;
     }
     for (long r = 0; r < rows; r++) {
         __m512d c0 = _mm512_loadu_pd(s0);
@@ -45,7 +64,7 @@ __attribute__((target("avx2")))
 static void block_avx2(const double *A, long rs, long cs, long rows, const double *panel, long K,
                        const double *s0, double *C, long ldc, long width, int add) {
     double out[8];
-    if (rows == 4) {
+    for (; rows >= 4; rows -= 4, A += 4 * rs, C += 4 * ldc) {
         __m256d l0 = _mm256_loadu_pd(s0), h0 = _mm256_loadu_pd(s0 + 4);
         __m256d l1 = l0, h1 = h0, l2 = l0, h2 = h0, l3 = l0, h3 = h0;
         const double *a0 = A, *a1 = A + rs, *a2 = A + 2 * rs, *a3 = A + 3 * rs;
@@ -62,7 +81,6 @@ static void block_avx2(const double *A, long rs, long cs, long rows, const doubl
         _mm256_storeu_pd(out, l1); _mm256_storeu_pd(out + 4, h1); put(out, C + ldc, width, add);
         _mm256_storeu_pd(out, l2); _mm256_storeu_pd(out + 4, h2); put(out, C + 2 * ldc, width, add);
         _mm256_storeu_pd(out, l3); _mm256_storeu_pd(out + 4, h3); put(out, C + 3 * ldc, width, add);
-        return;
     }
     for (long r = 0; r < rows; r++) {
         __m256d l = _mm256_loadu_pd(s0), h = _mm256_loadu_pd(s0 + 4);
@@ -100,11 +118,17 @@ typedef void (*block_fn)(const double *, long, long, long, const double *, long,
 static block_fn chosen = block_sse2;
 static const char *chosen_name = "sse2";
 
+int sddit_ref_set_isa(const char *name);
+
+// The widest the CPU has, or SDDIT_REF_ISA (avx512f, avx2, sse2) when set and available: the
+// bits are the same on each; the variable is for timing what another CPU would run.
 __attribute__((constructor))
 static void pick(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f")) { chosen = block_avx512; chosen_name = "avx512f"; }
     else if (__builtin_cpu_supports("avx2")) { chosen = block_avx2; chosen_name = "avx2"; }
+    const char *want = getenv("SDDIT_REF_ISA");
+    if (want) sddit_ref_set_isa(want);
 }
 
 int sddit_ref_set_isa(const char *name) {

@@ -1,4 +1,5 @@
 import COpenBLAS
+import Dispatch
 import Glibc
 
 /// OpenBLAS settings and this machine's sgemm peak (for `oracle bench`).
@@ -30,6 +31,32 @@ public enum BLASInfo {
         for i in 0..<(n * n) { a[i] = Float((i * 7) % 13) * 0.01 - 0.06; b[i] = Float((i * 5) % 11) * 0.01 - 0.05; c[i] = 0 }
         func run() {
             sgemmTiled(false, false, n, n, n, 1, a, n, b, n, 0, c, n)
+        }
+        run()
+        var ts: [Double] = []
+        for _ in 0..<max(reps, 1) {
+            let t0 = now(); run(); ts.append(now() - t0)
+        }
+        return (2 * Double(n) * Double(n) * Double(n) / ts.min()! / 1e9, ts)
+    }
+
+    /// The same for float64 (cblas_dgemm on the same tiles): the yardstick of the reference's
+    /// speed in `oracle bench`, for the figure only (the reference itself calls no BLAS).
+    public static func dgemmPeak(n: Int = 2048, reps: Int = 5) -> (gflops: Double, seconds: [Double]) {
+        FastThreads.ensureSingleThreadedBLAS()
+        let a = UnsafeMutablePointer<Double>.allocate(capacity: n * n), b = UnsafeMutablePointer<Double>.allocate(capacity: n * n)
+        let c = UnsafeMutablePointer<Double>.allocate(capacity: n * n)
+        defer { a.deallocate(); b.deallocate(); c.deallocate() }
+        for i in 0..<(n * n) { a[i] = Double((i * 7) % 13) * 0.01 - 0.06; b[i] = Double((i * 5) % 11) * 0.01 - 0.05; c[i] = 0 }
+        let bounds = sgemmTiles(n, n, n).bounds, tiles = bounds.count - 1
+        let io = UncheckedSendable((UnsafePointer(a), UnsafePointer(b), c))
+        func run() {
+            DispatchQueue.concurrentPerform(iterations: tiles) { i in
+                let (a, b, c) = io.value
+                let lo = bounds[i], rows = bounds[i + 1] - lo
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(n), Int32(n), 1, a + lo * n, Int32(n),
+                            b, Int32(n), 0, c + lo * n, Int32(n))
+            }
         }
         run()
         var ts: [Double] = []

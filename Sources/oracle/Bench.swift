@@ -21,23 +21,28 @@ struct Bench: ParsableCommand {
           sddit-s2-sample40  a 40-step Heun sample (79 evaluations, no CFG)
         on the backends fast (float32, OpenBLAS), fast-fp16, fast-bf16
         (autocast-style matmul rounding), fast-fp16-pure, fast-bf16-pure
-        (every tensor rounded) and ref (float64 reference, plain loops, one
-        thread). Default: every case on every backend (an hour or more).
+        (every tensor rounded) and ref (the float64 reference: its kernels,
+        with the plain loops' bits, on the same threads). Default: every
+        case on every backend.
 
         Per case: the median of --reps timed runs after --warmup runs; the
         case's FLOPs (matrix products, multiply-add = 2; --verbose lists them
         by component; sddit-s2-train is about 763 GFLOP); GFLOP/s; that as a
-        fraction of this machine's sgemm peak (sgemm 2048^3 float32 on OpenBLAS in the fast path's fixed tiles,
-        best of 5, measured at start with the same threads); the peak RSS
+        fraction of this machine's peak (sgemm 2048^3 float32 on OpenBLAS in
+        the fast path's fixed tiles, best of 5, measured at start with the
+        same threads; for ref the same with dgemm, float64: the yardstick
+        only, the reference calls no BLAS); the peak RSS
         during the case (high-water mark reset through /proc/self/clear_refs
         before each case, then getrusage ru_maxrss; marked * if the reset was
         refused and the figure is the process peak so far).
 
-        The reference takes about half an hour per S/2 training step and a
-        minute and a half per denoiser evaluation: each ref case runs once,
-        without warm-up. ref sddit-s2-sample40 is one timed denoiser
+        The reference takes about half a minute per S/2 training step and ten
+        seconds per denoiser evaluation, and runs with --warmup and --reps
+        like the rest, except ref sddit-s2-sample40: the median denoiser
         evaluation x 79, marked "(extrapolated)" ("extrapolated": true in
         JSON). There is no reference plain DiT: ref dit-s2-train is n/a.
+        With --peer, ref sddit-s2-train is also compared with PyTorch's
+        float64 step (the peer's case iv).
 
         Threads: OpenBLAS gets --threads (default 2; it would take every
         core); the fast path's own parallel loops use as many. Two OpenBLAS
@@ -82,7 +87,8 @@ struct Bench: ParsableCommand {
         More:
           oracle bench --case sddit-s2-denoise,dit-s2-train \\
               --backend fast,fast-bf16 --json
-          oracle bench --case sddit-s2-train --backend ref   # one run, ~30 min
+          oracle bench --case sddit-s2-train --backend ref --reps 3 \
+              --peer ../shared/peer/peer_bench.py   # ref / PyTorch float64
           oracle bench --case dit-s2-train --backend fast --verbose
           oracle bench --case sddit-s2-train --backend fast --profile
         """)
@@ -93,8 +99,8 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("backend"), parsing: .singleValue,
             help: "Backend(s) (repeatable or comma-separated): fast, fast-fp16, fast-bf16, fast-fp16-pure, fast-bf16-pure, ref (default: all).")
     var backends: [String] = []
-    @Option(help: "Timed runs per case (median reported); the reference always runs once.") var reps: Int = 5
-    @Option(help: "Untimed warm-up runs per case (the reference: none).") var warmup: Int = 1
+    @Option(help: "Timed runs per case (median reported).") var reps: Int = 5
+    @Option(help: "Untimed warm-up runs per case.") var warmup: Int = 1
     @Option(help: "OpenBLAS threads.") var threads: Int = 2
     @Option(help: "Seed for parameters and inputs.") var seed: UInt64 = 0
     @Option(help: "Path of the PyTorch peer (peer_bench.py) to run after the Swift cases for fast/peer ratios.")
@@ -167,10 +173,13 @@ struct BenchRunner {
     let cfg = ModelConfig.s2
     let batch = 8, maskRatio = 0.2, sampleSteps = 40
     var peak = 0.0
+    /// dgemm's (measured when ref is selected): the reference's yardstick.
+    var dpeak: Double?
     var results: [BenchResult] = []
     var rssResetOK = true
     /// The reference's denoiser time (ms), shared by ref denoise and ref sample40.
     var refDenoiseMs: Double?
+    var refDenoiseRuns: [Double] = []
     /// Peak RSS (MB) of that evaluation.
     var refDenoiseRSS: (mb: Double, sinceReset: Bool)?
 
@@ -190,10 +199,13 @@ struct BenchRunner {
         for line in BLASEnvironment.notes { say("note: " + line) }
         say(String(format: "sgemm peak: %.1f GFLOP/s (tiled sgemm 2048x2048x2048 float32, best of 5: %@ ms)",
                    peak, pk.seconds.map { String(format: "%.0f", $0 * 1000) }.joined(separator: ", ")))
-        var plan: [String] = []
-        if o.selectedBackends.contains(where: { $0 != "ref" }) { plan.append("fast backends: median of \(o.reps) runs after \(o.warmup) warm-up") }
-        if o.selectedBackends.contains("ref") { plan.append("ref: 1 run, no warm-up") }
-        say(plan.joined(separator: "; "))
+        if o.selectedBackends.contains("ref") {
+            let d = BLASInfo.dgemmPeak(n: 2048, reps: 5)
+            dpeak = d.gflops
+            say(String(format: "dgemm peak: %.1f GFLOP/s (tiled dgemm 2048x2048x2048 float64, best of 5: %@ ms; the ref rows' yardstick); reference kernels: %@, %d threads",
+                       d.gflops, d.seconds.map { String(format: "%.0f", $0 * 1000) }.joined(separator: ", "), Product.isa, Product.threads))
+        }
+        say("median of \(o.reps) runs after \(o.warmup) warm-up" + (o.selectedBackends.contains("ref") && o.selectedCases.contains("sddit-s2-sample40") ? " (ref sddit-s2-sample40: extrapolated from the denoiser)" : ""))
         if o.verbose { printFLOPs() }
         if !o.json {
             say("")
@@ -275,20 +287,37 @@ struct BenchRunner {
 
     mutating func measureRef(_ r: inout BenchResult) throws {
         let P: Parameters<Double> = Initialization.parameters(cfg, mode: .random, seed: o.seed)
-        r.warmup = 0
+        let status = StatusLine()
+        defer { status.clear() }
+        /// --warmup untimed and --reps timed runs of `body`, with a status line on a terminal
+        func timed(_ what: String, _ body: () throws -> Void) rethrows -> [Double] {
+            var runs: [Double] = [], last: Double?
+            let total = o.warmup + o.reps
+            for i in 0..<total {
+                let phase = i < o.warmup ? "warm-up \(i + 1) of \(o.warmup)" : "run \(i - o.warmup + 1) of \(o.reps)"
+                status.show("ref \(what): \(phase)" + (last.map { String(format: ", about %.0f s left", Double(total - i) * $0 / 1000) } ?? ""))
+                let t0 = BLASInfo.now()
+                try body()
+                let t = (BLASInfo.now() - t0) * 1000
+                last = t
+                if i >= o.warmup { runs.append(t) }
+            }
+            return runs
+        }
+        r.warmup = o.warmup
         switch r.caseName {
         case "sddit-s2-train":
             r.flops = FLOPCount.sdditTrain(cfg, batch: batch, maskRatio: maskRatio).reduce(0) { $0 + $1.total }
             let I: StepInputs<Double> = Initialization.inputs(cfg, batch: batch, maskRatio: maskRatio, seed: o.seed &+ 2)
-            var student = P, teacher = P.subset(cfg.teacherParameters)
-            var opt = AdamW<Double>(cfg)
-            say("  (ref sddit-s2-train: float64 plain loops, one run, no warm-up; this takes tens of minutes)")
-            let t0 = BLASInfo.now()
-            let res = try Objective.run(cfg, student: student, teacher: teacher, inputs: I, gradients: true, recordActivations: false)
-            opt.update(&student, grads: res.grads)
-            EMA.update(teacher: &teacher, student: student, beta: cfg.emaBeta)
-            r.runsMs = [(BLASInfo.now() - t0) * 1000]
-            r.notes.append("1 run, no warm-up")
+            let teacher0 = P.subset(cfg.teacherParameters)
+            r.runsMs = try timed("sddit-s2-train") {
+                // one training step from the same state each time: objective, AdamW, EMA
+                var student = P, teacher = teacher0
+                var opt = AdamW<Double>(cfg)
+                let res = try Objective.run(cfg, student: student, teacher: teacher, inputs: I, gradients: true, recordActivations: false)
+                opt.update(&student, grads: res.grads)
+                EMA.update(teacher: &teacher, student: student, beta: cfg.emaBeta)
+            }
         case "dit-s2-train":
             r.notApplicable = true
             r.notes.append("n/a: the reference implements SD-DiT only (no plain DiT)")
@@ -296,24 +325,25 @@ struct BenchRunner {
             let one = FLOPCount.denoise(cfg, batch: batch).reduce(0) { $0 + $1.total }
             if refDenoiseMs == nil {
                 let (x, labels) = denoiseInputs()
-                say("  (ref denoiser evaluation: float64 plain loops, one run, no warm-up)")
-                let t0 = BLASInfo.now()
-                _ = Denoiser.evaluate(cfg, P, x: Tensor(shape: [batch, cfg.inChannels, cfg.inputSize, cfg.inputSize], data: x),
-                                      sigma: Array(repeating: 2.0, count: batch), labels: labels)
-                refDenoiseMs = (BLASInfo.now() - t0) * 1000
+                let xt = Tensor(shape: [batch, cfg.inChannels, cfg.inputSize, cfg.inputSize], data: x)
+                let runs = timed("denoiser evaluation") {
+                    _ = Denoiser.evaluate(cfg, P, x: xt, sigma: Array(repeating: 2.0, count: batch), labels: labels)
+                }
+                refDenoiseRuns = runs
+                var med = BenchResult(caseName: "", backend: ""); med.runsMs = runs
+                refDenoiseMs = med.medianMs
                 refDenoiseRSS = (peakRSSMB(), rssResetOK)
             }
             if r.caseName == "sddit-s2-denoise" {
                 r.flops = one
-                r.runsMs = [refDenoiseMs!]
-                r.notes.append("1 run, no warm-up")
+                r.runsMs = refDenoiseRuns
             } else {
                 let evals = FLOPCount.heunEvaluations(steps: sampleSteps)
                 r.flops = Double(evals) * one
                 r.runsMs = [Double(evals) * refDenoiseMs!]
                 r.extrapolated = true
                 if let m = refDenoiseRSS { r.peakRSSMB = m.mb; r.rssSinceReset = m.sinceReset }
-                r.notes.append("(extrapolated) \(evals) x one timed denoiser evaluation (\(String(format: "%.0f", refDenoiseMs!)) ms); the sample was not run")
+                r.notes.append("(extrapolated) \(evals) x the median denoiser evaluation (\(String(format: "%.0f", refDenoiseMs!)) ms); the sample was not run")
             }
         default: break
         }
@@ -378,6 +408,9 @@ struct BenchRunner {
     func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
     func lpad(_ s: String, _ n: Int) -> String { s.count >= n ? " " + s : String(repeating: " ", count: n - s.count) + s }
 
+    /// The yardstick of a result: dgemm's peak for the float64 reference, sgemm's otherwise.
+    func peakFor(_ r: BenchResult) -> Double { r.backend == "ref" ? (dpeak ?? peak) : peak }
+
     func report(_ r: BenchResult) {
         if o.json {
             var j: [String: Any] = ["kind": "case", "case": r.caseName, "backend": r.backend, "config": "SD-DiT-S/2",
@@ -387,7 +420,8 @@ struct BenchRunner {
                                     "peak_rss_since_case_start": r.rssSinceReset]
             j["median_ms"] = r.medianMs.map { round1($0) } ?? NSNull()
             j["gflops"] = r.gflops.map { round1($0) } ?? NSNull()
-            j["peak_fraction"] = r.gflops.map { (($0 / peak) * 1000).rounded() / 1000 } ?? NSNull()
+            j["peak_fraction"] = r.gflops.map { (($0 / peakFor(r)) * 1000).rounded() / 1000 } ?? NSNull()
+            if r.backend == "ref", let d = dpeak { j["dgemm_peak_gflops"] = round1(d); j["peak_kind"] = "dgemm" }
             j["peak_rss_mb"] = r.peakRSSMB.map { round1($0) } ?? NSNull()
             if let w = r.workspaceMB { j["workspace_mb"] = round1(w) }
             if r.caseName == "sddit-s2-train" { j["mask_ratio"] = maskRatio }
@@ -407,7 +441,7 @@ struct BenchRunner {
         }
         line += lpad(String(format: "%.1f", med), 11) + lpad(String(format: "%.1f", r.runsMs.min()!), 10)
         line += lpad(String(format: "%.1f", r.flops / 1e9), 9) + lpad(String(format: "%.1f", gf), 9)
-        line += lpad(String(format: "%.3f", gf / peak), 9)
+        line += lpad(String(format: "%.3f", gf / peakFor(r)), 9)
         line += lpad(r.peakRSSMB.map { String(format: "%.0f", $0) + (r.rssSinceReset ? "" : "*") } ?? "?", 13)
         var notes = r.notes
         if r.extrapolated && !notes.contains(where: { $0.hasPrefix("(extrapolated)") }) { notes.insert("(extrapolated)", at: 0) }
@@ -455,10 +489,12 @@ struct BenchRunner {
     // MARK: the PyTorch peer
 
     mutating func runPeer(_ path: String) throws {
-        let map = [("i", "sddit-s2-train"), ("ii", "dit-s2-train"), ("iii", "sddit-s2-denoise")]
-        let wanted = map.filter { o.selectedCases.contains($0.1) }
+        // (peer case, our case, our backend): PyTorch float32 against fast, float64 against ref
+        let map = [("i", "sddit-s2-train", "fast"), ("ii", "dit-s2-train", "fast"), ("iii", "sddit-s2-denoise", "fast"),
+                   ("iv", "sddit-s2-train", "ref")]
+        let wanted = map.filter { o.selectedCases.contains($0.1) && o.selectedBackends.contains($0.2) }
         guard !wanted.isEmpty else {
-            say("peer: no selected case has a peer counterpart (i: sddit-s2-train, ii: dit-s2-train, iii: sddit-s2-denoise); not run")
+            say("peer: no selected case and backend has a peer counterpart (i: sddit-s2-train, ii: dit-s2-train, iii: sddit-s2-denoise on fast; iv: sddit-s2-train on ref); not run")
             return
         }
         let args = [path, "--cases", wanted.map { $0.0 }.joined(separator: ","), "--alloc", "default",
@@ -492,20 +528,20 @@ struct BenchRunner {
         p.waitUntilExit()
         if p.terminationStatus != 0 { say("peer: exited with status \(p.terminationStatus)") }
         say("")
-        say("fast (float32) / peer (PyTorch float32, 2 threads), medians; below 1: the fast path is faster:")
-        for (pc, c) in wanted {
-            let fast = results.first { $0.caseName == c && $0.backend == "fast" }?.medianMs
+        say("ours / peer (PyTorch, 2 threads; float32 against fast, float64 against ref), medians; below 1: ours is faster:")
+        for (pc, c, backend) in wanted {
+            let fast = results.first { $0.caseName == c && $0.backend == backend }?.medianMs
             let pm = medians[pc]
             let ratio: Double? = (fast != nil && pm != nil) ? fast! / pm! : nil
             if o.json {
-                printJSON(["kind": "peer", "case": c, "peer_case": pc, "backend": "fast",
+                printJSON(["kind": "peer", "case": c, "peer_case": pc, "backend": backend,
                            "median_ms": fast.map { round1($0) } ?? NSNull(), "peer_median_ms": pm ?? NSNull(),
-                           "ratio_fast_over_peer": ratio.map { ($0 * 1000).rounded() / 1000 } ?? NSNull()])
+                           (backend == "ref" ? "ratio_ref_over_peer" : "ratio_fast_over_peer"): ratio.map { ($0 * 1000).rounded() / 1000 } ?? NSNull()])
             }
             let fs = fast.map { String(format: "%.0f ms", $0) } ?? "not run"
             let ps = pm.map { String(format: "%.0f ms", $0) } ?? "no result"
             let rs = ratio.map { String(format: "%.2f", $0) } ?? "n/a"
-            say("  " + pad(c, 18) + "fast \(fs)  peer (\(pc)) \(ps)  fast/peer = \(rs)")
+            say("  " + pad(c, 18) + "\(backend) \(fs)  peer (\(pc)) \(ps)  \(backend)/peer = \(rs)")
         }
     }
 

@@ -53,7 +53,7 @@ struct Diff: ParsableCommand {
         o.seed = setup.seed; o.batch = setup.batch; o.maskRatio = setup.maskRatio
         o.sampleSteps = setup.sample; o.cfgScale = setup.cfgScale
         o.rtol = rtol; o.atol = atol; o.allowMissing = allowMissing
-        let report = try reportingErrors { try DiffEngine.run(a: Side.parse(a), b: Side.parse(b), options: o) }
+        let report = try reportingErrors { try withReferenceProgress { try DiffEngine.run(a: Side.parse(a), b: Side.parse(b), options: o) } }
         if json {
             let d = try JSONSerialization.data(withJSONObject: report.json, options: [.prettyPrinted, .sortedKeys])
             print(String(data: d, encoding: .utf8)!)

@@ -52,7 +52,7 @@ struct Dump: ParsableCommand {
                 s = SeededSetup.make(cfg, seed: setup.seed, batch: setup.batch, maskRatio: cfg.maskRatio,
                                      sampleSteps: setup.sample, cfgScale: setup.cfgScale, init: mode)
             }
-            let results = try be.run(s)
+            let results = try withReferenceProgress { try be.run(s) }
             var (floats, ints) = setupDatasets(s)
             for (k, v) in results where !(k == "params/pos_embed" || k == "params/decoder_pos_embed") { floats[k] = v }
             var extra: [String: Any] = ["generator": "sddit-oracle \(be.rawValue)", "seed": setup.seed]

@@ -6,6 +6,30 @@ import SDDiTExchange
 // The `oracle` executable as a user runs it: exit codes, the summary line, one-line errors.
 @Suite("oracle command line")
 struct CLITests {
+    /// The reference's progress line: on a terminal (script(1) gives the command one) it names
+    /// the block and pass and reaches 100% of the work it announced (training step, sampler
+    /// with guidance); without a terminal stderr stays empty.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/script")))
+    func referenceProgressOnATerminalOnly() throws {
+        let out = tempDir().appendingPathComponent("p.h5").path
+        let cmd = [oracleBinary().path, "dump", "--backend", "ref", "--config", "tiny", "--sample", "3", "--cfg-scale", "1.5", "--out", out]
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/script")
+        p.arguments = ["-qc", cmd.joined(separator: " "), "/dev/null"]
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        let tty = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        let updates = tty.split(separator: "\r").filter { $0.hasPrefix("ref: ") }
+        #expect(updates.contains { $0.contains("student.enc block 1/2 backward") }, "\(tty)")
+        #expect(updates.contains { $0.contains("teacher.enc block 2/2 forward") })
+        #expect(updates.last.map { $0.contains(", 100%") } == true, "last update: \(updates.last ?? "none")")
+        let (code, _, err) = try runOracle(Array(cmd.dropFirst()))
+        #expect(code == 0 && err.isEmpty, "stderr without a terminal: \(err)")
+    }
+
     @Test func helpListsCommands() throws {
         let (code, out, _) = try runOracle(["--help"])
         #expect(code == 0)

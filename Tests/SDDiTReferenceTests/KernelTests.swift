@@ -4,7 +4,7 @@ import SDDiTReference
 import Testing
 
 // The reference's kernels (Sources/SDDiTReference/Kernels) against the plain loops that define
-// them: bit for bit, over random shapes (1, primes, sizes that are not multiples of the 4 x 8
+// them: bit for bit, over random shapes (1, primes, sizes that are not multiples of the 8 x 8
 // register tile, sizes past the caches), with non-zero accumulators for the `+=` products,
 // and at 1, 2 and 3 threads. Any difference is a bug: the kernels promise the same sums in
 // the same order, not a tolerance.

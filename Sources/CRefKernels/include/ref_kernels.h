@@ -2,7 +2,7 @@
 #define SDDIT_REF_KERNELS_H
 
 /// C[r * ldc + j] (= or +=) s0[j] + sum_{k < K} A[r * rs + k * cs] * panel[k * 8 + j]
-/// for r < rows (at most 4) and j < width (at most 8): each sum in ascending k with one
+/// for r < rows (at most 8) and j < width (at most 8): each sum in ascending k with one
 /// rounding per multiply and per add, as a plain loop `s = s0; for k: s += a * b` takes it.
 void sddit_ref_block(const double *A, long rs, long cs, long rows, const double *panel, long K,
                      const double *s0, double *C, long ldc, long width, int add);

@@ -8,7 +8,8 @@ import Dispatch
 // Each output element is summed exactly as its plain loop sums it, `var s = start;
 // for k in 0..<K { s += a * b }; C = s (or C += s)`: one rounding per multiply and per add
 // (Swift never contracts a * b + c to a fused multiply-add), k ascending. The speed comes from
-// computing 4 x 8 independent outputs at once (CRefKernels: AVX-512F, AVX2 or SSE2) (vectorized across n, never across k), from
+// computing 8 x 8 independent outputs at once (CRefKernels: AVX-512F, AVX2 or SSE2; vectorized
+// across n, never across k), from
 // packing B's columns into a contiguous panel, and from spreading blocks of outputs over the
 // cores. No output depends on which thread computes it, so 1, 2 or N threads give the same bits.
 // Double only: Float80 (and Float) go through the plain loops, which remain the definition.
@@ -38,7 +39,7 @@ public enum Product {
                            store: Store, parallel: Bool = true) {
         guard M > 0 && N > 0 else { return }
         let nBlocks = (N + 7) / 8
-        let mBlocks = (M + 3) / 4
+        let mBlocks = (M + 7) / 8
         let tasks = parallel && M * N * max(K, 1) >= parallelThreshold ? min(threads, max(nBlocks, mBlocks)) : 1
         let c = UnsafeMutableSendable(C)
         let byColumns = nBlocks >= mBlocks
@@ -63,8 +64,8 @@ public enum Product {
                 var s0 = [Double](repeating: 0, count: 8)
                 if let start { for j in 0..<width { s0[j] = start[n0 + j] } }
                 for mb in mRange {
-                    let m0 = mb * 4
-                    sddit_ref_block(A.base + m0 * A.rowStride, A.rowStride, A.colStride, min(4, M - m0), panel, K,
+                    let m0 = mb * 8
+                    sddit_ref_block(A.base + m0 * A.rowStride, A.rowStride, A.colStride, min(8, M - m0), panel, K,
                                     s0, c.p + m0 * ldc + n0, ldc, width, store == .add ? 1 : 0)
                 }
             }

@@ -67,6 +67,7 @@ struct Encoder<T: RefScalar> {
             blocks.append(cache)
             x = y
             if acts != nil { acts![prefix + ".enc.block.\(i)"] = x }
+            RefProgress.block(prefix + ".enc", i, of: cfg.depth)
         }
         out = x
     }
@@ -78,6 +79,7 @@ struct Encoder<T: RefScalar> {
         for i in stride(from: cfg.depth - 1, through: 0, by: -1) {
             dx = DiTBlock(prefix: "blocks.\(i).", heads: cfg.numHeads)
                 .backward(dy: dx, blocks[i], siluC: cond.siluC, P, grads: grads, dsiluC: &dsc)
+            RefProgress.block("student.enc", i, of: cfg.depth, backward: true)
         }
         let N = dx.shape[0], V = dx.shape[1] - 1, D = dx.lastDim
         var dvis = [T](); dvis.reserveCapacity(N * V * D)
@@ -136,6 +138,7 @@ struct Decoder<T: RefScalar> {
             blocks.append(cache)
             x = y
             if acts != nil { acts![ActivationName.decBlock(i)] = x }
+            RefProgress.block("student.dec", i, of: cfg.decoderDepth)
         }
         z = x
         (lnZ, lnZs) = LayerNorm.forward(z)
@@ -159,6 +162,7 @@ struct Decoder<T: RefScalar> {
         for i in stride(from: cfg.decoderDepth - 1, through: 0, by: -1) {
             dx = DiTBlock(prefix: "decoder_blocks.\(i).", heads: cfg.decoderNumHeads)
                 .backward(dy: dx, blocks[i], siluC: siluC, P, grads: grads, dsiluC: &dsiluC)
+            RefProgress.block("student.dec", i, of: cfg.decoderDepth, backward: true)
         }
         var dm0 = Tensor<T>.zeros(like: m0)
         Self.linear0.backward(dy: dx, x: m0, P, grads: grads, dx: &dm0)
