@@ -101,7 +101,7 @@ struct Bench: ParsableCommand {
     var backends: [String] = []
     @Option(help: "Timed runs per case (median reported).") var reps: Int = 5
     @Option(help: "Untimed warm-up runs per case.") var warmup: Int = 1
-    @Option(help: "OpenBLAS threads.") var threads: Int = 2
+    @Option(help: "Threads of OpenBLAS, the fast path and the reference's kernels.") var threads: Int = 2
     @Option(help: "Seed for parameters and inputs.") var seed: UInt64 = 0
     @Option(help: "Path of the PyTorch peer (peer_bench.py) to run after the Swift cases for fast/peer ratios.")
     var peer: String?
@@ -191,6 +191,7 @@ struct BenchRunner {
 
     mutating func runAll() throws {
         BLASInfo.setThreads(o.threads)
+        Product.threads = o.threads   // the reference's kernels on as many (the bits do not depend on it)
         let pk = BLASInfo.sgemmPeak(n: 2048, reps: 5)
         peak = pk.gflops
         let mode = ["sequential", "pthreads", "OpenMP"][min(max(BLASInfo.parallelMode, 0), 2)]

@@ -7,8 +7,9 @@ struct Diff: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Compare two runs tensor by tensor and say where they part.",
         discussion: """
-        Each side is a backend (ref: float64 reference; ref80: the same code in Float80) or an
-        HDF5 file in the SPEC §7 layout. With a file on one side, the backend on the other side
+        Each side is a backend (ref: float64 reference; ref80: the same code in Float80; fast,
+        fast-fp16, fast-bf16, fast-fp16-pure, fast-bf16-pure, fast-tf32: the float32 /
+        mixed-precision fast path) or an HDF5 file in the SPEC §7 layout. With a file on one side, the backend on the other side
         reruns that file's config, /params, /teacher, /inputs and /sampler setup, and every
         dataset recorded on both sides is compared: activations, losses, gradients, the state
         after one step, the sampler trajectory (and pos_embed tables against SPEC's formula).
@@ -31,11 +32,12 @@ struct Diff: ParsableCommand {
 
         Examples:
           oracle diff --a fixtures/public_train_tiny.h5 --b ref
+          oracle diff --a fast --b ref --config tiny
           oracle diff --a ref80 --b ref --config tiny --seed 3
           oracle diff --a mine.h5 --b theirs.h5 --json
         """)
 
-    @Option(help: "Side a: a backend (ref, ref80, fast, fast-fp16, fast-bf16, fast-fp16-pure, fast-bf16-pure) or an HDF5 file.") var a: String
+    @Option(help: "Side a: a backend (ref, ref80, fast, fast-fp16, fast-bf16, fast-fp16-pure, fast-bf16-pure, fast-tf32) or an HDF5 file.") var a: String
     @Option(help: "Side b: a backend or an HDF5 file.") var b: String
     @OptionGroup var setup: SetupOptions
     @Option(help: "Override the relative tolerance of every tensor.") var rtol: Double?

@@ -27,17 +27,12 @@ func withReferenceProgress<R>(_ body: () throws -> R) rethrows -> R {
     let status = StatusLine()
     guard status.tty else { return try body() }
     let lock = NSLock(), box = UncheckedStatus(status)
-    let startedBox = UncheckedStatus(Ref([String: ContinuousClock.Instant]()))
     RefProgress.hook = { e in
         lock.lock(); defer { lock.unlock() }
-        let now = ContinuousClock.now
-        let t0 = startedBox.value.value[e.label] ?? now
-        if startedBox.value.value[e.label] == nil { startedBox.value.value[e.label] = now }
-        let spent = (now - t0).seconds
         var s = "\(e.label): \(e.part) block \(e.block + 1)/\(e.blocks) \(e.backward ? "backward" : "forward")"
         if e.total > 0 && e.done <= e.total {
             s += String(format: ", %.0f%%", 100 * Double(e.done) / Double(e.total))
-            if e.done > 2 { s += String(format: ", about %.0f s left", spent / Double(e.done) * Double(e.total - e.done)) }
+            if e.done > 2 { s += String(format: ", about %.0f s left", e.elapsed / Double(e.done) * Double(e.total - e.done)) }
         }
         box.value.show(s)
     }
@@ -45,5 +40,4 @@ func withReferenceProgress<R>(_ body: () throws -> R) rethrows -> R {
     return try body()
 }
 
-final class Ref<V> { var value: V; init(_ v: V) { value = v } }
 struct UncheckedStatus<V>: @unchecked Sendable { let value: V; init(_ v: V) { value = v } }

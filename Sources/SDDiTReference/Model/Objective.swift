@@ -177,7 +177,8 @@ public enum Objective {
 }
 
 /// The denoiser D(x; sigma, y) = c_skip x + c_out F(c_in x; c_noise, y), every token
-/// visible (SPEC §2.10, §3). `nullLabel` uses row num_classes (classifier-free guidance).
+/// visible unless `keep` says otherwise (SPEC §2.10, §3). A label equal to num_classes takes
+/// the null row of the label table (classifier-free guidance).
 public enum Denoiser {
     public static func evaluate<T: RefScalar>(_ cfg: ModelConfig, _ P: Parameters<T>, x: Tensor<T>, sigma: [T],
                                               labels: [Int], keep: [[Int]]? = nil) -> Tensor<T> {

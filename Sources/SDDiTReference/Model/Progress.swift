@@ -7,15 +7,20 @@
 public struct RefProgressEvent: Sendable {
     public let label: String, part: String, block: Int, blocks: Int, backward: Bool
     public let done: Int, total: Int
+    /// Seconds since the run began.
+    public let elapsed: Double
 }
 
 public enum RefProgress {
     /// Called after every block while set. Set it before a run and clear it after.
     nonisolated(unsafe) public static var hook: (@Sendable (RefProgressEvent) -> Void)?
     nonisolated(unsafe) static var label = "", done = 0, total = 0
+    nonisolated(unsafe) static var started = ContinuousClock.now
 
     /// Starts counting a run of `total` units (`units(...)`), named `label` in the events.
-    public static func begin(_ label: String, total: Int) { self.label = label; done = 0; self.total = total }
+    public static func begin(_ label: String, total: Int) {
+        self.label = label; done = 0; self.total = total; started = .now
+    }
 
     /// Units of a training step (student and teacher encoders and the decoder forward, the
     /// student's backward) and of `evaluations` denoiser calls.
@@ -26,6 +31,8 @@ public enum RefProgress {
     @inline(__always) static func block(_ part: String, _ i: Int, of n: Int, backward: Bool = false) {
         guard let h = hook else { return }
         done += backward ? 2 : 1
-        h(RefProgressEvent(label: label, part: part, block: i, blocks: n, backward: backward, done: done, total: total))
+        let d = ContinuousClock.now - started
+        let elapsed = Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+        h(RefProgressEvent(label: label, part: part, block: i, blocks: n, backward: backward, done: done, total: total, elapsed: elapsed))
     }
 }
