@@ -6,10 +6,23 @@ import SDDiTExchange
 // The `oracle` executable as a user runs it: exit codes, the summary line, one-line errors.
 @Suite("oracle command line")
 struct CLITests {
+    /// Whether script(1) can run a command with stderr on a pseudo-terminal here (a container
+    /// without /dev/ptmx cannot).
+    static func scriptGivesATerminal() -> Bool {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/script") else { return false }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/script")
+        p.arguments = ["-qec", "test -t 2", "/dev/null"]
+        p.standardOutput = FileHandle.nullDevice; p.standardError = FileHandle.nullDevice; p.standardInput = FileHandle.nullDevice
+        guard (try? p.run()) != nil else { return false }
+        p.waitUntilExit()
+        return p.terminationStatus == 0
+    }
+
     /// The reference's progress line: on a terminal (script(1) gives the command one) it names
     /// the block and pass and reaches 100% of the work it announced (training step, sampler
     /// with guidance); without a terminal stderr stays empty.
-    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/script")))
+    @Test(.enabled(if: Self.scriptGivesATerminal()))
     func referenceProgressOnATerminalOnly() throws {
         let out = tempDir().appendingPathComponent("p.h5").path
         let cmd = [oracleBinary().path, "dump", "--backend", "ref", "--config", "tiny", "--sample", "3", "--cfg-scale", "1.5", "--out", out]
