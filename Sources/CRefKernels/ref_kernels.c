@@ -3,7 +3,6 @@
 // each addition rounded once: explicit multiply and add intrinsics, built with
 // -ffp-contract=off, so no fused multiply-add can appear. Double is exact the same on every
 // instruction set, which is picked once at load time (AVX-512F, AVX2, else SSE2).
-#include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
 #include "ref_kernels.h"
@@ -12,6 +11,9 @@ static void put(const double *v, double *c, long width, int add) {
     if (add) { for (long j = 0; j < width; j++) c[j] += v[j]; }
     else { for (long j = 0; j < width; j++) c[j] = v[j]; }
 }
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
 
 __attribute__((target("avx512f")))
 static void block_avx512(const double *A, long rs, long cs, long rows, const double *panel, long K,
@@ -118,7 +120,13 @@ typedef void (*block_fn)(const double *, long, long, long, const double *, long,
 static block_fn chosen = block_sse2;
 static const char *chosen_name = "sse2";
 
-int sddit_ref_set_isa(const char *name);
+int sddit_ref_set_isa(const char *name) {
+    __builtin_cpu_init();
+    if (!strcmp(name, "avx512f") && __builtin_cpu_supports("avx512f")) { chosen = block_avx512; chosen_name = "avx512f"; return 1; }
+    if (!strcmp(name, "avx2") && __builtin_cpu_supports("avx2")) { chosen = block_avx2; chosen_name = "avx2"; return 1; }
+    if (!strcmp(name, "sse2")) { chosen = block_sse2; chosen_name = "sse2"; return 1; }
+    return 0;
+}
 
 // The widest the CPU has, or SDDIT_REF_ISA (avx512f, avx2, sse2) when set and available: the
 // bits are the same on each; the variable is for timing what another CPU would run.
@@ -131,14 +139,6 @@ static void pick(void) {
     if (want) sddit_ref_set_isa(want);
 }
 
-int sddit_ref_set_isa(const char *name) {
-    __builtin_cpu_init();
-    if (!strcmp(name, "avx512f") && __builtin_cpu_supports("avx512f")) { chosen = block_avx512; chosen_name = "avx512f"; return 1; }
-    if (!strcmp(name, "avx2") && __builtin_cpu_supports("avx2")) { chosen = block_avx2; chosen_name = "avx2"; return 1; }
-    if (!strcmp(name, "sse2")) { chosen = block_sse2; chosen_name = "sse2"; return 1; }
-    return 0;
-}
-
 void sddit_ref_block(const double *A, long rs, long cs, long rows, const double *panel, long K,
                      const double *s0, double *C, long ldc, long width, int add) {
     chosen(A, rs, cs, rows, panel, K, s0, C, ldc, width, add);
@@ -146,8 +146,28 @@ void sddit_ref_block(const double *A, long rs, long cs, long rows, const double 
 
 const char *sddit_ref_isa(void) { return chosen_name; }
 
+#else
+// Other architectures: the same sums, one output at a time (scalar, the plain loops' order).
+void sddit_ref_block(const double *A, long rs, long cs, long rows, const double *panel, long K,
+                     const double *s0, double *C, long ldc, long width, int add) {
+    for (long r = 0; r < rows; r++) {
+        double out[8];
+        for (long j = 0; j < 8; j++) {
+            double s = s0[j];
+            for (long k = 0; k < K; k++) s += A[r * rs + k * cs] * panel[8 * k + j];
+            out[j] = s;
+        }
+        put(out, C + r * ldc, width, add);
+    }
+}
+int sddit_ref_set_isa(const char *name) { return !strcmp(name, "scalar"); }
+const char *sddit_ref_isa(void) { return "scalar"; }
+#endif
+
 #include <malloc.h>
 void sddit_keep_freed_memory(void) {
+#ifdef M_MMAP_MAX
     mallopt(M_MMAP_MAX, 0);
     mallopt(M_TRIM_THRESHOLD, 0x7fffffff);
+#endif
 }
