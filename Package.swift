@@ -63,6 +63,8 @@ let package = Package(
         .testTarget(
             name: "OracleTests",
             dependencies: ["SDDiTCore", "SDDiTReference", "SDDiTExchange", "HDF5IO", "oracle", "h5probe"]),
+        // The fast path's element-wise functions swept against independent definitions.
+        .testTarget(name: "SDDiTFastTests", dependencies: ["SDDiTFast"]),
         .testTarget(
             name: "HDF5IOTests",
             dependencies: ["HDF5IO", "h5probe"],

@@ -525,3 +525,12 @@ public enum KernelPerturbation {
         _ = line.withCString { write(2, $0, strlen($0)) }
     }()
 }
+
+/// The fast path's element-wise float32 functions, for tests and tools (the loops call the
+/// inlined versions): swept against independent definitions in Tests/SDDiTFastTests.
+public enum FastMath {
+    public static func exp(_ x: Float) -> Float { vexp(x) }
+    public static func erf(_ x: Float) -> Float { verf(x) }
+    public static func roundFP16(_ x: Float) -> Float { vroundFP16(x) }
+    public static func roundBF16(_ x: Float) -> Float { vroundBF16(x) }
+}
