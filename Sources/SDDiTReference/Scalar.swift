@@ -12,7 +12,12 @@ extension Float80: RefScalar {}
 
 extension Tensor where T: RefScalar {
     /// Element-wise conversion between scalar types (Double <-> Float80).
-    public func converted<U: RefScalar>(to: U.Type = U.self) -> Tensor<U> { map { U($0) } }
+    /// The same values in U; in its own type, the tensor itself (copy-on-write shares the
+    /// storage: an S/2 or larger parameter set is not duplicated for nothing).
+    public func converted<U: RefScalar>(to: U.Type = U.self) -> Tensor<U> {
+        if U.self == T.self { return unsafeBitCast(self, to: Tensor<U>.self) }
+        return map { U($0) }
+    }
 
     public static func += (a: inout Tensor, b: Tensor) {
         precondition(a.count == b.count, "+=: \(a.shape) vs \(b.shape)")

@@ -21,7 +21,10 @@ public enum ReferenceBackend {
     public static func run<T: RefScalar>(_ s: RunSetup, as _: T.Type = T.self) throws -> [String: NamedTensor] {
         let cfg = s.config
         let prec: Precision = T.significandBitCount > 52 ? .float80 : (T.significandBitCount == 52 ? .float64 : .float32)
-        func named(_ t: Tensor<T>) -> NamedTensor { NamedTensor(shape: t.shape, values: t.data.map { Double($0) }, precision: prec) }
+        func named(_ t: Tensor<T>) -> NamedTensor {   // Double: the storage itself, not a copy
+            NamedTensor(shape: t.shape, values: T.self == Double.self ? unsafeBitCast(t.data, to: [Double].self) : t.data.map { Double($0) },
+                        precision: prec)
+        }
         func scalar(_ x: T) -> NamedTensor { NamedTensor(shape: [], values: [Double(x)], precision: prec) }
         var out: [String: NamedTensor] = [:]
         // The fixed tables as SPEC §2.2 defines them (a check of the file's own copies).
@@ -33,6 +36,7 @@ public enum ReferenceBackend {
             let TP: Parameters<T> = (s.teacher ?? s.student.subset(cfg.teacherParameters)).converted()
             let I: StepInputs<T> = I0.converted()
             var state = TrainingState(cfg, student: P, teacher: TP, centerCls: I.centerCls, centerPatch: I.centerPatch)
+            state.optimizer.keepsMoments = false   // one step: its moments are not reported
             let r = try state.step(cfg, inputs: I)
             for (k, v) in r.activations { out["activations/" + k] = named(v) }
             for (k, v) in r.losses { out["losses/" + k] = scalar(v) }

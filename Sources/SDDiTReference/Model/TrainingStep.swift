@@ -7,6 +7,9 @@ public struct AdamW<T: RefScalar>: Sendable {
     public var lr: T, beta1: T, beta2: T, eps: T, weightDecay: T
     public var m: [String: Tensor<T>] = [:], v: [String: Tensor<T>] = [:]
     public var step = 0
+    /// False for a one-step run that reports parameters only (`oracle dump` / `diff`): the
+    /// moments are computed as always and dropped per tensor, not kept (two parameter copies).
+    public var keepsMoments = true
 
     public init(_ cfg: ModelConfig) {
         lr = T(cfg.lr); beta1 = T(cfg.adamBeta1); beta2 = T(cfg.adamBeta2)
@@ -28,7 +31,8 @@ public struct AdamW<T: RefScalar>: Sendable {
                 let denom = vk.data[i].squareRoot() / bc2.squareRoot() + eps
                 p.data[i] -= lr / bc1 * mk.data[i] / denom
             }
-            P[key] = p; m[key] = mk; v[key] = vk
+            P[key] = p
+            if keepsMoments { m[key] = mk; v[key] = vk }
         }
     }
 }
