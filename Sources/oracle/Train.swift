@@ -11,7 +11,9 @@ struct Train: ParsableCommand {
         discussion: """
         The dataset is made from --data-seed for the config's latent shape: per class a smooth template (low-frequency plane waves per channel), per sample a random amplitude, phase shift and white noise; std about sigma_data = 0.5; 2048 training and 256 held-out samples. Minibatch k (examples, null labels for guidance, sigma, noise, mask) is a pure function of (--seed, k), so a resumed run reproduces an uninterrupted one bit for bit.
 
-        Progress: a one-line bar on stderr when it is a terminal, otherwise a plain line on stdout every --log-every steps: window means of L_G, L_D^cls, L_D^patch and the total, steps/s, the loss scale. The last line gives the held-out generative loss (L_G with the EDM weighting at 8 fixed sigmas and fixed noise, no mask: comparable across runs).
+        Progress: a one-line bar on stderr when it is a terminal, otherwise a plain line on stdout every --log-every steps: window means of L_G, L_D^cls, L_D^patch and the total, steps/s, the loss scale. The last line gives the held-out generative loss (L_G with the EDM weighting at 8 fixed sigmas and fixed noise, no mask: comparable across runs). A window averages its finite steps and counts the others ("0.58 (3 inf)").
+
+        Quiet failures (always watched; a warning in the progress output, the summary and the checkpoint, once each): GradScaler collapse (the scale fallen 2^10 below its start without growing back, or below 1, with the gradient tensors the half type flushes while float32 resolves them), and training that stops moving (the update-to-weight ratio's 50-step mean below 1% of its early level while a step leaves most elements unchanged; the ratio is column 7 of the checkpoint's /train/history).
 
         Examples:
           oracle train --config tiny --steps 300
