@@ -149,16 +149,21 @@ extension ModelConfig {
 // MARK: - Memory (checked before anything is allocated)
 
 extension ModelConfig {
-    /// Bytes one float64 training step of the reference needs, roughly: student, teacher,
-    /// gradients and Adam moments (5 copies of the parameters) plus the activations kept for
-    /// backward (about 40 tensors of [N, tokens, width] per block, the attention maps, the head).
-    public func estimatedStepBytes(batch N: Int) -> Double {
-        let params = Double(parameterCounts.total)
+    /// Values kept for backward per sample, roughly: about 40 tensors of [tokens, width] per
+    /// block and the attention maps, for the student's and teacher's encoders, the decoder
+    /// and the head.
+    func activationValues(batch N: Int) -> Double {
         let T = Double(tokens + 1)
         let enc = Double(depth) * (40 * T * Double(hiddenSize) + 2 * Double(numHeads) * T * T)
         let dec = Double(decoderDepth) * (40 * T * Double(decoderHiddenSize) + 2 * Double(decoderNumHeads) * T * T)
         let head = 2 * T * (4 * Double(headHiddenDim) + 3 * Double(headOutDim))
-        return 8 * (5 * params + Double(N) * (2 * enc + dec + head))
+        return Double(N) * (2 * enc + dec + head)
+    }
+
+    /// Bytes one float64 training step of the reference needs, roughly: student, teacher,
+    /// gradients and Adam moments (5 copies of the parameters) plus the activations.
+    public func estimatedStepBytes(batch N: Int) -> Double {
+        8 * (5 * Double(parameterCounts.total) + activationValues(batch: N))
     }
 
     /// Bytes of the headroom sweep's forward-and-backward-only fast model, roughly: student,
@@ -166,12 +171,8 @@ extension ModelConfig {
     /// activations, and one Double tensor at a time while loading.
     public func estimatedHeadroomSweepBytes(batch N: Int) -> Double {
         let counts = parameterCounts
-        let T = Double(tokens + 1)
-        let enc = Double(depth) * (40 * T * Double(hiddenSize) + 2 * Double(numHeads) * T * T)
-        let dec = Double(decoderDepth) * (40 * T * Double(decoderHiddenSize) + 2 * Double(decoderNumHeads) * T * T)
-        let head = 2 * T * (4 * Double(headHiddenDim) + 3 * Double(headOutDim))
         let largest = Double(studentParameters.map(\.count).max() ?? 0)
-        return 4 * (2 * Double(counts.total) + Double(counts.encoder + counts.head) + Double(N) * (2 * enc + dec + head)) + 24 * largest
+        return 4 * (2 * Double(counts.total) + Double(counts.encoder + counts.head) + activationValues(batch: N)) + 24 * largest
     }
 
     /// Throws when a step would need more memory than the machine has (said before allocating).

@@ -34,8 +34,6 @@ public enum Backend: String, CaseIterable, Sendable {
 
     public func run(_ setup: RunSetup) throws -> [String: NamedTensor] {
         if let p = fastPrecision { return try FastBackend.run(setup.fastSetup, precision: p) }
-        let evals = setup.sampler.map { (2 * $0.steps - 1) * ($0.cfgScale == nil ? 1 : 2) } ?? 0
-        RefProgress.begin(rawValue, total: RefProgress.units(setup.config, trainingStep: setup.inputs != nil, evaluations: evals))
         if self == .ref { return try ReferenceBackend.run(setup, as: Double.self) }
         #if arch(x86_64) || arch(i386)
         return try ReferenceBackend.run(setup, as: Float80.self)

@@ -29,15 +29,7 @@ public enum BLASInfo {
         let c = UnsafeMutablePointer<Float>.allocate(capacity: n * n)
         defer { a.deallocate(); b.deallocate(); c.deallocate() }
         for i in 0..<(n * n) { a[i] = Float((i * 7) % 13) * 0.01 - 0.06; b[i] = Float((i * 5) % 11) * 0.01 - 0.05; c[i] = 0 }
-        func run() {
-            sgemmTiled(false, false, n, n, n, 1, a, n, b, n, 0, c, n)
-        }
-        run()
-        var ts: [Double] = []
-        for _ in 0..<max(reps, 1) {
-            let t0 = now(); run(); ts.append(now() - t0)
-        }
-        return (2 * Double(n) * Double(n) * Double(n) / ts.min()! / 1e9, ts)
+        return bestOf(reps, flops: 2 * Double(n) * Double(n) * Double(n)) { sgemmTiled(false, false, n, n, n, 1, a, n, b, n, 0, c, n) }
     }
 
     /// The same for float64 (cblas_dgemm on the same tiles): the yardstick of the reference's
@@ -50,7 +42,7 @@ public enum BLASInfo {
         for i in 0..<(n * n) { a[i] = Double((i * 7) % 13) * 0.01 - 0.06; b[i] = Double((i * 5) % 11) * 0.01 - 0.05; c[i] = 0 }
         let bounds = sgemmTiles(n, n, n).bounds, tiles = bounds.count - 1
         let io = UncheckedSendable((UnsafePointer(a), UnsafePointer(b), c))
-        func run() {
+        return bestOf(reps, flops: 2 * Double(n) * Double(n) * Double(n)) {
             DispatchQueue.concurrentPerform(iterations: tiles) { i in
                 let (a, b, c) = io.value
                 let lo = bounds[i], rows = bounds[i + 1] - lo
@@ -58,12 +50,16 @@ public enum BLASInfo {
                             b, Int32(n), 0, c + lo * n, Int32(n))
             }
         }
+    }
+
+    /// Best GFLOP/s of `run` over `reps` timed runs after one untimed run, and the times.
+    static func bestOf(_ reps: Int, flops: Double, _ run: () -> Void) -> (gflops: Double, seconds: [Double]) {
         run()
         var ts: [Double] = []
         for _ in 0..<max(reps, 1) {
             let t0 = now(); run(); ts.append(now() - t0)
         }
-        return (2 * Double(n) * Double(n) * Double(n) / ts.min()! / 1e9, ts)
+        return (flops / ts.min()! / 1e9, ts)
     }
 }
 

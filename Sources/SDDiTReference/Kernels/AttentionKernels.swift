@@ -1,5 +1,4 @@
 import RealModule
-import Dispatch
 
 // Attention's products through `Product`, for Double: the same sums, in the same order, as
 // Attention.forwardPlain / backwardPlain (Layers/Attention.swift), so the same bits. The
@@ -12,12 +11,11 @@ extension Attention {
         var out = [Double](repeating: 0, count: N * L * W)
         var P = [Double](repeating: 0, count: N * heads * L * L)
         qkv.data.withUnsafeBufferPointer { x in out.withUnsafeMutableBufferPointer { o in P.withUnsafeMutableBufferPointer { p in
-            let x = x.baseAddress!, o = UnsafeMutableSendable(o.baseAddress!), p = UnsafeMutableSendable(p.baseAddress!)
-            let xs = UncheckedBox(x)
+            let io = UncheckedBox((x.baseAddress!, o.baseAddress!, p.baseAddress!))
             eachHead(N * heads) { nh in
-                let n = nh / heads, h = nh % heads, x = xs.value
+                let n = nh / heads, h = nh % heads, (x, o, p) = io.value
                 let q = x + (n * L * 3 + 0) * W + h * hd, k = x + (n * L * 3 + 1) * W + h * hd, v = x + (n * L * 3 + 2) * W + h * hd
-                let Pb = p.p + nh * L * L
+                let Pb = p + nh * L * L
                 // S[i, j] = sum_d q[i, d] k[j, d]
                 Product.run(M: L, N: L, K: hd, A: StridedMatrix(q, rowStride: 3 * W, colStride: 1),
                             B: StridedMatrix(k, rowStride: 1, colStride: 3 * W), start: nil, C: Pb, ldc: L, store: .set, parallel: false)
@@ -32,7 +30,7 @@ extension Attention {
                 // out[i, d] = sum_j P[i, j] v[j, d]
                 Product.run(M: L, N: hd, K: L, A: StridedMatrix(Pb, rowStride: L, colStride: 1),
                             B: StridedMatrix(v, rowStride: 3 * W, colStride: 1), start: nil,
-                            C: o.p + n * L * W + h * hd, ldc: W, store: .set, parallel: false)
+                            C: o + n * L * W + h * hd, ldc: W, store: .set, parallel: false)
             }
         } } }
         return (Tensor(shape: [N, L, W], data: out), P)
@@ -43,13 +41,13 @@ extension Attention {
         let scale = 1 / Double(hd).squareRoot()
         dy.data.withUnsafeBufferPointer { g in qkv.data.withUnsafeBufferPointer { x in probs.withUnsafeBufferPointer { pr in
             dqkv.data.withUnsafeMutableBufferPointer { dx in
-                let ptrs = UncheckedBox((g.baseAddress!, x.baseAddress!, pr.baseAddress!)), dx = UnsafeMutableSendable(dx.baseAddress!)
+                let io = UncheckedBox((g.baseAddress!, x.baseAddress!, pr.baseAddress!, dx.baseAddress!))
                 eachHead(N * heads) { nh in
-                    let (g, x, pr) = ptrs.value
+                    let (g, x, pr, dx) = io.value
                     let n = nh / heads, h = nh % heads
                     let off = n * L * 3 * W + h * hd
                     let q = x + off, k = x + off + W, v = x + off + 2 * W
-                    let dq = dx.p + off, dk = dx.p + off + W, dv = dx.p + off + 2 * W
+                    let dq = dx + off, dk = dx + off + W, dv = dx + off + 2 * W
                     let dyb = g + n * L * W + h * hd, P = pr + nh * L * L
                     let dS = UnsafeMutablePointer<Double>.allocate(capacity: L * L)
                     defer { dS.deallocate() }
@@ -74,15 +72,8 @@ extension Attention {
         } } }
     }
 
-    /// body(0..<count), spread over `Product.threads` in fixed contiguous chunks.
+    /// body(i) for each (sample, head) pair, spread over the cores in fixed contiguous chunks.
     static func eachHead(_ count: Int, _ body: (Int) -> Void) {
-        let t = min(Product.threads, count)
-        if t <= 1 { for i in 0..<count { body(i) }; return }
-        withoutActuallyEscaping(body) { f in
-            let box = UncheckedBox(f)
-            DispatchQueue.concurrentPerform(iterations: t) { c in
-                for i in (count * c / t)..<(count * (c + 1) / t) { box.value(i) }
-            }
-        }
+        Parallel.ranges(count, minimum: 1) { lo, hi in for i in lo..<hi { body(i) } }
     }
 }

@@ -41,3 +41,17 @@ func accumulateElementwise<T: RefScalar>(dy: Tensor<T>, x: Tensor<T>, dx: inout 
         }
     } } }
 }
+
+// MARK: Double views of generic tensors (the kernels' entry: T is Double, so no copy is made)
+
+/// `t` seen as Tensor<Double>; only when T is Double.
+@inline(__always) func asDouble<T: RefScalar>(_ t: Tensor<T>) -> Tensor<Double> { unsafeBitCast(t, to: Tensor<Double>.self) }
+
+/// Runs `body` on `t` seen as Tensor<Double> (T is Double), as the only owner of its storage
+/// so that writing it copies nothing.
+func withDoubleStorage<T: RefScalar>(_ t: inout Tensor<T>, _ body: (inout Tensor<Double>) -> Void) {
+    var d = asDouble(t)
+    t = Tensor(shape: [0], data: [])
+    body(&d)
+    t = unsafeBitCast(d, to: Tensor<T>.self)
+}

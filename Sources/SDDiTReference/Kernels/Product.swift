@@ -1,5 +1,4 @@
 import CRefKernels
-import Dispatch
 
 // The reference's products, fast and with the plain loops' exact bits.
 //
@@ -38,43 +37,36 @@ public enum Product {
                            start: UnsafePointer<Double>?, C: UnsafeMutablePointer<Double>, ldc: Int,
                            store: Store, parallel: Bool = true) {
         guard M > 0 && N > 0 else { return }
-        let nBlocks = (N + 7) / 8
-        let mBlocks = (M + 7) / 8
-        let tasks = parallel && M * N * max(K, 1) >= parallelThreshold ? min(threads, max(nBlocks, mBlocks)) : 1
-        let c = UnsafeMutableSendable(C)
-        let byColumns = nBlocks >= mBlocks
-        func task(_ t: Int) {
-            // a fixed partition of the n-blocks (or m-blocks): which thread computes an output
-            // changes nothing in how it is computed
-            let total = byColumns ? nBlocks : mBlocks
-            let lo = total * t / tasks, hi = total * (t + 1) / tasks
-            let panel = UnsafeMutablePointer<Double>.allocate(capacity: max(K, 1) * 8)
+        let nBlocks = (N + 7) / 8, mBlocks = (M + 7) / 8
+        let byColumns = nBlocks >= mBlocks, total = byColumns ? nBlocks : mBlocks
+        let c = UncheckedBox(C)
+        // a fixed partition of the n-blocks (or m-blocks): which thread computes an output
+        // changes nothing in how it is computed
+        func blocks(_ lo: Int, _ hi: Int) {
+            // panel[k * 8 + j] = B(k, n0 + j), then the 8 starting values
+            let panel = UnsafeMutablePointer<Double>.allocate(capacity: max(K, 1) * 8 + 8)
             defer { panel.deallocate() }
+            let s0 = panel + max(K, 1) * 8
+            func block(nb: Int, mRange: Range<Int>) {
+                let n0 = nb * 8, width = min(8, N - n0)
+                // zero lanes past N are computed and dropped
+                for k in 0..<K {
+                    for j in 0..<8 { panel[k * 8 + j] = j < width ? B.at(k, n0 + j) : 0 }
+                }
+                for j in 0..<8 { s0[j] = start != nil && j < width ? start![n0 + j] : 0 }
+                for mb in mRange {
+                    let m0 = mb * 8
+                    sddit_ref_block(A.base + m0 * A.rowStride, A.rowStride, A.colStride, min(8, M - m0), panel, K,
+                                    s0, c.value + m0 * ldc + n0, ldc, width, store == .add ? 1 : 0)
+                }
+            }
             if byColumns {
                 for nb in lo..<hi { block(nb: nb, mRange: 0..<mBlocks) }
             } else {
                 for nb in 0..<nBlocks { block(nb: nb, mRange: lo..<hi) }
             }
-            func block(nb: Int, mRange: Range<Int>) {
-                let n0 = nb * 8, width = min(8, N - n0)
-                // panel[k * 8 + j] = B(k, n0 + j); zero lanes past N are computed and dropped
-                for k in 0..<K {
-                    for j in 0..<8 { panel[k * 8 + j] = j < width ? B.at(k, n0 + j) : 0 }
-                }
-                var s0 = [Double](repeating: 0, count: 8)
-                if let start { for j in 0..<width { s0[j] = start[n0 + j] } }
-                for mb in mRange {
-                    let m0 = mb * 8
-                    sddit_ref_block(A.base + m0 * A.rowStride, A.rowStride, A.colStride, min(8, M - m0), panel, K,
-                                    s0, c.p + m0 * ldc + n0, ldc, width, store == .add ? 1 : 0)
-                }
-            }
         }
-        if tasks == 1 { task(0); return }
-        withoutActuallyEscaping(task) { f in
-            let box = UncheckedBox(f)
-            DispatchQueue.concurrentPerform(iterations: tasks) { box.value($0) }
-        }
+        if parallel && M * N * max(K, 1) >= parallelThreshold { Parallel.ranges(total, minimum: 1, blocks) } else { blocks(0, total) }
     }
 
     /// Process-wide (glibc): freed arrays up to 32 MiB stay on the heap for reuse; a run of the
@@ -90,13 +82,7 @@ public enum Product {
     public static func useISA(_ name: String) -> Bool { sddit_ref_set_isa(name) != 0 }
 }
 
-/// A pointer that may cross into concurrentPerform's closure (each task writes its own outputs).
-struct UnsafeMutableSendable: @unchecked Sendable {
-    let p: UnsafeMutablePointer<Double>
-    init(_ p: UnsafeMutablePointer<Double>) { self.p = p }
-}
-
-/// A task closure handed to concurrentPerform; its tasks write disjoint outputs.
+/// A closure or pointer handed to concurrentPerform's tasks, which write disjoint outputs.
 struct UncheckedBox<V>: @unchecked Sendable {
     let value: V
     init(_ v: V) { value = v }

@@ -10,7 +10,7 @@ public enum Attention {
 
     public static func forward<T: RefScalar>(_ qkv: Tensor<T>, heads: Int) -> (y: Tensor<T>, saved: Saved<T>) {
         if T.self == Double.self {   // (same layout: the casts copy nothing)
-            let (y, P) = forwardKernel(unsafeBitCast(qkv, to: Tensor<Double>.self), heads: heads)
+            let (y, P) = forwardKernel(asDouble(qkv), heads: heads)
             return (unsafeBitCast(y, to: Tensor<T>.self), Saved(probs: unsafeBitCast(P, to: [T].self)))
         }
         return forwardPlain(qkv, heads: heads)
@@ -18,15 +18,10 @@ public enum Attention {
 
     public static func backward<T: RefScalar>(dy: Tensor<T>, qkv: Tensor<T>, heads: Int, saved: Saved<T>,
                                               dqkv: inout Tensor<T>) {
-        if T.self == Double.self {
-            var d = unsafeBitCast(dqkv, to: Tensor<Double>.self)
-            dqkv = .zeros([0])   // one owner of the buffer while the kernel writes it
-            backwardKernel(dy: unsafeBitCast(dy, to: Tensor<Double>.self), qkv: unsafeBitCast(qkv, to: Tensor<Double>.self), heads: heads,
-                           probs: unsafeBitCast(saved.probs, to: [Double].self), dqkv: &d)
-            dqkv = unsafeBitCast(d, to: Tensor<T>.self)
-            return
+        guard T.self == Double.self else { return backwardPlain(dy: dy, qkv: qkv, heads: heads, saved: saved, dqkv: &dqkv) }
+        withDoubleStorage(&dqkv) { d in
+            backwardKernel(dy: asDouble(dy), qkv: asDouble(qkv), heads: heads, probs: unsafeBitCast(saved.probs, to: [Double].self), dqkv: &d)
         }
-        backwardPlain(dy: dy, qkv: qkv, heads: heads, saved: saved, dqkv: &dqkv)
     }
 
     // MARK: the plain loops: the definition

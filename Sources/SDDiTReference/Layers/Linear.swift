@@ -6,58 +6,57 @@ public enum Linear {
     /// y[r, o] = b[o] + sum_i x[r, i] W[o, i]
     public static func forward<T: RefScalar>(_ x: Tensor<T>, weight w: Tensor<T>, bias b: Tensor<T>?) -> Tensor<T> {
         if T.self == Double.self {   // (same layout: the casts copy nothing)
-            return unsafeBitCast(forwardKernel(unsafeBitCast(x, to: Tensor<Double>.self), weight: unsafeBitCast(w, to: Tensor<Double>.self),
-                                               bias: b.map { unsafeBitCast($0, to: Tensor<Double>.self) }), to: Tensor<T>.self)
+            return unsafeBitCast(forwardKernel(asDouble(x), weight: asDouble(w), bias: b.map(asDouble)), to: Tensor<T>.self)
         }
         return forwardPlain(x, weight: w, bias: b)
     }
 
     /// dx[r, i] += sum_o dy[r, o] W[o, i]
     public static func backwardInput<T: RefScalar>(dy: Tensor<T>, weight w: Tensor<T>, dx: inout Tensor<T>) {
-        if T.self == Double.self {
-            let O = dy.lastDim, R = dy.rows, I = w.count / O
-            dy.data.withUnsafeBufferPointer { a in w.data.withUnsafeBufferPointer { b in dx.data.withUnsafeMutableBufferPointer { c in
-                a.withMemoryRebound(to: Double.self) { a in b.withMemoryRebound(to: Double.self) { b in c.withMemoryRebound(to: Double.self) { c in
-                    Product.run(M: R, N: I, K: O, A: StridedMatrix(a.baseAddress!, rowStride: O, colStride: 1),
-                                B: StridedMatrix(b.baseAddress!, rowStride: I, colStride: 1), start: nil,
-                                C: c.baseAddress!, ldc: I, store: .add)
-                } } }
-            } } }
-            return
+        guard T.self == Double.self else { return backwardInputPlain(dy: dy, weight: w, dx: &dx) }
+        let O = dy.lastDim, R = dy.rows, I = w.count / O
+        withDoubleStorage(&dx) { dx in
+            product(asDouble(dy), asDouble(w), into: &dx) { a, b, c in
+                Product.run(M: R, N: I, K: O, A: StridedMatrix(a, rowStride: O, colStride: 1),
+                            B: StridedMatrix(b, rowStride: I, colStride: 1), start: nil, C: c, ldc: I, store: .add)
+            }
         }
-        backwardInputPlain(dy: dy, weight: w, dx: &dx)
     }
 
     /// dW[o, i] += sum_r dy[r, o] x[r, i];  db[o] += sum_r dy[r, o]
     public static func backwardParams<T: RefScalar>(dy: Tensor<T>, x: Tensor<T>, dw: inout Tensor<T>, db: inout Tensor<T>?) {
-        if T.self == Double.self {
-            let O = dy.lastDim, R = dy.rows, I = x.lastDim
-            dy.data.withUnsafeBufferPointer { a in x.data.withUnsafeBufferPointer { b in dw.data.withUnsafeMutableBufferPointer { c in
-                a.withMemoryRebound(to: Double.self) { a in b.withMemoryRebound(to: Double.self) { b in c.withMemoryRebound(to: Double.self) { c in
-                    Product.run(M: O, N: I, K: R, A: StridedMatrix(a.baseAddress!, rowStride: 1, colStride: O),
-                                B: StridedMatrix(b.baseAddress!, rowStride: I, colStride: 1), start: nil,
-                                C: c.baseAddress!, ldc: I, store: .add)
-                } } }
-            } } }
-            if db != nil { biasGradient(dy: dy, db: &db!) }
-            return
+        guard T.self == Double.self else { return backwardParamsPlain(dy: dy, x: x, dw: &dw, db: &db) }
+        let O = dy.lastDim, R = dy.rows, I = x.lastDim
+        withDoubleStorage(&dw) { dw in
+            product(asDouble(dy), asDouble(x), into: &dw) { a, b, c in
+                Product.run(M: O, N: I, K: R, A: StridedMatrix(a, rowStride: 1, colStride: O),
+                            B: StridedMatrix(b, rowStride: I, colStride: 1), start: nil, C: c, ldc: I, store: .add)
+            }
         }
-        backwardParamsPlain(dy: dy, x: x, dw: &dw, db: &db)
+        if db != nil { biasGradient(dy: dy, db: &db!) }
     }
 
     static func forwardKernel(_ x: Tensor<Double>, weight w: Tensor<Double>, bias b: Tensor<Double>?) -> Tensor<Double> {
         let I = x.lastDim, R = x.rows, O = w.count / I
         precondition(w.count == O * I, "Linear: weight \(w.shape) does not take input \(x.shape)")
-        var y = [Double](repeating: 0, count: R * O)
+        var y = Tensor<Double>(shape: Array(x.shape.dropLast()) + [O], repeating: 0)
         let bias = b?.data ?? []
-        x.data.withUnsafeBufferPointer { a in w.data.withUnsafeBufferPointer { wp in y.withUnsafeMutableBufferPointer { c in
-            bias.withUnsafeBufferPointer { bp in
-                Product.run(M: R, N: O, K: I, A: StridedMatrix(a.baseAddress!, rowStride: I, colStride: 1),
-                            B: StridedMatrix(wp.baseAddress!, rowStride: 1, colStride: I), start: b == nil ? nil : bp.baseAddress!,
-                            C: c.baseAddress!, ldc: O, store: .set)
+        bias.withUnsafeBufferPointer { bp in
+            product(x, w, into: &y) { a, wp, c in
+                Product.run(M: R, N: O, K: I, A: StridedMatrix(a, rowStride: I, colStride: 1),
+                            B: StridedMatrix(wp, rowStride: 1, colStride: I), start: b == nil ? nil : bp.baseAddress!,
+                            C: c, ldc: O, store: .set)
             }
+        }
+        return y
+    }
+
+    /// body(A, B, C) with the storage of `a`, `b` and `c`.
+    static func product(_ a: Tensor<Double>, _ b: Tensor<Double>, into c: inout Tensor<Double>,
+                        _ body: (UnsafePointer<Double>, UnsafePointer<Double>, UnsafeMutablePointer<Double>) -> Void) {
+        a.data.withUnsafeBufferPointer { a in b.data.withUnsafeBufferPointer { b in c.data.withUnsafeMutableBufferPointer { c in
+            body(a.baseAddress!, b.baseAddress!, c.baseAddress!)
         } } }
-        return Tensor(shape: Array(x.shape.dropLast()) + [O], data: y)
     }
 
     /// db[o] += sum_r dy[r, o]

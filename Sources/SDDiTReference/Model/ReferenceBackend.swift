@@ -26,6 +26,9 @@ public enum ReferenceBackend {
                         precision: prec)
         }
         func scalar(_ x: T) -> NamedTensor { NamedTensor(shape: [], values: [Double(x)], precision: prec) }
+        let evaluations = s.sampler.map { (2 * $0.steps - 1) * ($0.cfgScale == nil ? 1 : 2) } ?? 0   // Heun, CFG doubles
+        RefProgress.begin(prec == .float80 ? "ref80" : "ref",
+                          total: RefProgress.units(cfg, trainingStep: s.inputs != nil, evaluations: evaluations))
         var out: [String: NamedTensor] = [:]
         // The fixed tables as SPEC §2.2 defines them (a check of the file's own copies).
         out["params/pos_embed"] = named(SinCosPosEmbed.table(width: cfg.hiddenSize, grid: cfg.grid, clsRow: true) as Tensor<T>)
