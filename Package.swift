@@ -22,10 +22,13 @@ let package = Package(
         .executableTarget(name: "h5probe", dependencies: ["CHDF5"]),
         // float64 / float32 / integer datasets of any rank, groups, attributes; atomic writes.
         .target(name: "HDF5IO", dependencies: ["CHDF5"]),
-        // Config, tensors, parameter keys, activation names, tolerances and comparison.
+        // Config, tensors, parameter keys, activation names, tolerances and comparison; Spec/:
+        // every formula both backends share (EDM coefficients, sin-cos and timestep tables, the
+        // sigma schedule and Heun integrator, patch layouts, init rule, mask and step inputs).
         .target(
             name: "SDDiTCore",
-            dependencies: [.product(name: "RealModule", package: "swift-numerics")]),
+            dependencies: [.product(name: "RealModule", package: "swift-numerics")],
+            swiftSettings: [.unsafeFlags(["-cross-module-optimization"], .when(configuration: .release))]),
         // The reference's product kernel (8 x 8 Double sums, AVX-512F / AVX2 / SSE2 picked at
         // load time): no fused multiply-add (-ffp-contract=off), so the plain loops' exact bits.
         .target(name: "CRefKernels", cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]),
@@ -45,26 +48,51 @@ let package = Package(
             name: "SDDiTFast",
             dependencies: ["SDDiTCore", "COpenBLAS"],
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
-        // The SPEC §7 exchange layout ("sddit-oracle/1") over HDF5IO: load, validate, save.
-        .target(name: "SDDiTExchange", dependencies: ["SDDiTCore", "SDDiTReference", "SDDiTFast", "HDF5IO"]),
+        // The SPEC §7 exchange layout ("sddit-oracle/1") over HDF5IO: read, validate, write.
+        .target(name: "SDDiTExchange", dependencies: ["SDDiTCore", "HDF5IO"]),
+        // Backends by name, seeded setups, the tensor-by-tensor diff engine and its calibrated
+        // verdicts, the precision scenarios and headroom sweep.
+        .target(name: "SDDiTDiff", dependencies: ["SDDiTCore", "SDDiTReference", "SDDiTFast", "SDDiTExchange"]),
+        // Training on the fast path: synthetic data, the trainer and its checkpoints, quiet-failure
+        // monitors, sampling from a checkpoint.
+        .target(name: "SDDiTTraining", dependencies: ["SDDiTCore", "SDDiTFast", "SDDiTExchange"]),
+        // The regression store, batteries, check and HTML report.
+        .target(name: "SDDiTRegress", dependencies: ["SDDiTCore", "SDDiTReference", "SDDiTFast", "SDDiTExchange", "SDDiTDiff"]),
+        // `oracle bench`: the runner, FLOP counts, the PyTorch peer's ratios.
+        .target(name: "SDDiTBench", dependencies: ["SDDiTCore", "SDDiTReference", "SDDiTFast", "SDDiTDiff"]),
         .executableTarget(
             name: "oracle",
             dependencies: [
-                "SDDiTCore", "SDDiTReference", "SDDiTExchange", "h5probe",
+                "SDDiTCore", "SDDiTReference", "SDDiTFast", "SDDiTExchange", "SDDiTDiff", "SDDiTTraining",
+                "SDDiTRegress", "SDDiTBench", "h5probe",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
+        // Helpers every test target shares: paths, running `oracle`, seeded tensors, gradient
+        // checks, exchange files, the reports under test-reports/.
+        .target(name: "TestSupport", dependencies: ["SDDiTCore", "SDDiTExchange"], path: "Tests/TestSupport"),
         .testTarget(
             name: "SDDiTReferenceTests",
             dependencies: [
-                "SDDiTCore", "SDDiTReference",
+                "SDDiTCore", "SDDiTReference", "TestSupport",
                 .product(name: "RealModule", package: "swift-numerics"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ]),
+        // The fast path: its element-wise functions swept, its kernels against the reference's
+        // layers, the whole step against the reference, same bits at any thread count.
         .testTarget(
-            name: "OracleTests",
-            dependencies: ["SDDiTCore", "SDDiTReference", "SDDiTExchange", "HDF5IO", "oracle", "h5probe"]),
-        // The fast path's element-wise functions swept against independent definitions.
-        .testTarget(name: "SDDiTFastTests", dependencies: ["SDDiTFast"]),
+            name: "SDDiTFastTests",
+            dependencies: ["SDDiTCore", "SDDiTReference", "SDDiTFast", "SDDiTExchange", "SDDiTDiff", "SDDiTTraining", "TestSupport", "oracle"]),
+        // The diff engine and its verdicts: conformance with the PyTorch fixtures, Float80,
+        // calibration, after-step rule, robustness against damaged files.
+        .testTarget(
+            name: "DiffTests",
+            dependencies: ["SDDiTCore", "SDDiTReference", "SDDiTFast", "SDDiTExchange", "SDDiTDiff", "HDF5IO", "TestSupport", "oracle", "h5probe"]),
+        .testTarget(
+            name: "TrainingTests",
+            dependencies: ["SDDiTCore", "SDDiTFast", "SDDiTExchange", "SDDiTDiff", "SDDiTTraining", "TestSupport", "oracle"]),
+        .testTarget(name: "RegressTests", dependencies: ["SDDiTCore", "SDDiTRegress", "TestSupport", "oracle"]),
+        // The command line and the Python tools.
+        .testTarget(name: "OracleTests", dependencies: ["SDDiTCore", "SDDiTExchange", "TestSupport", "oracle", "h5probe"]),
         .testTarget(
             name: "HDF5IOTests",
             dependencies: ["HDF5IO", "h5probe"],

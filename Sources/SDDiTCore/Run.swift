@@ -45,6 +45,21 @@ public struct SamplerSetup: Sendable {
     }
 }
 
+/// Config, parameters and inputs of one run, as read from a file or made from a seed.
+public struct RunSetup: Sendable {
+    public var config: ModelConfig
+    public var student: Parameters<Double>
+    public var teacher: Parameters<Double>?
+    public var inputs: StepInputs<Double>?
+    public var sampler: SamplerSetup?
+
+    public init(config: ModelConfig, student: Parameters<Double>, teacher: Parameters<Double>? = nil,
+                inputs: StepInputs<Double>? = nil, sampler: SamplerSetup? = nil) {
+        self.config = config; self.student = student; self.teacher = teacher
+        self.inputs = inputs; self.sampler = sampler
+    }
+}
+
 /// Dataset groups of SPEC §7 and their comparison order: forward-pass order for activations,
 /// then losses, gradients in backward-pass order (the order they are produced), the state
 /// after the step, and the sampler trajectory.

@@ -1,7 +1,7 @@
 import Foundation
 import HDF5IO
 import SDDiTCore
-import SDDiTReference
+
 
 /// One clear line naming the file, the dataset or key, what was expected and what was found.
 public struct ExchangeError: Error, CustomStringConvertible {

@@ -1,7 +1,7 @@
 import Foundation
 import HDF5IO
 import SDDiTCore
-import SDDiTReference
+
 
 /// Writes a run in the SPEC §7 layout, atomically (temporary file, then rename).
 public enum ExchangeWriter {

@@ -1,34 +1,23 @@
 import ArgumentParser
 import Foundation
 import SDDiTCore
+import SDDiTDiff
 import SDDiTExchange
 
 struct Diff: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Compare two runs tensor by tensor and say where they part.",
         discussion: """
-        Each side is a backend (ref: float64 reference; ref80: the same code in Float80; fast,
-        fast-fp16, fast-bf16, fast-fp16-pure, fast-bf16-pure, fast-tf32: the float32 /
-        mixed-precision fast path) or an HDF5 file in the SPEC §7 layout. With a file on one side, the backend on the other side
-        reruns that file's config, /params, /teacher, /inputs and /sampler setup, and every
-        dataset recorded on both sides is compared: activations, losses, gradients, the state
-        after one step, the sampler trajectory (and pos_embed tables against SPEC's formula).
-        With two backends, both run a seeded random setup (--config, --seed, --batch, ...).
+        Each side is a backend (ref: float64 reference; ref80: the same code in Float80; fast, fast-fp16, fast-bf16, fast-fp16-pure, fast-bf16-pure, fast-tf32: the float32 / mixed-precision fast path) or an HDF5 file in the SPEC §7 layout. With a file on one side, the backend on the other side reruns that file's config, /params, /teacher, /inputs and /sampler setup, and every dataset recorded on both sides is compared: activations, losses, gradients, the state after one step, the sampler trajectory (and pos_embed tables against SPEC's formula). With two backends, both run a seeded random setup (--config, --seed, --batch, ...).
 
-        Rule: a tensor passes when every element has |a - e| <= atol + rtol*|e|, e being the
-        more precise side (b on a tie) and atol = atol_abs + atol_scale*max|e| of that tensor.
-        max rel is |a - e| / (|e| + atol/rtol): it does not blow up near zero, and
-        max rel <= rtol is exactly the pass rule. Tolerances depend on the precisions of both
-        sides (float64 pair: rtol 1e-9, atol 1e-9*max|e|; after-step parameters are judged in
-        units of lr; see README "Tolerances"). NaN or Inf on either side always fails.
+        Rule: a tensor passes when every element has
+          |a - e| <= atol + rtol*|e|
+        e being the more precise side (b on a tie) and atol = atol_abs + atol_scale*max|e| of that tensor. max rel is |a - e| / (|e| + atol/rtol): it does not blow up near zero, and max rel <= rtol is exactly the pass rule. Tolerances depend on the precisions of both sides (float64 pair: rtol 1e-9, atol 1e-9*max|e|; after-step parameters are judged in units of lr; see README "Tolerances"). NaN or Inf on either side always fails.
 
-        Output is in forward-pass order (gradients in backward-pass order), so the first FAIL
-        is the first place to look. The last line reads
-          compared N, failed M, only-in-a X, only-in-b Y[; not recorded, not compared: GROUPS]
-        Exit status 0 only when something was compared, M is 0, and no dataset is missing on
-        one side within the groups both record (unless --allow-missing); 1 on a mismatch; 2 on
-        bad input. Groups a file does not record are listed, not compared. A float32 file is
-        also judged against the fast path's error on its setup (x16 that level).
+        Output is in forward-pass order (gradients in backward-pass order), so the first FAIL is the first place to look. The last line reads
+          compared N, failed M, only-in-a X, only-in-b Y
+          [; not recorded, not compared: GROUPS]
+        Exit status 0 only when something was compared, M is 0, and no dataset is missing on one side within the groups both record (unless --allow-missing); 1 on a mismatch; 2 on bad input. Groups a file does not record are listed, not compared. A float32 file is also judged against the fast path's error on its setup (x16 that level).
 
         Examples:
           oracle diff --a fixtures/public_train_tiny.h5 --b ref

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SDDiTCore
+import SDDiTDiff
 import SDDiTExchange
 import SDDiTReference
 
@@ -8,18 +9,15 @@ struct Dump: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run one training step (and the sampler) and write everything in the SPEC §7 layout.",
         discussion: """
-        Writes config, /params, /teacher, /inputs, /activations, /losses, /grads, /after_step
-        and, with --sample STEPS, /sampler: the file another framework compares against.
-        The setup comes from --config/--seed (random non-zero parameters, a teacher that
-        differs from the student, random inputs) or from an existing file (--from).
-        The write is atomic: a temporary file renamed into place.
+        Writes config, /params, /teacher, /inputs, /activations, /losses, /grads, /after_step and, with --sample STEPS, /sampler: the file another framework compares against. The setup comes from --config/--seed (random non-zero parameters, a teacher that differs from the student, random inputs) or from an existing file (--from). The write is atomic: a temporary file renamed into place.
 
         Examples:
-          oracle dump --backend ref --config tiny --seed 1 --mask-ratio 0.5 --out tiny.h5
+          oracle dump --backend ref --config tiny --seed 1 --mask-ratio 0.5 \\
+              --out tiny.h5
           oracle dump --backend ref --from fixtures/public_train_tiny.h5 --out again.h5
         """)
 
-    @Option(help: "Backend that computes the results: ref or ref80.") var backend: String = "ref"
+    @Option(help: "Backend that computes the results: \(Backend.allCases.map(\.rawValue).joined(separator: ", ")).") var backend: String = "ref"
     @Option(help: "Output HDF5 file.") var out: String
     @Option(help: "Take config, parameters and inputs from this exchange file instead of a seed.")
     var from: String?

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SDDiTCore
+import SDDiTDiff
 import SDDiTExchange
 
 struct Info: ParsableCommand {
@@ -8,7 +9,7 @@ struct Info: ParsableCommand {
         abstract: "Show a config or a file: sizes, parameter counts by part, datasets present.",
         discussion: """
         Examples:
-          oracle info XL/2                 # SD-DiT-XL/2: ~740.6M trained student parameters
+          oracle info XL/2     # SD-DiT-XL/2: ~740.6M trained student parameters
           oracle info fixtures/public_train_tiny.h5
         """)
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SDDiTCore
+import SDDiTDiff
 import SDDiTExchange
 import SDDiTReference
 
@@ -10,10 +11,9 @@ struct Oracle: ParsableCommand {
         commandName: "oracle",
         abstract: "The SD-DiT verification oracle: a float64 reference and tensor-by-tensor comparisons.",
         discussion: """
-        Compare your SD-DiT (PyTorch, JAX, ...) with the float64 reference: write your run in the
-        "sddit-oracle/1" HDF5 layout (SPEC §7) and ask where it parts from the truth.
+        Compare your SD-DiT (PyTorch, JAX, ...) with the float64 reference: write your run in the "sddit-oracle/1" HDF5 layout (SPEC §7) and ask where it parts from the truth.
 
-          oracle diff --a my_run.h5 --b ref       # the reference reruns your file's setup
+          oracle diff --a my_run.h5 --b ref   # the reference reruns your setup
           oracle dump --backend ref --config tiny --out tiny.h5 --sample 5
           oracle info tiny.h5                     # or: oracle info XL/2
         """,

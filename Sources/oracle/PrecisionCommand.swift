@@ -1,7 +1,9 @@
 import ArgumentParser
 import Foundation
 import SDDiTCore
+import SDDiTDiff
 import SDDiTExchange
+import SDDiTTraining
 import SDDiTFast
 
 struct PrecisionCmd: ParsableCommand {
@@ -9,29 +11,13 @@ struct PrecisionCmd: ParsableCommand {
         commandName: "precision",
         abstract: "Find where mixed precision runs out of range, and reproduce NaN/Inf failures.",
         discussion: """
-        Without --scenario: a headroom sweep. One training step per sigma (every sample at that
-        sigma, log-spaced over [sigma_min, sigma_max]) and the sampler's steps run with every
-        named tensor watched (forward activations by SPEC name, backward gradients as "d NAME",
-        scaled by the loss scale as a GradScaler run stores them). For each it reports max|x|,
-        the bits left before the half type overflows (log2(65504 / max|x|) for fp16), and the
-        fraction of non-zero values below the half type's smallest normal number (underflow).
-        It ends with the tensors that run out of range first and at which sigma.
+        Without --scenario: a headroom sweep. One training step per sigma (every sample at that sigma, log-spaced over [sigma_min, sigma_max]) and the sampler's steps run with every named tensor watched (forward activations by SPEC name, backward gradients as "d NAME", scaled by the loss scale as a GradScaler run stores them). For each it reports max|x|, the bits left before the half type overflows (log2(65504 / max|x|) for fp16), and the fraction of non-zero values below the half type's smallest normal number (underflow). It ends with the tensors that run out of range first and at which sigma.
 
-        Each gradient (the backward's "d NAME" and each parameter's "grad KEY") also gets the
-        loss scale at which GradScaler's quiet failure begins for it: the largest power of two
-        at which more than half of its non-zero elements fall below the half type's smallest
-        normal number and flush (exact from a float32 sweep, --mode fast, the default). A
-        collapsing GradScaler that falls below it stops training that tensor with a finite
-        loss; `oracle train` warns when it happens.
+        Each gradient (the backward's "d NAME" and each parameter's "grad KEY") also gets the loss scale at which GradScaler's quiet failure begins for it: the largest power of two at which more than half of its non-zero elements fall below the half type's smallest normal number and flush (exact from a float32 sweep, --mode fast, the default). A collapsing GradScaler that falls below it stops training that tensor with a finite loss; `oracle train` warns when it happens.
 
-        The sweep holds one forward-and-backward-only model (float32 student, teacher and
-        gradients, no optimizer state): XL/2 at batch 1 fits in about 10 GB.
+        The sweep holds one forward-and-backward-only model (float32 student, teacher and gradients, no optimizer state): XL/2 at batch 1 fits in about 10 GB.
 
-        With --scenario: a named reproduction. The NaN/Inf scenarios run one training step with
-        the anomaly monitor on; when a value goes non-finite it prints a line beginning
-        `first non-finite:` with the tensor, operation, index and input magnitudes, then why,
-        and exits 1. gradscaler-collapse trains 60 steps with the quiet-failure monitor and
-        exits 1 with its warning.
+        With --scenario: a named reproduction. The NaN/Inf scenarios run one training step with the anomaly monitor on; when a value goes non-finite it prints a line beginning `first non-finite:` with the tensor, operation, index and input magnitudes, then why, and exits 1. gradscaler-collapse trains 60 steps with the quiet-failure monitor and exits 1 with its warning.
 
         Examples:
           oracle precision --list-scenarios

@@ -2,16 +2,13 @@ import ArgumentParser
 import Foundation
 import SDDiTCore
 import SDDiTExchange
+import SDDiTRegress
 
 struct Regress: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Track errors and timings over the project's history: record a run, check it against a baseline, report.",
         discussion: """
-        The history lives in the repository: one record per run in
-        regress/records/<UTC time>-<commit>.json (git commit and dirty flag,
-        date, machine, every tensor's max error, every timing), added
-        atomically and never modified; regress/thresholds.json says what
-        counts as a regression. See docs/DECISIONS.md, items 18-23.
+        The history lives in the repository: one record per run in regress/records/<UTC time>-<commit>.json (git commit and dirty flag, date, machine, every tensor's max error, every timing), added atomically and never modified; regress/thresholds.json says what counts as a regression. See docs/DECISIONS.md, items 18-23.
 
           oracle regress record                     # quick battery, 10-20 s
           oracle regress record --battery standard  # + SD-DiT-S/2, 5-8 min
@@ -19,8 +16,7 @@ struct Regress: ParsableCommand {
           oracle regress check --baseline latest~3  # or an id, a prefix, a commit
           oracle regress report --out regress-report  # HTML + inline SVG
 
-        check exits 0 without a regression, 1 with one (each listed with
-        both values), 2 on bad input (one line on stderr).
+        check exits 0 without a regression, 1 with one (each listed with both values), 2 on bad input (one line on stderr).
         """,
         subcommands: [Record.self, Check.self, Report.self])
 

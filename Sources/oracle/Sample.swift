@@ -1,7 +1,9 @@
 import ArgumentParser
 import Foundation
 import SDDiTCore
+import SDDiTDiff
 import SDDiTExchange
+import SDDiTTraining
 import SDDiTFast
 
 struct Sample: ParsableCommand {
@@ -12,7 +14,8 @@ struct Sample: ParsableCommand {
 
         Examples:
           oracle sample --checkpoint run.h5 --out samples.h5 --plot samples.svg
-          oracle sample --checkpoint run.h5 --steps 40 --cfg-scale 2 --labels 3 --n 16 --out s3.h5
+          oracle sample --checkpoint run.h5 --steps 40 --cfg-scale 2 --labels 3 \\
+              --n 16 --out s3.h5
         """)
 
     @Option(help: "Training checkpoint (oracle train --checkpoint).") var checkpoint: String

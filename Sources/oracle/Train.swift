@@ -1,7 +1,9 @@
 import ArgumentParser
 import Foundation
 import SDDiTCore
+import SDDiTDiff
 import SDDiTExchange
+import SDDiTTraining
 import SDDiTFast
 import SDDiTReference
 
@@ -20,7 +22,8 @@ struct Train: ParsableCommand {
           oracle train --steps 300 --checkpoint run.h5 --checkpoint-every 100
           oracle train --resume run.h5 --checkpoint run.h5
           oracle train --steps 300 --ablations          # paper table 3 in miniature
-          oracle train --precision fast-fp16-pure --anomaly   # stops at the first NaN/Inf (lambda(sigma) in fp16)
+          # stops at the first NaN/Inf (lambda(sigma) in fp16):
+          oracle train --precision fast-fp16-pure --anomaly
         """)
 
     @Option(help: "Model config: tiny, S/2, B/2, XL/2.") var config: String?

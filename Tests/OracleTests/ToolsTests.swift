@@ -1,8 +1,8 @@
 import Foundation
 import Testing
+import TestSupport
 import SDDiTCore
 import SDDiTExchange
-import SDDiTReference
 
 // The Python tooling (tools/sddit_h5.py) against this package: its own tests, a file it
 // writes read back by the Swift reader, and a file `oracle dump` writes checked by it.

@@ -2,6 +2,7 @@ import Foundation
 import PropertyBased
 import SDDiTReference
 import Testing
+import TestSupport
 
 // The reference's kernels (Sources/SDDiTReference/Kernels) against the plain loops that define
 // them: bit for bit, over random shapes (1, primes, sizes that are not multiples of the 8 x 8

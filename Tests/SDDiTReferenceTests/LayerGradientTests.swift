@@ -1,4 +1,5 @@
 import Testing
+import TestSupport
 import SDDiTReference
 
 // Finite-difference checks (5-point central differences) of every layer kind's backward, on all inputs and parameters:

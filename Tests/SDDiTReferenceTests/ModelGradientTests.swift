@@ -1,4 +1,5 @@
 import Testing
+import TestSupport
 import SDDiTReference
 
 // End-to-end check of d(total loss)/d(every trainable student parameter) on the tiny config
@@ -65,8 +66,8 @@ struct ModelGradientTests {
             for s in cfg.trainableParameters { for i in 0..<s.count { Q[s.key].data[i] += t[0] * global[s.key]![i] } }
             return Self.loss(cfg, Q, TP, I)
         })
-        Report.shared.add("gradcheck", String(format: "model (mask %.1f): worst per-tensor directional rel err %.2e over %d tensors",
-                                              maskRatio, dirWorst, cfg.trainableParameters.count))
+        Report.add("gradcheck.txt", [String(format: "model (mask %.1f): worst per-tensor directional rel err %.2e over %d tensors",
+                                              maskRatio, dirWorst, cfg.trainableParameters.count)])
     }
 
     /// The three frozen tensors get no gradient, and every trainable one a non-zero gradient.

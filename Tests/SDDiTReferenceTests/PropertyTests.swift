@@ -2,6 +2,7 @@ import Foundation
 import PropertyBased
 import SDDiTReference
 import Testing
+import TestSupport
 
 // Property tests of the reference's mathematical identities (SPEC §2-§5): each test
 // states the identity, the tolerance and why. Random shapes and values come from

@@ -2,6 +2,7 @@ import Foundation
 import PropertyBased
 import SDDiTReference
 import Testing
+import TestSupport
 
 // EDM's deterministic Heun sampler (SPEC §6) against closed forms.
 //

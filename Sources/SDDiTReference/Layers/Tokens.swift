@@ -1,38 +1,27 @@
 // Token bookkeeping (SPEC §2.1, §2.4-2.5, §2.7, §2.9). Pure index maps: backward is the
 // transpose (scatter-add of a gather, gather of a scatter).
 
-/// Patchify: x [N, C, H, W] -> [N, T, C p p], each patch flattened in (c, i, j) order
-/// (the Conv2d(k=p, s=p) weight layout), token t = row (W/p) + col.
+/// Patchify (SPEC §2.1): x [N, C, H, W] -> [N, T, C p p] (Core's PatchLayout).
 public enum Patchify {
     public static func forward<T: RefScalar>(_ x: Tensor<T>, p: Int) -> Tensor<T> {
-        let N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3], gh = H / p, gw = W / p
-        let P = C * p * p
-        var out = [T](repeating: 0, count: N * gh * gw * P)
-        for n in 0..<N { for r in 0..<gh { for cl in 0..<gw { for c in 0..<C { for i in 0..<p { for j in 0..<p {
-            out[((n * gh + r) * gw + cl) * P + (c * p + i) * p + j] = x.data[((n * C + c) * H + r * p + i) * W + cl * p + j]
-        } } } } } }
-        return Tensor(shape: [N, gh * gw, P], data: out)
+        let N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+        var out = [T](repeating: 0, count: x.count)
+        PatchLayout.patchify(N: N, C: C, H: H, W: W, p: p) { image, token in out[token] = x.data[image] }
+        return Tensor(shape: [N, (H / p) * (W / p), C * p * p], data: out)
     }
 }
 
-/// Unpatchify (SPEC §2.9): [N, T, p p C] ordered (i, j, c) -> [N, C, H, W]
-/// (reshape N,h,w,p,p,C; einsum nhwpqc -> nchpwq).
+/// Unpatchify (SPEC §2.9): [N, T, p p C] ordered (i, j, c) -> [N, C, H, W] (Core's PatchLayout).
 public enum Unpatchify {
     public static func forward<T: RefScalar>(_ x: Tensor<T>, channels C: Int, p: Int) -> Tensor<T> {
-        let N = x.shape[0], Tn = x.shape[1], g = Int(Double(Tn).squareRoot().rounded())
-        var out = [T](repeating: 0, count: N * C * g * p * g * p)
-        let H = g * p
-        for n in 0..<N { for r in 0..<g { for cl in 0..<g { for i in 0..<p { for j in 0..<p { for c in 0..<C {
-            out[((n * C + c) * H + r * p + i) * H + cl * p + j] = x.data[((n * Tn + r * g + cl) * p * p + i * p + j) * C + c]
-        } } } } } }
+        let N = x.shape[0], g = Int(Double(x.shape[1]).squareRoot().rounded()), H = g * p
+        var out = [T](repeating: 0, count: N * C * H * H)
+        PatchLayout.unpatchify(N: N, C: C, H: H, p: p) { image, token in out[image] = x.data[token] }
         return Tensor(shape: [N, C, H, H], data: out)
     }
     /// dx = patchify in (i, j, c) order of dy
     public static func backward<T: RefScalar>(dy: Tensor<T>, p: Int, dx: inout Tensor<T>) {
-        let N = dy.shape[0], C = dy.shape[1], H = dy.shape[2], g = H / p, Tn = g * g
-        for n in 0..<N { for r in 0..<g { for cl in 0..<g { for i in 0..<p { for j in 0..<p { for c in 0..<C {
-            dx.data[((n * Tn + r * g + cl) * p * p + i * p + j) * C + c] += dy.data[((n * C + c) * H + r * p + i) * H + cl * p + j]
-        } } } } } }
+        PatchLayout.unpatchify(N: dy.shape[0], C: dy.shape[1], H: dy.shape[2], p: p) { image, token in dx.data[token] += dy.data[image] }
     }
 }
 

@@ -2,58 +2,6 @@
 // encoder at sigma_T, DINO head on CLS and visible patch tokens, and the hand-written
 // backward of the total loss to every trainable student parameter.
 
-/// The inputs of one training step (SPEC §7 /inputs).
-public struct StepInputs<T: RefScalar>: Sendable {
-    public var x0: Tensor<T>          // [N, C, H, W]
-    public var labels: [Int]          // [N]
-    public var sigmaS: [T]            // [N]
-    public var noiseS: Tensor<T>      // [N, C, H, W], unit noise
-    public var noiseT: Tensor<T>      // [N, C, H, W], unit noise
-    public var mask: [[Int]]          // [N][T], 1 = hidden
-    public var centerCls: Tensor<T>   // [K]
-    public var centerPatch: Tensor<T> // [K]
-    public var step: Int = 0
-
-    public init(x0: Tensor<T>, labels: [Int], sigmaS: [T], noiseS: Tensor<T>, noiseT: Tensor<T>,
-                mask: [[Int]], centerCls: Tensor<T>, centerPatch: Tensor<T>, step: Int = 0) {
-        self.x0 = x0; self.labels = labels; self.sigmaS = sigmaS; self.noiseS = noiseS
-        self.noiseT = noiseT; self.mask = mask; self.centerCls = centerCls
-        self.centerPatch = centerPatch; self.step = step
-    }
-
-    public func converted<U: RefScalar>(to: U.Type = U.self) -> StepInputs<U> {
-        StepInputs<U>(x0: x0.converted(), labels: labels, sigmaS: sigmaS.map { U($0) },
-                      noiseS: noiseS.converted(), noiseT: noiseT.converted(), mask: mask,
-                      centerCls: centerCls.converted(), centerPatch: centerPatch.converted(), step: step)
-    }
-}
-
-public struct MaskError: Error, CustomStringConvertible { public let description: String }
-
-/// Visible token indices per sample, ascending (SPEC §2.4 Decision); every row must keep
-/// the same number V of visible tokens.
-public func visibleIndices(mask: [[Int]], tokens: Int, batch: Int? = nil) throws -> [[Int]] {
-    if let N = batch, mask.count != N {
-        throw MaskError(description: "mask has \(mask.count) rows, expected one per sample (N = \(N))")
-    }
-    guard !mask.isEmpty else { throw MaskError(description: "mask has no rows") }
-    var keep: [[Int]] = []
-    for (n, row) in mask.enumerated() {
-        guard row.count == tokens else {
-            throw MaskError(description: "mask row \(n) has \(row.count) entries, expected T = \(tokens)")
-        }
-        if let bad = row.first(where: { $0 != 0 && $0 != 1 }) {
-            throw MaskError(description: "mask row \(n) holds \(bad); entries must be 0 (visible) or 1 (hidden)")
-        }
-        keep.append(row.indices.filter { row[$0] == 0 })
-        if keep[n].count != keep[0].count {
-            throw MaskError(description: "mask row \(n) keeps \(keep[n].count) visible tokens, row 0 keeps \(keep[0].count); every sample must keep the same V")
-        }
-        if keep[n].isEmpty { throw MaskError(description: "mask row \(n) hides every token") }
-    }
-    return keep
-}
-
 public struct ObjectiveResult<T: RefScalar> {
     public var activations: Activations<T>
     public var losses: [String: T]
@@ -77,15 +25,7 @@ public enum Objective {
         let per = I.x0.count / N
         var xS = I.x0
         for n in 0..<N { for i in 0..<per { xS.data[n * per + i] += I.sigmaS[n] * I.noiseS.data[n * per + i] } }
-        let coef = I.sigmaS.map { EDMCoefficients(sigma: $0, sigmaData: sd) }
-        var xIn = xS
-        for n in 0..<N { for i in 0..<per { xIn.data[n * per + i] *= coef[n].cIn } }
-        let enc = Encoder(cfg, xIn: xIn, cNoise: coef.map(\.cNoise), labels: I.labels, keep: keep, P,
-                          acts: &acts, prefix: "student")
-        let dec = Decoder(cfg, tokens: enc.tokens, enc: enc.out, siluC: enc.cond.siluC, keep: keep, P, acts: &acts)
-        let F = Unpatchify.forward(dec.out, channels: cfg.inChannels, p: cfg.patchSize)
-        var D = F
-        for n in 0..<N { for i in 0..<per { D.data[n * per + i] = coef[n].cSkip * xS.data[n * per + i] + coef[n].cOut * F.data[n * per + i] } }
+        let (D, F, coef, enc, dec) = Denoiser.preconditioned(cfg, P, x: xS, sigma: I.sigmaS, labels: I.labels, keep: keep, acts: &acts)
         let LG = EDMLoss.forward(D: D, x0: I.x0, sigma: I.sigmaS, sigmaData: sd)
 
         // Student head on every encoder output row: row 0 is CLS, rows 1...V the visible patches.
@@ -182,17 +122,26 @@ public enum Objective {
 public enum Denoiser {
     public static func evaluate<T: RefScalar>(_ cfg: ModelConfig, _ P: Parameters<T>, x: Tensor<T>, sigma: [T],
                                               labels: [Int], keep: [[Int]]? = nil) -> Tensor<T> {
+        var none: Activations<T>? = nil
+        let keep = keep ?? Array(repeating: Array(0..<cfg.tokens), count: x.shape[0])
+        return preconditioned(cfg, P, x: x, sigma: sigma, labels: labels, keep: keep, acts: &none).D
+    }
+
+    /// EDM's preconditioning (SPEC §3, EDM's `EDMPrecond`), the reference's one place for it:
+    /// x_in = c_in x, F = the network's output on x_in at c_noise, D = c_skip x + c_out F.
+    /// Also returns what the backward needs.
+    static func preconditioned<T: RefScalar>(_ cfg: ModelConfig, _ P: Parameters<T>, x: Tensor<T>, sigma: [T], labels: [Int],
+                                             keep: [[Int]], acts: inout Activations<T>?)
+        -> (D: Tensor<T>, F: Tensor<T>, coef: [EDMCoefficients<T>], enc: Encoder<T>, dec: Decoder<T>) {
         let N = x.shape[0], per = x.count / N
         let coef = sigma.map { EDMCoefficients(sigma: $0, sigmaData: T(cfg.sigmaData)) }
         var xIn = x
         for n in 0..<N { for i in 0..<per { xIn.data[n * per + i] *= coef[n].cIn } }
-        let keep = keep ?? Array(repeating: Array(0..<cfg.tokens), count: N)
-        var none: Activations<T>? = nil
-        let enc = Encoder(cfg, xIn: xIn, cNoise: coef.map(\.cNoise), labels: labels, keep: keep, P, acts: &none, prefix: "student")
-        let dec = Decoder(cfg, tokens: enc.tokens, enc: enc.out, siluC: enc.cond.siluC, keep: keep, P, acts: &none)
+        let enc = Encoder(cfg, xIn: xIn, cNoise: coef.map(\.cNoise), labels: labels, keep: keep, P, acts: &acts, prefix: "student")
+        let dec = Decoder(cfg, tokens: enc.tokens, enc: enc.out, siluC: enc.cond.siluC, keep: keep, P, acts: &acts)
         let F = Unpatchify.forward(dec.out, channels: cfg.inChannels, p: cfg.patchSize)
         var D = F
-        for n in 0..<N { for i in 0..<per { D.data[n * per + i] = coef[n].cSkip * x.data[n * per + i] + coef[n].cOut * F.data[n * per + i] } }
-        return D
+        for n in 0..<N { for i in 0..<per { D.data[n * per + i] = coef[n].denoised(x: x.data[n * per + i], F: F.data[n * per + i]) } }
+        return (D, F, coef, enc, dec)
     }
 }

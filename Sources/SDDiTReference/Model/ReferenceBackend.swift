@@ -1,21 +1,6 @@
 // The reference as a backend of `oracle diff` / `oracle dump`: everything SPEC §7 records
 // about one training step and one sampler run, by dataset path.
 
-/// Config, parameters and inputs of one run, as read from a file or made from a seed.
-public struct RunSetup: Sendable {
-    public var config: ModelConfig
-    public var student: Parameters<Double>
-    public var teacher: Parameters<Double>?
-    public var inputs: StepInputs<Double>?
-    public var sampler: SamplerSetup?
-
-    public init(config: ModelConfig, student: Parameters<Double>, teacher: Parameters<Double>? = nil,
-                inputs: StepInputs<Double>? = nil, sampler: SamplerSetup? = nil) {
-        self.config = config; self.student = student; self.teacher = teacher
-        self.inputs = inputs; self.sampler = sampler
-    }
-}
-
 public enum ReferenceBackend {
     /// Runs the setup in scalar type T (Double: the truth; Float80: its check).
     public static func run<T: RefScalar>(_ s: RunSetup, as _: T.Type = T.self) throws -> [String: NamedTensor] {

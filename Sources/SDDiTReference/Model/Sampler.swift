@@ -1,40 +1,8 @@
 import RealModule
 
-// EDM's deterministic Heun sampler (SPEC §6, Karras et al. 2022 Algorithm 2, S_churn = 0).
-public enum HeunSampler {
-    /// sigma_i = (smax^(1/rho) + i/(N-1)(smin^(1/rho) - smax^(1/rho)))^rho, i < N; sigma_N = 0.
-    /// N = 1 (where i/(N-1) is 0/0) gives [smax, 0]; callers that take N from users require N >= 2.
-    public static func sigmas<T: RefScalar>(steps N: Int, sigmaMin: T, sigmaMax: T, rho: T) -> [T] {
-        let a = T.pow(sigmaMax, 1 / rho), b = T.pow(sigmaMin, 1 / rho)
-        let s = (0..<N).map { i in T.pow(a + (N > 1 ? T(i) / T(N - 1) : 0) * (b - a), rho) }
-        return s + [0]
-    }
-
-    /// Integrates dx/dsigma = (x - D(x; sigma))/sigma from sigmas[0] to 0; returns x after
-    /// every step (the last is the sample).
-    public static func sample<T: RefScalar>(xInit: Tensor<T>, sigmas: [T],
-                                            denoise: (Tensor<T>, T) -> Tensor<T>) -> [Tensor<T>] {
-        var x = xInit, out: [Tensor<T>] = []
-        for i in 0..<max(sigmas.count - 1, 0) {
-            let s0 = sigmas[i], s1 = sigmas[i + 1]
-            let D0 = denoise(x, s0)
-            var d = x
-            for j in 0..<x.count { d.data[j] = (x.data[j] - D0.data[j]) / s0 }
-            var xn = x
-            for j in 0..<x.count { xn.data[j] = x.data[j] + (s1 - s0) * d.data[j] }
-            if s1 != 0 {
-                let D1 = denoise(xn, s1)
-                for j in 0..<x.count {
-                    let d1 = (xn.data[j] - D1.data[j]) / s1
-                    xn.data[j] = x.data[j] + (s1 - s0) * (d.data[j] + d1) / 2
-                }
-            }
-            x = xn
-            out.append(x)
-        }
-        return out
-    }
-
+// The reference's sampler: Core's Heun integrator (Spec/Sampler.swift) over the reference
+// denoiser, with optional guidance.
+extension HeunSampler {
     /// The model's sampler: D_w = D(., null) + w (D(., y) - D(., null)) when `cfgScale` is set.
     public static func run<T: RefScalar>(_ cfg: ModelConfig, _ P: Parameters<T>, xInit: Tensor<T>, labels: [Int],
                                          sigmas: [T], cfgScale: T? = nil) -> [Tensor<T>] {
@@ -45,7 +13,7 @@ public enum HeunSampler {
             guard let w = cfgScale else { return d }
             let d0 = Denoiser.evaluate(cfg, P, x: x, sigma: sig, labels: Array(repeating: cfg.numClasses, count: N))
             var out = d
-            for j in 0..<d.count { out.data[j] = d0.data[j] + w * (d.data[j] - d0.data[j]) }
+            for j in 0..<d.count { out.data[j] = guided(conditional: d.data[j], unconditional: d0.data[j], scale: w) }
             return out
         }
     }

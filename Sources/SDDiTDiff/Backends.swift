@@ -1,0 +1,111 @@
+import Foundation
+import SDDiTCore
+import SDDiTExchange
+import SDDiTFast
+import SDDiTReference
+
+/// The implementations `oracle` can run by name.
+public enum Backend: String, CaseIterable, Sendable {
+    /// The float64 reference: the truth.
+    case ref
+    /// The same reference code in Float80 (x86 extended precision): checks the truth's rounding.
+    case ref80
+    /// The float32 fast path (OpenBLAS).
+    case fast
+    /// The fast path under PyTorch's autocast policy with fp16 / bf16 matmuls.
+    case fastFP16 = "fast-fp16"
+    case fastBF16 = "fast-bf16"
+    /// Every stored tensor in fp16 / bf16.
+    case fastFP16Pure = "fast-fp16-pure"
+    case fastBF16Pure = "fast-bf16-pure"
+    /// float32 with every matmul's operands in TF32 (NVIDIA Ampere+ with TF32 enabled).
+    case fastTF32 = "fast-tf32"
+
+    public var fastPrecision: FastPrecision? {
+        switch self {
+        case .ref, .ref80: return nil
+        case .fast: return .fp32
+        case .fastFP16: return .fp16
+        case .fastBF16: return .bf16
+        case .fastFP16Pure: return .pureFP16
+        case .fastBF16Pure: return .pureBF16
+        case .fastTF32: return .tf32
+        }
+    }
+
+    public func run(_ setup: RunSetup) throws -> [String: NamedTensor] {
+        if let p = fastPrecision { return try FastBackend.run(setup.fastSetup, precision: p) }
+        if self == .ref { return try ReferenceBackend.run(setup, as: Double.self) }
+        #if arch(x86_64) || arch(i386)
+        return try ReferenceBackend.run(setup, as: Float80.self)
+        #else
+        throw ExchangeError("ref80: Float80 is not available on this architecture")
+        #endif
+    }
+}
+
+/// A run made from a seed: random non-zero parameters (no adaLN-Zero), a teacher that
+/// differs from the student, random inputs and centers, and a sampler setup.
+public enum SeededSetup {
+    public static func make(_ cfg: ModelConfig, seed: UInt64, batch: Int, maskRatio: Double,
+                            sampleSteps: Int?, cfgScale: Double? = nil, init mode: Initialization.Mode = .random) -> RunSetup {
+        let P: Parameters<Double> = Initialization.parameters(cfg, mode: mode, seed: seed)
+        var TP = P.subset(cfg.teacherParameters)
+        if mode == .random {
+            // Teacher = student + small seeded perturbation (fixed tensors stay as they are).
+            let Q: Parameters<Double> = Initialization.parameters(cfg, mode: .random, seed: seed &+ 1)
+            for s in cfg.teacherParameters where !s.frozen {
+                var t = TP[s.key]
+                for i in 0..<t.count { t.data[i] += 0.1 * Q[s.key].data[i] }
+                TP[s.key] = t
+            }
+        }
+        let I: StepInputs<Double> = Initialization.inputs(cfg, batch: batch, maskRatio: maskRatio, seed: seed &+ 2)
+        var sampler: SamplerSetup? = nil
+        if let steps = sampleSteps, steps > 0 {
+            var rng = SeededRandom(seed: seed &+ 3)
+            let shape = [batch, cfg.inChannels, cfg.inputSize, cfg.inputSize]
+            let x = rng.normals(shape.reduce(1, *), std: cfg.sigmaMax)
+            let labels = (0..<batch).map { _ in Int(rng.next() % UInt64(cfg.numClasses)) }
+            sampler = SamplerSetup(xInit: Tensor(shape: shape, data: x), labels: labels, steps: steps, cfgScale: cfgScale)
+        }
+        return RunSetup(config: cfg, student: P, teacher: TP, inputs: I, sampler: sampler)
+    }
+}
+
+extension SeededSetup {
+    /// `make`'s parameters (random mode) as a forward-and-backward-only fast model, built one
+    /// tensor at a time: the same float32 values as `FastModel(make(...).fastSetup...)` with
+    /// three float32 copies of the parameters in memory instead of AdamW's and Double's too.
+    public static func forwardBackwardModel(_ cfg: ModelConfig, seed: UInt64, precision: FastPrecision) -> FastModel {
+        let m = FastModel(cfg, precision: precision, forwardBackwardOnly: ())
+        let teacherKeys = Set(cfg.teacherParameters.map(\.key))
+        var P = Initialization.Stream(cfg, mode: .random, seed: seed), Q = Initialization.Stream(cfg, mode: .random, seed: seed &+ 1)
+        while let (s, p) = P.next(), let (_, q) = Q.next() {
+            let v: [Double] = p ?? (s.key == "pos_embed"
+                ? SinCosPosEmbed.table(width: cfg.hiddenSize, grid: cfg.grid, clsRow: true)
+                : SinCosPosEmbed.table(width: cfg.decoderHiddenSize, grid: cfg.grid, clsRow: false) as Tensor<Double>).data
+            m.load(s.key, v)
+            guard teacherKeys.contains(s.key) else { continue }
+            if s.frozen { m.load(s.key, teacher: true, v); continue }
+            var t = v
+            for i in 0..<t.count { t[i] += 0.1 * q![i] }   // teacher = student + 0.1 x a second draw
+            m.load(s.key, teacher: true, t)
+        }
+        return m
+    }
+}
+
+extension RunSetup {
+    /// The same setup in the fast path's terms.
+    public var fastSetup: FastBackend.Setup {
+        var f = FastBackend.Setup(config: config, student: student.tensors, teacher: teacher?.tensors)
+        if let I = inputs {
+            f.inputs = FastStepInputs(x0: I.x0.data, labels: I.labels, sigmaS: I.sigmaS, noiseS: I.noiseS.data,
+                                      noiseT: I.noiseT.data, mask: I.mask)
+            f.centerCls = I.centerCls.data; f.centerPatch = I.centerPatch.data
+        }
+        if let s = sampler { f.sampler = (s.xInit, s.labels, s.steps, s.cfgScale) }
+        return f
+    }
+}

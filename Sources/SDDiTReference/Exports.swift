@@ -1,0 +1,2 @@
+// The reference's callers see Core's types (Tensor, ModelConfig, the spec formulas) too.
+@_exported import SDDiTCore
