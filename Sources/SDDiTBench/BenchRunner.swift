@@ -158,7 +158,7 @@ public struct BenchRunner {
             let evals = FLOPCount.heunEvaluations(steps: sampleSteps)
             r.flops = Double(evals) * FLOPCount.denoise(cfg, batch: batch).reduce(0) { $0 + $1.total }
             let (xInit, labels) = sampleInputs()
-            let sig = FastBackend.sigmas(steps: sampleSteps, sigmaMin: cfg.sigmaMin, sigmaMax: cfg.sigmaMax, rho: cfg.rho)
+            let sig = HeunSampler.sigmas(steps: sampleSteps, sigmaMin: cfg.sigmaMin, sigmaMax: cfg.sigmaMax, rho: cfg.rho)
             let m = FastModel(cfg, precision: prec, student: sdditParameters().tensors, teacher: nil)
             try timed { _ = try m.sample(xInit: xInit, labels: labels, sigmas: sig, cfgScale: nil) }
             r.workspaceMB = Double(m.workspaceBytes) / 1_048_576

@@ -122,7 +122,7 @@ public enum HeadroomSweep {
         }
         if samplerSteps > 1 {
             let N = inputs.labels.count
-            let sig = FastBackend.sigmas(steps: samplerSteps, sigmaMin: cfg.sigmaMin, sigmaMax: cfg.sigmaMax, rho: cfg.rho)
+            let sig = HeunSampler.sigmas(steps: samplerSteps, sigmaMin: cfg.sigmaMin, sigmaMax: cfg.sigmaMax, rho: cfg.rho)
             var rng = SeededRandom(seed: 5)
             var xi = rng.normals(N * cfg.inChannels * cfg.inputSize * cfg.inputSize, std: cfg.sigmaMax)
             for i in 0..<(sig.count - 1) {   // the real Heun trajectory, one step at a time

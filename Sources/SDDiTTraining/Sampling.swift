@@ -52,7 +52,7 @@ public enum Sampling {
         }
         let keepSigmaT = cfg.teacherSigma
         cfg.sigmaMin = o.sigmaMin; cfg.sigmaMax = o.sigmaMax; cfg.rho = o.rho; cfg.sigmaT = keepSigmaT; cfg.cfgScale = o.cfgScale
-        let sig = FastBackend.sigmas(steps: o.steps, sigmaMin: o.sigmaMin, sigmaMax: o.sigmaMax, rho: o.rho)
+        let sig = HeunSampler.sigmas(steps: o.steps, sigmaMin: o.sigmaMin, sigmaMax: o.sigmaMax, rho: o.rho)
         let per = cfg.inChannels * cfg.inputSize * cfg.inputSize
         var rng = SeededRandom(seed: o.seed)
         let xInit = rng.normals(o.count * per, std: sig[0])
