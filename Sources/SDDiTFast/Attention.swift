@@ -21,7 +21,7 @@ extension Kernels {
         }
     }
 
-    func attentionLogits(_ qkv: FT, heads H: Int, _ P: FT) {
+    public func attentionLogits(_ qkv: FT, heads H: Int, _ P: FT) {
         let N = qkv.shape[0], L = qkv.shape[1], W = qkv.last / 3, hd = W / H
         let scale = 1 / Float(hd).squareRoot()
         let names = attentionScratch(L: L, hd: hd, workers: blasThreads())
@@ -35,7 +35,7 @@ extension Kernels {
     }
 
     /// Row softmax in float32, in place (the probabilities are rounded again as PV operands).
-    func softmaxRows(_ P: FT) {
+    public func softmaxRows(_ P: FT) {
         let L = P.last, p = P.p
         parallelRanges(P.rows, minPerThread: 64) { lo, hi in
             for r in lo..<hi {
@@ -48,7 +48,7 @@ extension Kernels {
         }
     }
 
-    func attentionOutput(_ qkv: FT, heads H: Int, _ P: FT, _ out: FT) {
+    public func attentionOutput(_ qkv: FT, heads H: Int, _ P: FT, _ out: FT) {
         let N = qkv.shape[0], L = qkv.shape[1], W = qkv.last / 3, hd = W / H
         let names = attentionScratch(L: L, hd: hd, workers: blasThreads())
         parallelTasks(N * H, workers: names.count) { w, lo, hi in
@@ -63,7 +63,7 @@ extension Kernels {
     /// dv = P^T dO; dP = dO v^T; dS = P (dP - rowsum(dP P)); dq = dS k / sqrt(hd); dk = dS^T q / sqrt(hd).
     /// Writes dqkv (overwrites: each (sample, head) writes its own q, k and v columns once,
     /// so no zeroing pass is needed).
-    func attentionBackward(_ dout: FT, _ qkv: FT, heads H: Int, _ P: FT, dqkv: FT) {
+    public func attentionBackward(_ dout: FT, _ qkv: FT, heads H: Int, _ P: FT, dqkv: FT) {
         let N = qkv.shape[0], L = qkv.shape[1], W = qkv.last / 3, hd = W / H
         let scale = 1 / Float(hd).squareRoot()
         let names = attentionScratch(L: L, hd: hd, workers: blasThreads())

@@ -5,9 +5,11 @@ import Synchronization
 
 // The fast path's kernels: OpenBLAS sgemm for every matrix product, fused element-wise loops.
 // Half modes round matmul operands and outputs to fp16/bf16 (float32 accumulation).
-struct Kernels {
-    let prec: FastPrecision
+// Public so that SDDiTFastTests can hold each kernel against its reference layer.
+public struct Kernels {
+    public let prec: FastPrecision
     let ws: Workspace
+    public init(prec: FastPrecision, ws: Workspace) { self.prec = prec; self.ws = ws }
 
     /// C[M,N] = alpha op(A) op(B) (+ C when accumulate). Row-major; lda/ldb/ldc are row strides.
     /// Half modes: operands rounded to the half type, float32 accumulation, the product
@@ -39,7 +41,7 @@ struct Kernels {
     /// y[R,O] = x[R,I] W[O,I]^T + b  (bias added after the product; rounded again in half modes).
     /// float32: y is first filled with the bias rows and sgemm accumulates onto it (beta 1),
     /// one pass over y instead of OpenBLAS zeroing it and a second pass adding the bias.
-    func linear(_ x: FT, _ w: FT, _ b: FT?, _ y: FT) {
+    public func linear(_ x: FT, _ w: FT, _ b: FT?, _ y: FT) {
         let I = x.last, R = x.rows, O = w.shape[0]
         let yp = y.p, prec = self.prec
         if let b, !prec.isHalf {
@@ -61,7 +63,7 @@ struct Kernels {
     }
 
     /// dx += dy W;  dW += dy^T x;  db += sum_r dy  (each optional)
-    func linearBackward(_ dy: FT, _ x: FT, _ w: FT, dx: FT?, dw: FT?, db: FT?) {
+    public func linearBackward(_ dy: FT, _ x: FT, _ w: FT, dx: FT?, dw: FT?, db: FT?) {
         let O = dy.last, R = dy.rows, I = x.last
         if let dx { gemm(false, false, R, I, O, 1, dy.p, O, w.p, I, dx.p, I, accumulate: true) }
         if let dw { gemm(true, false, O, I, R, 1, dy.p, O, x.p, I, dw.p, I, accumulate: true) }
@@ -75,7 +77,7 @@ struct Kernels {
 
     /// Fused LayerNorm (no affine, eps 1e-6) + modulate: y = xhat (1 + scale[n]) + shift[n].
     /// shift/scale are rows of `mod` [N, k W] at chunk offsets; mean/rstd saved per row.
-    func lnModulate(_ x: FT, _ mod: FT, shiftChunk: Int, scaleChunk: Int, chunks: Int,
+    public func lnModulate(_ x: FT, _ mod: FT, shiftChunk: Int, scaleChunk: Int, chunks: Int,
                     _ y: FT, mean: FT, rstd: FT, eps: Float = 1e-6) {
         let W = x.last, R = x.rows, N = mod.shape[0], L = R / N
         parallelRanges(R, minPerThread: Swift.max(1, 16384 / Swift.max(W, 1))) { lo, hi in
@@ -93,7 +95,7 @@ struct Kernels {
     }
 
     /// Backward of lnModulate: dx += ..., dmod[shift] += sum dy, dmod[scale] += sum dy xhat.
-    func lnModulateBackward(_ dy: FT, _ x: FT, _ mod: FT, shiftChunk: Int, scaleChunk: Int, chunks: Int,
+    public func lnModulateBackward(_ dy: FT, _ x: FT, _ mod: FT, shiftChunk: Int, scaleChunk: Int, chunks: Int,
                             mean: FT, rstd: FT, dx: FT, dmod: FT) {
         let W = x.last, R = x.rows, N = mod.shape[0], L = R / N
         // split by sample: dmod's rows are per sample, so each keeps its order of additions
@@ -119,7 +121,7 @@ struct Kernels {
     }
 
     /// y = x + gate[n] h  (gate a chunk of mod)
-    func gatedResidual(_ x: FT, _ mod: FT, chunk: Int, chunks: Int, _ h: FT, _ y: FT) {
+    public func gatedResidual(_ x: FT, _ mod: FT, chunk: Int, chunks: Int, _ h: FT, _ y: FT) {
         let W = x.last, R = x.rows, N = mod.shape[0], L = R / N
         parallelRanges(R, minPerThread: Swift.max(1, 16384 / Swift.max(W, 1))) { lo, hi in
             for r in lo..<hi {
@@ -130,7 +132,7 @@ struct Kernels {
     }
 
     /// dx += dy (when dx is not dy itself);  dh = gate dy;  dgate += sum dy h
-    func gatedResidualBackward(_ dy: FT, _ mod: FT, chunk: Int, chunks: Int, _ h: FT, dh: FT, dmod: FT) {
+    public func gatedResidualBackward(_ dy: FT, _ mod: FT, chunk: Int, chunks: Int, _ h: FT, dh: FT, dmod: FT) {
         let W = dy.last, R = dy.rows, N = mod.shape[0], L = R / N
         parallelRanges(N, minPerThread: Swift.max(1, 16384 / Swift.max(L * W, 1))) { n0, n1 in   // by sample (dmod rows)
             for r in (n0 * L)..<(n1 * L) {
@@ -147,7 +149,7 @@ struct Kernels {
     /// GELU, tanh approximation: 0.5 v (1 + tanh(u)), u = c (v + a v^3), computed as the equal
     /// v sigmoid(2u) = v / (1 + exp(-2u)) with a vectorizable exp (`vexp`), split over the
     /// BLAS threads. (For large negative v this form avoids the cancellation in 1 + tanh.)
-    func geluTanh(_ x: FT, _ y: FT) {
+    public func geluTanh(_ x: FT, _ y: FT) {
         let c2: Float = 2 * 0.7978845608028654, a: Float = 0.044715
         let xp = x.p, yp = y.p
         parallelRanges(x.count) { lo, hi in
@@ -157,7 +159,7 @@ struct Kernels {
         roundHalf(y.p, y.count)
     }
     /// d/dv = s + 2 v s (1 - s) c (1 + 3 a v^2), s = sigmoid(2u) (= 0.5 (1 + tanh u)).
-    func geluTanhBackward(_ dy: FT, _ x: FT, _ dx: FT) {
+    public func geluTanhBackward(_ dy: FT, _ x: FT, _ dx: FT) {
         let c: Float = 0.7978845608028654, a: Float = 0.044715
         let xp = x.p, dyp = dy.p, dxp = dx.p
         parallelRanges(x.count) { lo, hi in
@@ -169,14 +171,14 @@ struct Kernels {
         roundHalf(dx.p, dx.count)
     }
     /// GELU, exact (erf; vectorized erf, `verf`; split over the BLAS threads).
-    func geluErf(_ x: FT, _ y: FT) {
+    public func geluErf(_ x: FT, _ y: FT) {
         let xp = x.p, yp = y.p
         parallelRanges(x.count) { lo, hi in
             for i in lo..<hi { let v = xp[i]; yp[i] = 0.5 * v * (1 + verf(v * 0.70710678118654752)) }
         }
         roundHalf(y.p, y.count)
     }
-    func geluErfBackward(_ dy: FT, _ x: FT, _ dx: FT) {
+    public func geluErfBackward(_ dy: FT, _ x: FT, _ dx: FT) {
         let xp = x.p, dyp = dy.p, dxp = dx.p
         parallelRanges(x.count) { lo, hi in
             for i in lo..<hi {
@@ -186,8 +188,8 @@ struct Kernels {
         }
         roundHalf(dx.p, dx.count)
     }
-    func silu(_ x: FT, _ y: FT) { for i in 0..<x.count { let v = x.p[i]; y.p[i] = v / (1 + expf(-v)) } }
-    func siluBackward(_ dy: FT, _ x: FT, _ dx: FT, accumulate: Bool) {
+    public func silu(_ x: FT, _ y: FT) { for i in 0..<x.count { let v = x.p[i]; y.p[i] = v / (1 + expf(-v)) } }
+    public func siluBackward(_ dy: FT, _ x: FT, _ dx: FT, accumulate: Bool) {
         for i in 0..<x.count {
             let v = x.p[i], s = 1 / (1 + expf(-v)), d = dy.p[i] * s * (1 + v * (1 - s))
             if accumulate { dx.p[i] += d } else { dx.p[i] = d }
