@@ -26,6 +26,14 @@ public enum ActivationName {
     public static func tokens(_ branch: String) -> String { branch + ".tokens" }
     /// A branch's conditioning c [N, D].
     public static func c(_ branch: String) -> String { branch + ".c" }
+    /// A branch's t_embedder hidden layer, mlp.0(freq(c_noise)) [N, D].
+    public static func t1(_ branch: String) -> String { branch + ".t1" }
+    /// The gradient of parameter `key` (a non-finite gradient's report).
+    public static func parameterGradient(_ key: String) -> String { "grad." + key }
+    /// The headroom statistics of parameter `key`'s gradient times the loss scale.
+    public static func gradientHeadroom(_ key: String) -> String { "grad " + key }
+    /// Loss `name` (LossName) in a non-finite loss's report.
+    public static func loss(_ name: String) -> String { "loss." + name }
     /// A branch's encoder block i ("student.enc.block.i" is SPEC's `encBlock(i)`).
     public static func encBlock(_ branch: String, _ i: Int) -> String { "\(branch).enc.block.\(i)" }
     /// Block i of the plain DiT.

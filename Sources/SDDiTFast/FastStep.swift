@@ -131,7 +131,7 @@ extension FastModel {
         let losses = [LossName.generative: LG, LossName.disCls: Lcls, LossName.disPatch: Lpatch, LossName.total: total]
         if monitor.anomaly, !total.isFinite {
             let bad = [LossName.generative: LG, LossName.disCls: Lcls, LossName.disPatch: Lpatch].first { !$0.value.isFinite }!
-            throw NonFiniteError(tensor: "loss." + bad.key, operation: bad.key == LossName.generative
+            throw NonFiniteError(tensor: ActivationName.loss(bad.key), operation: bad.key == LossName.generative
                                     ? "lambda(sigma) (D - x0)^2, lambda in \(prec.isPure ? "the half type" : "float32")" : "DINO cross-entropy",
                                  index: [], shape: [], value: Float(bad.value),
                                  inputs: [("lambda", lam.map(abs).max() ?? 0), ("sigma_min of batch", Float(I.sigmaS.min() ?? 0))])
@@ -161,7 +161,7 @@ extension FastModel {
         let bad = unscaleGradients(scale), found = bad != nil
         if let (key, i) = bad, monitor.anomaly && !(monitor.anomalyLeavesBackwardToScaler && scaler.enabled) {
             let g = grads[key]!
-            throw NonFiniteError(tensor: "grad." + key, operation: "parameter gradient (unscaled by \(scale))",
+            throw NonFiniteError(tensor: ActivationName.parameterGradient(key), operation: "parameter gradient (unscaled by \(scale))",
                                  index: unravel(i, g.shape), shape: g.shape, value: g.p[i], inputs: [])
         }
         pendingCenters = (newCls.map { Float($0 / Double(N)) }, newPatch.map { Float($0 / Double(N * V)) })
@@ -322,7 +322,7 @@ extension FastModel {
     /// Records each parameter gradient times `scale` (as a GradScaler run stores it) in the
     /// monitor's headroom statistics as "grad KEY".
     public func recordGradientHeadroom(scale: Float) {
-        for spec in cfg.studentParameters { if let g = grads[spec.key] { monitor.record("grad " + spec.key, g.p, g.count, scale: scale) } }
+        for spec in cfg.studentParameters { if let g = grads[spec.key] { monitor.record(ActivationName.gradientHeadroom(spec.key), g.p, g.count, scale: scale) } }
     }
     public func gradients() -> [String: Tensor<Double>] {
         grads.mapValues { Tensor(shape: $0.shape, data: $0.array().map { Double($0) }) }

@@ -25,7 +25,7 @@ final class FastConditioning {
         k.linear(t1s, P["t_embedder.mlp.2.weight"]!, P["t_embedder.mlp.2.bias"]!, c)
         let table = P["y_embedder.embedding_table.weight"]!
         for n in 0..<N { for i in 0..<D { c.p[n * D + i] += table.p[labels[n] * D + i] } }
-        try m.out(ActivationName.c(pre), "c = t_embedder(c_noise) + y_embedder(y)", c, [(pre + ".t1", t1)])
+        try m.out(ActivationName.c(pre), "c = t_embedder(c_noise) + y_embedder(y)", c, [(ActivationName.t1(pre), t1)])
         let siluC = ws.get(pre + ".siluC", [N, D])
         k.silu(c, siluC)
         saved = Saved(temb: temb, t1: t1, t1s: t1s, c: c, siluC: siluC, labels: labels)
