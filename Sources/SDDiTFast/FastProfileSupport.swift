@@ -13,7 +13,8 @@ extension FastModel {
         return try b.forward(self, P, x, siluC)
     }
 
-    /// The backward of the last `block(name, ...)`, whose x and SiLU(c) it was given.
+    /// The backward of the last `block(name, ...)`: it reads that forward's x and SiLU(c)
+    /// (the block's saved buffers; `x` and `siluC` are FastProfile's same tensors).
     func blockBackward(_ name: String, _ key: String, _ P: [String: FT], x: FT, siluC: FT, dy: FT, dsiluC: FT, heads: Int) throws -> FT {
         guard let b = profiledBlocks[name], b.key == key, b.heads == heads else { fatalError("blockBackward \(name): no forward of that block") }
         return try b.backward(self, P, grads, dy: dy, dsiluC: dsiluC)
