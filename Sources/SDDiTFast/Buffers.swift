@@ -1,10 +1,30 @@
 // Float32 buffers for the fast path: raw, row-major, allocated once by name and reused
 // across steps (shapes repeat from step to step).
 
-/// A view of a float32 buffer with a shape.
+/// `capacity` floats, zeroed at allocation, freed when the last reference (a workspace
+/// entry or an FT) goes: memory cannot be freed under a live view.
+final class FloatStorage {
+    let p: UnsafeMutablePointer<Float>
+    let capacity: Int
+    init(capacity n: Int) {
+        p = UnsafeMutablePointer<Float>.allocate(capacity: n)
+        p.initialize(repeating: 0, count: n)
+        capacity = n
+    }
+    deinit { p.deallocate() }
+}
+
+/// A view of a float32 buffer with a shape; it keeps its storage alive.
 public struct FT {
     public let p: UnsafeMutablePointer<Float>
     public let shape: [Int]
+    let storage: FloatStorage
+    init(_ storage: FloatStorage, shape: [Int]) {
+        precondition(shape.reduce(1, *) <= storage.capacity, "FT: shape \(shape) exceeds its storage")
+        self.storage = storage; p = storage.p; self.shape = shape
+    }
+    /// The same memory under another shape of at most as many elements.
+    func reshaped(_ shape: [Int]) -> FT { FT(storage, shape: shape) }
     public var count: Int { shape.reduce(1, *) }
     public var last: Int { shape.last ?? 1 }
     public var rows: Int { count / max(last, 1) }
@@ -14,24 +34,24 @@ public struct FT {
 }
 
 /// Named buffers kept across steps; asking again for a name returns the same memory when
-/// the size fits.
+/// the size fits. A larger request replaces the entry: the old storage lives on while an FT
+/// still refers to it.
 public final class Workspace {
-    private var store: [String: (UnsafeMutablePointer<Float>, Int)] = [:]
+    private var store: [String: FloatStorage] = [:]
+    /// Bytes of the storage the workspace holds (its current entries).
     public private(set) var bytes = 0
     public init() {}
-    deinit { for (p, _) in store.values { p.deallocate() } }
 
     public func get(_ name: String, _ shape: [Int], zero: Bool = false) -> FT {
         let n = Swift.max(shape.reduce(1, *), 1)
-        if let (p, cap) = store[name], cap >= n {
-            let t = FT(p: p, shape: shape)
+        if let s = store[name], s.capacity >= n {
+            let t = FT(s, shape: shape)
             if zero { t.zero() }
             return t
         }
-        if let (old, cap) = store[name] { old.deallocate(); bytes -= cap * 4 }
-        let p = UnsafeMutablePointer<Float>.allocate(capacity: n)
-        p.initialize(repeating: 0, count: n)
-        store[name] = (p, n); bytes += n * 4
-        return FT(p: p, shape: shape)
+        if let old = store[name] { bytes -= old.capacity * 4 }
+        let s = FloatStorage(capacity: n)
+        store[name] = s; bytes += n * 4
+        return FT(s, shape: shape)
     }
 }

@@ -5,7 +5,7 @@ import SDDiTCore
 // patch embed + pos_embed [1, T, D] (no CLS), the encoder's adaLN-Zero blocks over all T
 // tokens, final layer LN + modulate + Linear(D, p p C), unpatchify, EDM preconditioning and
 // loss with a per-sample sigma, backward, AdamW. No decoder, teacher, head or centers.
-// It reuses FastModel's block / blockBackward / conditioning and kernels; buffers are named
+// It is made of the SD-DiT step's layers (Layers/) and preconditioning; buffers are named
 // "dit.*" so a plain-DiT model never shares them with an SD-DiT one.
 
 /// Parameter layout and seeded parameters of the plain DiT (peer: `param_shapes(cfg, "dit")`).
@@ -82,54 +82,27 @@ extension FastModel {
     /// backward with the loss scale, unscale, GradScaler decision, AdamW.
     /// The model must come from `plainDiT` (its parameters are the DiT keys).
     public func ditTrainStep(_ I: FastDiTInputs) throws -> FastStepResult {
+        try validate(I)
         let N = I.labels.count, C = cfg.inChannels, Hs = cfg.inputSize, per = C * Hs * Hs
-        let Tn = cfg.tokens, D = cfg.hiddenSize, p = cfg.patchSize, g = cfg.grid, Pd = cfg.patchDim
-        let P = student, G = grads, scale = scaler.scale
+        let Tn = cfg.tokens, D = cfg.hiddenSize, net = plainDiTNetwork, scale = scaler.scale
         for t in grads.values { t.zero() }
         let coef = I.sigma.map { EDMScalars(sigma: $0, sigmaData: cfg.sigmaData) }
-        // x = x0 + sigma n; network input c_in x
-        let xIn = ws.get("dit.x_in", [N, C, Hs, Hs])
+        // x = x0 + sigma n; D = c_skip x + c_out F(c_in x), stored in float32
         var xS = [Double](repeating: 0, count: N * per)
         for n in 0..<N { for i in 0..<per {
             let j = n * per + i
             xS[j] = I.x0[j] + I.sigma[n] * I.noise[j]
-            xIn.p[j] = Float(coef[n].cIn * xS[j])
         } }
-        if prec.isPure { prec.round(xIn.p, xIn.count) }
-        // patch embed + pos_embed (no CLS row)
-        let patches = ws.get("dit.patches", [N, Tn, Pd])
-        for n in 0..<N { for r in 0..<g { for cl in 0..<g { for c in 0..<C { for i in 0..<p { for j in 0..<p {
-            patches.p[((n * g + r) * g + cl) * Pd + (c * p + i) * p + j] = xIn.p[((n * C + c) * Hs + r * p + i) * Hs + cl * p + j]
-        } } } } } }
-        let tokens = ws.get("dit.tokens", [N, Tn, D])
-        k.linear(patches, FT(p: P["x_embedder.proj.weight"]!.p, shape: [D, Pd]), P["x_embedder.proj.bias"]!, tokens)
-        let pos = P["pos_embed"]!
-        for n in 0..<N { for i in 0..<(Tn * D) { tokens.p[n * Tn * D + i] += pos.p[i] } }
-        try out("dit.tokens", "patch embed + pos_embed", tokens, [("x_in", xIn)])
-        let (temb, t1, t1s, c, siluC) = try conditioning("dit", P, cNoise: coef.map { $0.cNoise }, labels: I.labels)
-        var hs = [tokens]
-        for i in 0..<cfg.depth {
-            hs.append(try block("dit.block.\(i)", "blocks.\(i).", P, hs[i], siluC, heads: cfg.numHeads))
-        }
-        // final layer: LN, modulate by Linear(SiLU(c)) [2D], Linear(D, p p C)
-        let modF = ws.get("dit.final.mod", [N, 2 * D])
-        k.linear(siluC, P["final_layer.adaLN_modulation.1.weight"]!, P["final_layer.adaLN_modulation.1.bias"]!, modF)
-        let mF = ws.get("dit.final.norm", [N, Tn, D]), meanF = ws.get("dit.final.mean", [N * Tn]), rstdF = ws.get("dit.final.rstd", [N * Tn])
-        k.lnModulate(hs[cfg.depth], modF, shiftChunk: 0, scaleChunk: 1, chunks: 2, mF, mean: meanF, rstd: rstdF)
-        let o = ws.get("dit.final", [N, Tn, Pd])
-        k.linear(mF, P["final_layer.linear.weight"]!, P["final_layer.linear.bias"]!, o)
-        try out("dit.final", "final_layer Linear", o, [("final.norm", mF)])
-        let F = ws.get("dit.F", [N, C, Hs, Hs]), Dt = ws.get("dit.D", [N, C, Hs, Hs])
-        unpatchify(o, F)
-        for n in 0..<N { for i in 0..<per {
-            let j = n * per + i
-            Dt.p[j] = Float(coef[n].cSkip * xS[j] + coef[n].cOut * Double(F.p[j]))
-        } }
+        let denoised = try edmPrecond(xS, coef, xIn: ws.get("dit.x_in", [N, C, Hs, Hs])) { xIn, cNoise in
+            try net.forward(self, student, xIn: xIn, cNoise: cNoise, labels: I.labels)
+        }.D
+        let Dt = ws.get("dit.D", [N, C, Hs, Hs])
+        for j in 0..<(N * per) { Dt.p[j] = Float(denoised[j]) }
         if prec.isPure { prec.round(Dt.p, Dt.count) }
         // EDM loss, lambda in float32 (autocast) or the half type (pure), as the SD-DiT step
         let lam: [Float] = coef.map { e in prec.isPure ? prec.round(Float(e.lambda)) : Float(e.lambda) }
         var loss = 0.0
-        let dD = ws.get("dit.dD", [N, C, Hs, Hs]), dOut = ws.get("d.dit.final", [N, Tn, Pd])
+        let dD = ws.get("dit.dD", [N, C, Hs, Hs]), dOut = ws.get("d." + ActivationName.final(ActivationName.dit), [N, Tn, cfg.patchDim])
         let numel = Float(N * per)
         for n in 0..<N { for i in 0..<per {
             let j = n * per + i
@@ -139,66 +112,43 @@ extension FastModel {
         } }
         loss /= Double(N * per)
         unpatchify(dOut, dD, inverse: true)
-        // backward
         let dsiluC = ws.get("d.dit.siluC", [N, D], zero: true)
-        let dmF = ws.get("d.dit.final.norm", [N, Tn, D], zero: true)
-        k.linearBackward(dOut, mF, P["final_layer.linear.weight"]!, dx: dmF, dw: G["final_layer.linear.weight"], db: G["final_layer.linear.bias"])
-        let dmodF = ws.get("d.dit.final.mod", [N, 2 * D], zero: true)
-        var dz = ws.get("d.dit.final.z", [N, Tn, D], zero: true)
-        k.lnModulateBackward(dmF, hs[cfg.depth], modF, shiftChunk: 0, scaleChunk: 1, chunks: 2, mean: meanF, rstd: rstdF, dx: dz, dmod: dmodF)
-        k.linearBackward(dmodF, siluC, P["final_layer.adaLN_modulation.1.weight"]!, dx: dsiluC,
-                         dw: G["final_layer.adaLN_modulation.1.weight"], db: G["final_layer.adaLN_modulation.1.bias"])
-        for i in stride(from: cfg.depth - 1, through: 0, by: -1) {
-            dz = try blockBackward("dit.block.\(i)", "blocks.\(i).", P, x: hs[i], siluC: siluC, dy: dz, dsiluC: dsiluC, heads: cfg.numHeads)
-        }
-        // patch embedding (pos_embed is fixed; no gradient to the input image)
-        k.linearBackward(dz, patches, FT(p: P["x_embedder.proj.weight"]!.p, shape: [D, Pd]), dx: nil,
-                         dw: FT(p: G["x_embedder.proj.weight"]!.p, shape: [D, Pd]), db: G["x_embedder.proj.bias"])
-        // conditioning: siluC = SiLU(c); c = mlp.2(SiLU(mlp.0(temb))) + table[y]
-        let dc = ws.get("d.dit.c", [N, D])
-        k.siluBackward(dsiluC, c, dc, accumulate: false)
-        let table = G["y_embedder.embedding_table.weight"]!
-        for n in 0..<N { for i in 0..<D { table.p[I.labels[n] * D + i] += dc.p[n * D + i] } }
-        let dt1s = ws.get("d.dit.t1s", [N, D], zero: true)
-        k.linearBackward(dc, t1s, P["t_embedder.mlp.2.weight"]!, dx: dt1s, dw: G["t_embedder.mlp.2.weight"], db: G["t_embedder.mlp.2.bias"])
-        let dt1 = ws.get("d.dit.t1", [N, D])
-        k.siluBackward(dt1s, t1, dt1, accumulate: false)
-        k.linearBackward(dt1, temb, P["t_embedder.mlp.0.weight"]!, dx: nil, dw: G["t_embedder.mlp.0.weight"], db: G["t_embedder.mlp.0.bias"])
+        try net.backward(self, student, grads, dOut: dOut, dsiluC: dsiluC)
         // unscale, check, GradScaler, AdamW
-        var found = false
-        for (_, t) in grads {
-            if scale != 1 {
-                let tp = t.p
-                parallelRanges(t.count) { lo, hi in for i in lo..<hi { tp[i] /= scale } }
-            }
-            if prec.isPure { prec.round(t.p, t.count) }
-            if !found, !allFinite(t.p, t.count) { found = true }
-        }
-        let stepped = scaler.update(foundNonFinite: found)
+        let stepped = scaler.update(foundNonFinite: unscaleGradients(scale) != nil)
         if stepped { adamW() }
         return FastStepResult(losses: ["generative": loss, "total": loss], skipped: !stepped, lossScale: scale)
     }
 }
 
-/// Whether all n floats are finite: x * 0 is 0 for finite x and NaN for inf / NaN, summed in
-/// 4 vector lanes (no early exit, so it vectorizes), split over the BLAS threads.
-func allFinite(_ p: UnsafeMutablePointer<Float>, _ n: Int) -> Bool {
-    let parts = 8
-    var flags = [Float](repeating: 0, count: parts)
-    flags.withUnsafeMutableBufferPointer { fb in
-        let f = fb.baseAddress!
-        parallelRanges(parts, minPerThread: n >= 65536 ? 1 : parts) { lo, hi in
-            for part in lo..<hi {
-                let a = n * part / parts, b = n * (part + 1) / parts
-                var acc = SIMD4<Float>(repeating: 0)
-                var j = a
-                let raw = UnsafeRawPointer(p)
-                while j + 4 <= b { acc += raw.loadUnaligned(fromByteOffset: j * 4, as: SIMD4<Float>.self) * 0; j += 4 }
-                var s = acc.sum()
-                while j < b { s += p[j] * 0; j += 1 }
-                f[part] = s
-            }
-        }
+/// The plain DiT network by layer: patch embed + pos_embed [1, T, D] (no CLS), the
+/// conditioning, the encoder's adaLN-Zero blocks over all T tokens, final_layer, unpatchify.
+final class FastPlainDiT {
+    let patchEmbed = FastPatchEmbed(branch: ActivationName.dit)
+    let conditioning = FastConditioning(branch: ActivationName.dit)
+    let blocks: [FastDiTBlock]
+    let final = FastFinalLayer(branch: ActivationName.dit)
+
+    init(_ cfg: ModelConfig) {
+        blocks = (0..<cfg.depth).map { FastDiTBlock(name: ActivationName.ditBlock($0), key: "blocks.\($0).", heads: cfg.numHeads) }
     }
-    return flags.allSatisfy { $0 == 0 }
+
+    /// F [N, C, H, W] from x_in.
+    func forward(_ m: FastModel, _ P: [String: FT], xIn: FT, cNoise: [Double], labels: [Int]) throws -> FT {
+        var h = try patchEmbed.forward(m, P, xIn: xIn)
+        let siluC = try conditioning.forward(m, P, cNoise: cNoise, labels: labels)
+        for b in blocks { h = try b.forward(m, P, h, siluC) }
+        let o = try final.forward(m, P, h, siluC)
+        let F = m.ws.get("dit.F", xIn.shape)
+        m.unpatchify(o, F)
+        return F
+    }
+
+    /// From dout [N, T, p p C] (the gradient of F's tokens): every parameter gradient.
+    func backward(_ m: FastModel, _ P: [String: FT], _ G: [String: FT], dOut: FT, dsiluC: FT) throws {
+        var dz = try final.backward(m, P, G, dOut: dOut, dsiluC: dsiluC)
+        for b in blocks.reversed() { dz = try b.backward(m, P, G, dy: dz, dsiluC: dsiluC) }
+        patchEmbed.backward(m, P, G, dTokens: dz)
+        try conditioning.backward(m, P, G, dsiluC: dsiluC)
+    }
 }

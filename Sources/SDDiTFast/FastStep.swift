@@ -52,33 +52,25 @@ extension FastModel {
     /// Forward, losses and backward with the current loss scale; gradients are unscaled.
     /// `skipped` in the result reports a non-finite gradient (nothing is updated here).
     public func forwardBackward(_ I: FastStepInputs, tauT: Double? = nil) throws -> FastStepResult {
+        try validate(I)
         let N = I.labels.count, C = cfg.inChannels, Hs = cfg.inputSize, K = cfg.headOutDim, D = cfg.hiddenSize
         let per = C * Hs * Hs, Tn = cfg.tokens
         let keep = keepLists(I.mask), V = keep[0].count
-        labelsForBackward = I.labels
         activations = [:]
         for g in grads.values { g.zero() }
-        // student view and EDM coefficients (Double)
+        // x = x0 + sigma n and D = c_skip x + c_out F(c_in x) in Double; D stored in float32
         let sd = cfg.sigmaData
         let coef = I.sigmaS.map { s in EDMScalars(sigma: s, sigmaData: sd) }
-        let xIn = ws.get("student.x_in", [N, C, Hs, Hs])
         var xS = [Double](repeating: 0, count: N * per)
         for n in 0..<N { for i in 0..<per {
             let j = n * per + i
-            let v: Double = I.x0[j] + I.sigmaS[n] * I.noiseS[j]
-            xS[j] = v
-            xIn.p[j] = Float(coef[n].cIn * v)
+            xS[j] = I.x0[j] + I.sigmaS[n] * I.noiseS[j]
         } }
-        if prec.isPure { prec.round(xIn.p, xIn.count) }
-        let enc = try encoder("student", student, xIn: xIn, cNoise: coef.map { $0.cNoise }, labels: I.labels, keep: keep)
-        let dec = try decoder(enc, student)
-        let F = ws.get("student.F", [N, C, Hs, Hs]), Dt = ws.get("student.D", [N, C, Hs, Hs])
-        unpatchify(dec.out, F)
-        for n in 0..<N { for i in 0..<per {
-            let j = n * per + i
-            let d: Double = coef[n].cSkip * xS[j] + coef[n].cOut * Double(F.p[j])
-            Dt.p[j] = Float(d)
-        } }
+        let (F, denoised) = try edmPrecond(xS, coef, xIn: ws.get("student.x_in", [N, C, Hs, Hs])) { xIn, cNoise in
+            try sdditNetwork(xIn, cNoise: cNoise, labels: I.labels, keep: keep)
+        }
+        let Dt = ws.get(ActivationName.D, [N, C, Hs, Hs])
+        for j in 0..<(N * per) { Dt.p[j] = Float(denoised[j]) }
         if prec.isPure { prec.round(Dt.p, Dt.count) }
         try out(ActivationName.D, "D = c_skip x + c_out F", Dt, [(ActivationName.F, F)])
         remember(ActivationName.F, F); remember(ActivationName.D, Dt)
@@ -92,29 +84,28 @@ extension FastModel {
         } }
         LG /= Double(N * per)
         // heads
-        let encOut = enc.h[cfg.depth]
-        let sHead = try head("student", student, encOut)                 // [N(1+V), K]
+        let sHead = try studentHead.forward(self, student, studentEncoder.out)   // [N(1+V), K]
         let xT = ws.get("teacher.x_in", [N, C, Hs, Hs])
-        let sT = cfg.teacherSigma, cInT = 1 / (sT * sT + sd * sd).squareRoot()
-        for j in 0..<(N * per) { xT.p[j] = Float(cInT * (I.x0[j] + sT * I.noiseT[j])) }
+        let sT = cfg.teacherSigma, eT = EDMScalars(sigma: sT, sigmaData: sd)
+        for j in 0..<(N * per) { xT.p[j] = Float(eT.cIn * (I.x0[j] + sT * I.noiseT[j])) }
         if prec.isPure { prec.round(xT.p, xT.count) }
         let all = Array(repeating: Array(0..<Tn), count: N)
-        let tEnc = try encoder("teacher", teacher, xIn: xT, cNoise: Array(repeating: Glibc.log(sT) / 4, count: N), labels: I.labels, keep: all)
+        let tOut = try teacherEncoder.forward(self, teacher, xIn: xT, cNoise: Array(repeating: eT.cNoise, count: N),
+                                              labels: I.labels, keep: all)
         let tSel = ws.get("teacher.head.in", [N, 1 + V, D])
-        let tOut = tEnc.h[cfg.depth]
         for n in 0..<N {
             (tSel.p + n * (1 + V) * D).update(from: tOut.p + n * (1 + Tn) * D, count: D)
             for (v, t) in keep[n].enumerated() {
                 (tSel.p + (n * (1 + V) + 1 + v) * D).update(from: tOut.p + (n * (1 + Tn) + 1 + t) * D, count: D)
             }
         }
-        let tHead = try head("teacher", teacher, tSel)
+        let tHead = try teacherHead.forward(self, teacher, tSel)
         if record {
-            func split(_ h: HeadState) -> ([Float], [Float]) {
+            func split(_ h: FT) -> ([Float], [Float]) {
                 var c = [Float](), p = [Float]()
                 for n in 0..<N {
-                    c += UnsafeBufferPointer(start: h.out.p + n * (1 + V) * K, count: K)
-                    p += UnsafeBufferPointer(start: h.out.p + (n * (1 + V) + 1) * K, count: V * K)
+                    c += UnsafeBufferPointer(start: h.p + n * (1 + V) * K, count: K)
+                    p += UnsafeBufferPointer(start: h.p + (n * (1 + V) + 1) * K, count: V * K)
                 }
                 return (c, p)
             }
@@ -125,22 +116,22 @@ extension FastModel {
         // DINO cross-entropy per row (float32 softmax / log-softmax, Double sums), and its gradient
         let tauS = Float(cfg.tauS), tT = Float(tauT ?? cfg.tauT), scale = scaler.scale
         let wD = discriminativeWeight, scaleD = scale * wD   // wD = 1: exactly `scale`
-        let dHead = ws.get("d.student.head.out", [N * (1 + V), K])
+        let dHead = ws.get("d." + ActivationName.Head.out(ActivationName.student), [N * (1 + V), K])
         var Lcls = 0.0, Lpatch = 0.0
         var newCls = [Double](repeating: 0, count: K), newPatch = [Double](repeating: 0, count: K)
         let R = N * (1 + V)
-        let hD = dinoRows(t: tHead.out.p, s: sHead.out.p, N: N, V: V, K: K, tauT: tT, tauS: tauS, gradScale: scaleD, dOut: dHead.p)
+        let hD = dinoRows(t: tHead.p, s: sHead.p, N: N, V: V, K: K, tauT: tT, tauS: tauS, gradScale: scaleD, dOut: dHead.p)
         for r in 0..<R {
             let isCls = r % (1 + V) == 0
             if isCls { Lcls += hD[r] / Double(N) } else { Lpatch += hD[r] / Double(N * V) }
-            let t = tHead.out.p + r * K
+            let t = tHead.p + r * K
             if isCls { for j in 0..<K { newCls[j] += Double(t[j]) } } else { for j in 0..<K { newPatch[j] += Double(t[j]) } }
         }
         let total = LG + Double(wD) * Lcls + Double(wD) * Lpatch   // wD = 1: exactly LG + Lcls + Lpatch
         let losses = [LossName.generative: LG, LossName.disCls: Lcls, LossName.disPatch: Lpatch, LossName.total: total]
         if monitor.anomaly, !total.isFinite {
             let bad = [LossName.generative: LG, LossName.disCls: Lcls, LossName.disPatch: Lpatch].first { !$0.value.isFinite }!
-            throw NonFiniteError(tensor: "loss." + bad.key, operation: bad.key == LossName.generative
+            throw NonFiniteError(tensor: ActivationName.loss(bad.key), operation: bad.key == LossName.generative
                                     ? "lambda(sigma) (D - x0)^2, lambda in \(prec.isPure ? "the half type" : "float32")" : "DINO cross-entropy",
                                  index: [], shape: [], value: Float(bad.value),
                                  inputs: [("lambda", lam.map(abs).max() ?? 0), ("sigma_min of batch", Float(I.sigmaS.min() ?? 0))])
@@ -149,9 +140,9 @@ extension FastModel {
         // The head's output is a half-type matmul output: its gradient enters the backward
         // pass in the half type (autocast casts the float32 loss gradient back).
         prec.round(dHead.p, dHead.count)
-        try gradOut("student.head.out (cls and patch rows)", "DINO cross-entropy x loss scale \(scale), cast to the half type", dHead)
-        let dEnc = try headBackward("student", student, sHead, dOut: dHead)          // [N(1+V), D]
-        let dD = ws.get("d.student.D", [N, C, Hs, Hs]), dOut = ws.get("d.student.final", [N, Tn, cfg.patchDim])
+        try gradOut(ActivationName.headOutRows, "DINO cross-entropy x loss scale \(scale), cast to the half type", dHead)
+        let dEncHead = try studentHead.backward(self, student, grads, dOut: dHead)   // [N(1+V), D]
+        let dD = ws.get("d." + ActivationName.D, [N, C, Hs, Hs]), dOut = ws.get("d." + ActivationName.final(ActivationName.student), [N, Tn, cfg.patchDim])
         let numel = Float(N * per)
         for n in 0..<N { for i in 0..<per {
             let j = n * per + i
@@ -164,22 +155,13 @@ extension FastModel {
         try gradOut(ActivationName.F, "EDM loss x c_out x loss scale \(scale), cast to the half type", dD)
         unpatchify(dOut, dD, inverse: true)
         let dsiluC = ws.get("d.student.siluC", [N, D], zero: true)
-        let dH = try decoderBackward(enc, dec, student, dOut: dOut, dsiluC: dsiluC)
-        // decoder input: visible positions to the encoder output, hidden ones to the tokens
-        let dEncAll = ws.get("d.student.enc.out", [N, 1 + V, D])
-        dEncAll.p.update(from: dEnc.p, count: dEnc.count)
-        let dTokens = ws.get("d.student.tokens", [N, Tn, D])
-        dTokens.p.update(from: dH.p, count: dH.count)
-        for n in 0..<N { for (v, t) in keep[n].enumerated() { for i in 0..<D {
-            dEncAll.p[(n * (1 + V) + 1 + v) * D + i] += dH.p[(n * Tn + t) * D + i]
-            dTokens.p[(n * Tn + t) * D + i] = 0
-        } } }
-        try encoderBackward(enc, student, dEnc: dEncAll, dTokens: dTokens, dsiluC: dsiluC)
+        let (dEnc, dTokens) = try decoder.backward(self, student, grads, dOut: dOut, dEncHead: dEncHead, dsiluC: dsiluC)
+        try studentEncoder.backward(self, student, grads, dOut: dEnc, dTokens: dTokens, dsiluC: dsiluC)
         // unscale, check, step
         let bad = unscaleGradients(scale), found = bad != nil
         if let (key, i) = bad, monitor.anomaly && !(monitor.anomalyLeavesBackwardToScaler && scaler.enabled) {
             let g = grads[key]!
-            throw NonFiniteError(tensor: "grad." + key, operation: "parameter gradient (unscaled by \(scale))",
+            throw NonFiniteError(tensor: ActivationName.parameterGradient(key), operation: "parameter gradient (unscaled by \(scale))",
                                  index: unravel(i, g.shape), shape: g.shape, value: g.p[i], inputs: [])
         }
         pendingCenters = (newCls.map { Float($0 / Double(N)) }, newPatch.map { Float($0 / Double(N * V)) })
@@ -284,24 +266,19 @@ extension FastModel {
     /// D(x; sigma_n, y) for every sample at its own sigma, every token visible (the sampler's
     /// denoiser, SPEC §2.10); x and D in Double, the network in this model's precision.
     public func denoise(_ x: [Double], sigmas: [Double], labels: [Int]) throws -> [Double] {
-        let N = labels.count, C = cfg.inChannels, Hs = cfg.inputSize, per = C * Hs * Hs, sd = cfg.sigmaData
-        let e = sigmas.map { EDMScalars(sigma: $0, sigmaData: sd) }
-        let xIn = ws.get("student.x_in", [N, C, Hs, Hs])
-        for n in 0..<N { for i in 0..<per { xIn.p[n * per + i] = Float(e[n].cIn * x[n * per + i]) } }
-        if prec.isPure { prec.round(xIn.p, xIn.count) }
+        try validateDenoise(x, sigmas: sigmas, labels: labels)
+        let N = labels.count, Hs = cfg.inputSize
+        let e = sigmas.map { EDMScalars(sigma: $0, sigmaData: cfg.sigmaData) }
         let saved = record; record = false; defer { record = saved }
         let all = Array(repeating: Array(0..<cfg.tokens), count: N)
-        let enc = try encoder("student", student, xIn: xIn, cNoise: e.map(\.cNoise), labels: labels, keep: all)
-        let dec = try decoder(enc, student)
-        let F = ws.get("student.F", [N, C, Hs, Hs])
-        unpatchify(dec.out, F)
-        var out = [Double](repeating: 0, count: N * per)
-        for n in 0..<N { for i in 0..<per { out[n * per + i] = e[n].cSkip * x[n * per + i] + e[n].cOut * Double(F.p[n * per + i]) } }
-        return out
+        return try edmPrecond(x, e, xIn: ws.get("student.x_in", [N, cfg.inChannels, Hs, Hs])) { xIn, cNoise in
+            try sdditNetwork(xIn, cNoise: cNoise, labels: labels, keep: all)
+        }.D
     }
 
     /// The Heun sampler (SPEC §6) with optional guidance; returns x after every step.
     public func sample(xInit: [Double], labels: [Int], sigmas: [Double], cfgScale: Double?) throws -> [[Double]] {
+        try validateSample(xInit: xInit, labels: labels, sigmas: sigmas)
         let N = labels.count
         func Dw(_ x: [Double], _ s: Double) throws -> [Double] {
             let d = try denoise(x, sigma: s, labels: labels)
@@ -345,7 +322,7 @@ extension FastModel {
     /// Records each parameter gradient times `scale` (as a GradScaler run stores it) in the
     /// monitor's headroom statistics as "grad KEY".
     public func recordGradientHeadroom(scale: Float) {
-        for spec in cfg.studentParameters { if let g = grads[spec.key] { monitor.record("grad " + spec.key, g.p, g.count, scale: scale) } }
+        for spec in cfg.studentParameters { if let g = grads[spec.key] { monitor.record(ActivationName.gradientHeadroom(spec.key), g.p, g.count, scale: scale) } }
     }
     public func gradients() -> [String: Tensor<Double>] {
         grads.mapValues { Tensor(shape: $0.shape, data: $0.array().map { Double($0) }) }
