@@ -10,10 +10,20 @@ public struct SeededRandom: RandomNumberGenerator, Sendable {
 
     public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
+        return Self.finalize(state)
+    }
+
+    /// SplitMix64's output function (a bijective mix of 64 bits).
+    static func finalize(_ x: UInt64) -> UInt64 {
+        var z = x
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
+    }
+
+    /// A seed derived from two numbers (a run's seed and a step or stream index).
+    public static func mix(_ a: UInt64, _ b: UInt64) -> UInt64 {
+        finalize(a &* 0x9E37_79B9_7F4A_7C15 ^ (b &+ 0x632B_E59B_D9B4_E019))
     }
 
     /// Uniform in [0, 1) with 53 random bits.

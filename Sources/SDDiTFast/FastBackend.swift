@@ -16,22 +16,10 @@ public enum FastBackend {
         }
     }
 
-    /// The sampler's noise levels (SPEC §6), computed in Double.
-    public static func sigmas(steps N: Int, sigmaMin: Double, sigmaMax: Double, rho: Double) -> [Double] {
-        let a = Glibc.pow(sigmaMax, 1 / rho), b = Glibc.pow(sigmaMin, 1 / rho)
-        return (0..<N).map { i in Glibc.pow(a + Double(i) / Double(max(N - 1, 1)) * (b - a), rho) } + [0]
-    }
-
-    /// MAE's 2-D sin-cos table in float32 (SPEC §2.2), for the check against a file's copy.
+    /// MAE's 2-D sin-cos table (SPEC §2.2, Core's `SinCosPosEmbed`) evaluated in float32, for
+    /// the check against a file's copy.
     public static func sinCos(width W: Int, grid: Int, clsRow: Bool) -> [Float] {
-        let q = W / 4, off = clsRow ? 1 : 0
-        var out = [Float](repeating: 0, count: (grid * grid + off) * W)
-        for t in 0..<(grid * grid) { for half in 0..<2 { for kk in 0..<q {
-            let pos = Float(half == 0 ? t % grid : t / grid), w = powf(10000, -Float(kk) / Float(q))
-            out[(t + off) * W + half * 2 * q + kk] = sinf(pos * w)
-            out[(t + off) * W + half * 2 * q + q + kk] = cosf(pos * w)
-        } } }
-        return out
+        (SinCosPosEmbed.table(width: W, grid: grid, clsRow: clsRow) as Tensor<Float>).data
     }
 
     /// `variant`: a deliberate deviation (planted-bug files in the tests); none by default.
@@ -58,7 +46,7 @@ public enum FastBackend {
         if let sm = s.sampler {
             let m = FastModel(cfg, precision: precision, student: s.student, teacher: nil)
             m.variant = variant
-            let sig = sigmas(steps: sm.steps, sigmaMin: cfg.sigmaMin, sigmaMax: cfg.sigmaMax, rho: cfg.rho)
+            let sig = HeunSampler.sigmas(steps: sm.steps, sigmaMin: cfg.sigmaMin, sigmaMax: cfg.sigmaMax, rho: cfg.rho)
             let traj = try m.sample(xInit: sm.xInit.data, labels: sm.labels, sigmas: sig, cfgScale: sm.cfgScale)
             // the sampler keeps x and sigmas in float64; the network ran in `precision`
             out["sampler/sigmas"] = NamedTensor(shape: [sig.count], values: sig, precision: .float64)

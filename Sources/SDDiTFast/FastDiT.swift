@@ -41,26 +41,12 @@ public enum PlainDiT {
         var P: [String: Tensor<Double>] = [:]
         for s in parameters(cfg) {
             if s.key == "pos_embed" {
-                P[s.key] = Tensor(shape: s.shape, data: sinCos(width: cfg.hiddenSize, grid: cfg.grid))
+                P[s.key] = SinCosPosEmbed.table(width: cfg.hiddenSize, grid: cfg.grid, clsRow: false)
                 continue
             }
-            let fanIn = s.shape.dropFirst().reduce(1, *)
-            let std = s.key.hasSuffix("bias") ? 0.05 : min(0.2, max(0.02, 1 / Double(fanIn).squareRoot()))
-            P[s.key] = Tensor(shape: s.shape, data: rng.normals(s.count, std: std))
+            P[s.key] = Tensor(shape: s.shape, data: rng.normals(s.count, std: Initialization.randomStd(s)))
         }
         return P
-    }
-
-    /// MAE's 2-D sin-cos table [T, W] in Double (first W/2 channels: column, last W/2: row).
-    static func sinCos(width W: Int, grid: Int) -> [Double] {
-        let q = W / 4
-        var out = [Double](repeating: 0, count: grid * grid * W)
-        for t in 0..<(grid * grid) { for half in 0..<2 { for kk in 0..<q {
-            let pos = Double(half == 0 ? t % grid : t / grid), w = Glibc.pow(10000, -Double(kk) / Double(q))
-            out[t * W + half * 2 * q + kk] = Glibc.sin(pos * w)
-            out[t * W + half * 2 * q + q + kk] = Glibc.cos(pos * w)
-        } } }
-        return out
     }
 }
 
@@ -86,13 +72,9 @@ extension FastModel {
         let N = I.labels.count, C = cfg.inChannels, Hs = cfg.inputSize, per = C * Hs * Hs
         let Tn = cfg.tokens, D = cfg.hiddenSize, net = plainDiTNetwork, scale = scaler.scale
         for t in grads.values { t.zero() }
-        let coef = I.sigma.map { EDMScalars(sigma: $0, sigmaData: cfg.sigmaData) }
+        let coef = I.sigma.map { EDMCoefficients<Double>(sigma: $0, sigmaData: cfg.sigmaData) }
         // x = x0 + sigma n; D = c_skip x + c_out F(c_in x), stored in float32
-        var xS = [Double](repeating: 0, count: N * per)
-        for n in 0..<N { for i in 0..<per {
-            let j = n * per + i
-            xS[j] = I.x0[j] + I.sigma[n] * I.noise[j]
-        } }
+        let xS = EDMNoise.noised(x0: I.x0, sigma: I.sigma, noise: I.noise)
         let denoised = try edmPrecond(xS, coef, xIn: ws.get("dit.x_in", [N, C, Hs, Hs])) { xIn, cNoise in
             try net.forward(self, student, xIn: xIn, cNoise: cNoise, labels: I.labels)
         }.D

@@ -43,8 +43,6 @@ public final class FastModel {
     lazy var studentHead = FastDINOHead(branch: ActivationName.student)
     lazy var teacherHead = FastDINOHead(branch: ActivationName.teacher)
     lazy var plainDiTNetwork = FastPlainDiT(cfg)
-    /// Blocks FastProfile ran by name (FastProfileSupport.swift).
-    var profiledBlocks: [String: FastDiTBlock] = [:]
     var pendingCenters: (cls: [Float], patch: [Float]) = ([], [])
 
     /// `student` / `teacher`: Double parameters by key (teacher: encoder + head keys).
@@ -141,19 +139,17 @@ public final class FastModel {
 
     // MARK: the network
 
-    /// The timestep embedder's frequency embedding (SPEC §2.3), into temb [N, 256]:
-    /// [cos(c_noise f_j), sin(c_noise f_j)], f_j = exp(-ln(10000) j / 128), in Double.
+    /// The timestep embedder's frequency embedding (SPEC §2.3, Core's `TimestepFrequency`, in
+    /// Double) into temb [N, 256], rounded to float32.
     func timestepEmbedding(_ cNoise: [Double], _ temb: FT) {
-        for n in 0..<temb.shape[0] { for j in 0..<128 {
-            let f = Glibc.exp(-Glibc.log(10000.0) * Double(j) / 128), a = cNoise[n] * f
-            temb.p[n * 256 + j] = Float(Glibc.cos(a)); temb.p[n * 256 + 128 + j] = Float(Glibc.sin(a))
-        } }
+        let t: Tensor<Double> = TimestepFrequency.forward(cNoise)
+        for i in 0..<t.count { temb.p[i] = Float(t.data[i]) }
     }
 
     /// EDM's preconditioning (SPEC §3, EDM's EDMPrecond) around a network F: x_in = c_in x
     /// (float32, rounded in pure modes, written to `xIn`), F = network(x_in, c_noise) as an
     /// image [N, C, H, W], D = c_skip x + c_out F in Double (x and D in float64, as EDM keeps them).
-    func edmPrecond(_ x: [Double], _ e: [EDMScalars], xIn: FT,
+    func edmPrecond(_ x: [Double], _ e: [EDMCoefficients<Double>], xIn: FT,
                     network: (FT, [Double]) throws -> FT) rethrows -> (F: FT, D: [Double]) {
         let N = e.count, per = x.count / N
         for n in 0..<N { for i in 0..<per { xIn.p[n * per + i] = Float(e[n].cIn * x[n * per + i]) } }
@@ -162,7 +158,7 @@ public final class FastModel {
         var D = [Double](repeating: 0, count: N * per)
         for n in 0..<N { for i in 0..<per {
             let j = n * per + i
-            D[j] = e[n].cSkip * x[j] + e[n].cOut * Double(F.p[j])
+            D[j] = e[n].denoised(x: x[j], F: Double(F.p[j]))
         } }
         return (F, D)
     }
@@ -177,13 +173,13 @@ public final class FastModel {
         return F
     }
 
-    /// [N, T, p p C] ordered (i, j, c) -> [N, C, H, W] (into `img`), or the reverse (`inverse`).
+    /// [N, T, p p C] ordered (i, j, c) -> [N, C, H, W] (into `img`), or the reverse (`inverse`):
+    /// Core's `PatchLayout.unpatchify` (SPEC §2.9).
     func unpatchify(_ x: FT, _ img: FT, inverse: Bool = false) {
-        let N = img.shape[0], C = cfg.inChannels, p = cfg.patchSize, g = cfg.grid, H = cfg.inputSize, Tn = cfg.tokens
-        for n in 0..<N { for r in 0..<g { for cl in 0..<g { for i in 0..<p { for j in 0..<p { for c in 0..<C {
-            let a = ((n * C + c) * H + r * p + i) * H + cl * p + j, b = ((n * Tn + r * g + cl) * p * p + i * p + j) * C + c
-            if inverse { x.p[b] = img.p[a] } else { img.p[a] = x.p[b] }
-        } } } } } }
+        let xp = x.p, ip = img.p
+        PatchLayout.unpatchify(N: img.shape[0], C: cfg.inChannels, H: cfg.inputSize, p: cfg.patchSize) { a, b in
+            if inverse { xp[b] = ip[a] } else { ip[a] = xp[b] }
+        }
     }
 }
 

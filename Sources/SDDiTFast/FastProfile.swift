@@ -42,20 +42,18 @@ extension FastModel {
         for (group, key, L, W, H, hm, count) in kinds {
             let name = "prof." + group
             let x = ws.get(name + ".in", [N, L, W]); fill(x)
-            var y = x
-            out.append(ProfileEntry(group: group, name: "whole block forward", ms: try best { y = try block(name, key, student, x, siluC, heads: H) }, perStep: count))
+            let block = FastDiTBlock(name: name, key: key, heads: H)
+            out.append(ProfileEntry(group: group, name: "whole block forward", ms: try best { _ = try block.forward(self, student, x, siluC) }, perStep: count))
             let backward = group != "teacher encoder block"
             if backward {
                 let dy = ws.get(name + ".dy", [N, L, W]); fill(dy, 1e-3)
                 out.append(ProfileEntry(group: group, name: "whole block backward", ms: try best {
-                    _ = try blockBackward(name, key, student, x: x, siluC: siluC, dy: dy, dsiluC: dsiluC, heads: H) }, perStep: count))
+                    _ = try block.backward(self, student, grads, dy: dy, dsiluC: dsiluC) }, perStep: count))
             }
-            _ = y
-            // kernels of the block, forward (buffers as `block` left them)
-            let mod = ws.get(name + ".mod", [N, 6 * W]), m1 = ws.get(name + ".m1", [N, L, W]), mean1 = ws.get(name + ".mean1", [N * L])
-            let rstd1 = ws.get(name + ".rstd1", [N * L]), qkv = ws.get(name + ".qkv", [N, L, 3 * W]), probs = ws.get(name + ".attn.probs", [N, H, L, L])
-            let a = ws.get(name + ".attn.out", [N, L, W]), proj = ws.get(name + ".attn.proj", [N, L, W]), x1 = ws.get(name + ".x1", [N, L, W])
-            let f1 = ws.get(name + ".mlp.fc1", [N, L, hm]), gl = ws.get(name + ".mlp.gelu", [N, L, hm]), f2 = ws.get(name + ".mlp.fc2", [N, L, W])
+            // kernels of the block, forward (on the buffers its forward left)
+            guard let sv = block.saved else { fatalError("profile: the block's forward left no buffers") }
+            let (mod, m1, mean1, rstd1, qkv, probs) = (sv.mod, sv.m1, sv.mean1, sv.rstd1, sv.qkv, sv.probs)
+            let (a, proj, x1, f1, gl, f2) = (sv.a, sv.proj, sv.x1, sv.f1, sv.gl, sv.f2)
             let P = student
             func e(_ n: String, _ c: Int = count, _ body: () -> Void) { out.append(ProfileEntry(group: group, name: n, ms: best(body), perStep: c)) }
             e("fwd adaLN Linear") { k.linear(siluC, P[key + "adaLN_modulation.1.weight"]!, P[key + "adaLN_modulation.1.bias"]!, mod) }
@@ -89,10 +87,10 @@ extension FastModel {
         }
         // heads (student rows = teacher rows = N (1 + V))
         let hx = ws.get("prof.head.x", [N * (1 + V), D]); fill(hx)
-        var hs: HeadState? = nil
-        out.append(ProfileEntry(group: "DINO head", name: "forward", ms: try best { hs = try head("prof", student, hx) }, perStep: 2))
+        let head = FastDINOHead(branch: "prof")
+        out.append(ProfileEntry(group: "DINO head", name: "forward", ms: try best { _ = try head.forward(self, student, hx) }, perStep: 2))
         let dOut = ws.get("prof.head.dout", [N * (1 + V), cfg.headOutDim]); fill(dOut, 1e-4)
-        out.append(ProfileEntry(group: "DINO head", name: "backward", ms: try best { _ = try headBackward("prof", student, hs!, dOut: dOut) }, perStep: 1))
+        out.append(ProfileEntry(group: "DINO head", name: "backward", ms: try best { _ = try head.backward(self, student, grads, dOut: dOut) }, perStep: 1))
         out.append(ProfileEntry(group: "optimizer", name: "AdamW (all student parameters)", ms: best { adamW() }, perStep: 1))
         out.append(ProfileEntry(group: "optimizer", name: "EMA (teacher)", ms: best { ema(0.996) }, perStep: 1))
         // FastStep's own loops, timed alone on this model's buffers (the functions the step calls)

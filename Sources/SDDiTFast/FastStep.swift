@@ -20,8 +20,6 @@ public struct FastStepResult: Sendable {
 }
 
 extension FastModel {
-    /// Visible token lists from a mask (1 = hidden), ascending.
-    func keepLists(_ mask: [[Int]]) -> [[Int]] { mask.map { row in row.indices.filter { row[$0] == 0 } } }
 
     /// One training step (SPEC §5): forward, losses, backward (with the loss scale), unscale,
     /// AdamW unless a gradient is non-finite, EMA, centers. Inputs' centers are replaced by the model's.
@@ -55,17 +53,13 @@ extension FastModel {
         try validate(I)
         let N = I.labels.count, C = cfg.inChannels, Hs = cfg.inputSize, K = cfg.headOutDim, D = cfg.hiddenSize
         let per = C * Hs * Hs, Tn = cfg.tokens
-        let keep = keepLists(I.mask), V = keep[0].count
+        let keep = try visibleTokens(I.mask, N: N), V = keep[0].count
         activations = [:]
         for g in grads.values { g.zero() }
         // x = x0 + sigma n and D = c_skip x + c_out F(c_in x) in Double; D stored in float32
         let sd = cfg.sigmaData
-        let coef = I.sigmaS.map { s in EDMScalars(sigma: s, sigmaData: sd) }
-        var xS = [Double](repeating: 0, count: N * per)
-        for n in 0..<N { for i in 0..<per {
-            let j = n * per + i
-            xS[j] = I.x0[j] + I.sigmaS[n] * I.noiseS[j]
-        } }
+        let coef = I.sigmaS.map { s in EDMCoefficients<Double>(sigma: s, sigmaData: sd) }
+        let xS = EDMNoise.noised(x0: I.x0, sigma: I.sigmaS, noise: I.noiseS)
         let (F, denoised) = try edmPrecond(xS, coef, xIn: ws.get("student.x_in", [N, C, Hs, Hs])) { xIn, cNoise in
             try sdditNetwork(xIn, cNoise: cNoise, labels: I.labels, keep: keep)
         }
@@ -86,7 +80,7 @@ extension FastModel {
         // heads
         let sHead = try studentHead.forward(self, student, studentEncoder.out)   // [N(1+V), K]
         let xT = ws.get("teacher.x_in", [N, C, Hs, Hs])
-        let sT = cfg.teacherSigma, eT = EDMScalars(sigma: sT, sigmaData: sd)
+        let sT = cfg.teacherSigma, eT = EDMCoefficients<Double>(sigma: sT, sigmaData: sd)
         for j in 0..<(N * per) { xT.p[j] = Float(eT.cIn * (I.x0[j] + sT * I.noiseT[j])) }
         if prec.isPure { prec.round(xT.p, xT.count) }
         let all = Array(repeating: Array(0..<Tn), count: N)
@@ -268,7 +262,7 @@ extension FastModel {
     public func denoise(_ x: [Double], sigmas: [Double], labels: [Int]) throws -> [Double] {
         try validateDenoise(x, sigmas: sigmas, labels: labels)
         let N = labels.count, Hs = cfg.inputSize
-        let e = sigmas.map { EDMScalars(sigma: $0, sigmaData: cfg.sigmaData) }
+        let e = sigmas.map { EDMCoefficients<Double>(sigma: $0, sigmaData: cfg.sigmaData) }
         let saved = record; record = false; defer { record = saved }
         let all = Array(repeating: Array(0..<cfg.tokens), count: N)
         return try edmPrecond(x, e, xIn: ws.get("student.x_in", [N, cfg.inChannels, Hs, Hs])) { xIn, cNoise in
@@ -279,27 +273,15 @@ extension FastModel {
     /// The Heun sampler (SPEC §6) with optional guidance; returns x after every step.
     public func sample(xInit: [Double], labels: [Int], sigmas: [Double], cfgScale: Double?) throws -> [[Double]] {
         try validateSample(xInit: xInit, labels: labels, sigmas: sigmas)
-        let N = labels.count
-        func Dw(_ x: [Double], _ s: Double) throws -> [Double] {
-            let d = try denoise(x, sigma: s, labels: labels)
-            guard let w = cfgScale else { return d }
-            let d0 = try denoise(x, sigma: s, labels: Array(repeating: cfg.numClasses, count: N))
-            return (0..<d.count).map { d0[$0] + w * (d[$0] - d0[$0]) }
+        // Core's Heun integrator and guidance (SPEC §6) over this model's denoiser
+        let N = labels.count, shape = [xInit.count]
+        func Dw(_ x: Tensor<Double>, _ s: Double) throws -> Tensor<Double> {
+            let d = try denoise(x.data, sigma: s, labels: labels)
+            guard let w = cfgScale else { return Tensor(shape: shape, data: d) }
+            let d0 = try denoise(x.data, sigma: s, labels: Array(repeating: cfg.numClasses, count: N))
+            return Tensor(shape: shape, data: (0..<d.count).map { HeunSampler.guided(conditional: d[$0], unconditional: d0[$0], scale: w) })
         }
-        var x = xInit, outs: [[Double]] = []
-        for i in 0..<(sigmas.count - 1) {
-            let s0 = sigmas[i], s1 = sigmas[i + 1]
-            let D0 = try Dw(x, s0)
-            let d = (0..<x.count).map { (x[$0] - D0[$0]) / s0 }
-            var xn = (0..<x.count).map { x[$0] + (s1 - s0) * d[$0] }
-            if s1 != 0 {
-                let D1 = try Dw(xn, s1)
-                xn = (0..<x.count).map { j in x[j] + (s1 - s0) * (d[j] + (xn[j] - D1[j]) / s1) / 2 }
-            }
-            x = xn
-            outs.append(x)
-        }
-        return outs
+        return try HeunSampler.sample(xInit: Tensor(shape: shape, data: xInit), sigmas: sigmas, denoise: Dw).map(\.data)
     }
 
     /// Current parameters as Double tensors (student or teacher).
@@ -326,18 +308,5 @@ extension FastModel {
     }
     public func gradients() -> [String: Tensor<Double>] {
         grads.mapValues { Tensor(shape: $0.shape, data: $0.array().map { Double($0) }) }
-    }
-}
-
-/// EDM's preconditioning scalars in Double (SPEC §3-4).
-struct EDMScalars {
-    let cSkip: Double, cOut: Double, cIn: Double, cNoise: Double, lambda: Double
-    init(sigma s: Double, sigmaData sd: Double) {
-        let s2: Double = s * s + sd * sd
-        cSkip = sd * sd / s2
-        cOut = s * sd / s2.squareRoot()
-        cIn = 1 / s2.squareRoot()
-        cNoise = Glibc.log(s) / 4
-        lambda = s2 / ((s * sd) * (s * sd))
     }
 }

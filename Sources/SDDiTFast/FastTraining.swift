@@ -21,5 +21,5 @@ extension FastModel {
     }
 
     /// EDM's weight lambda(sigma) = (s^2 + sd^2) / (s sd)^2 (SPEC §4), in Double.
-    public func edmWeight(_ sigma: Double) -> Double { EDMScalars(sigma: sigma, sigmaData: cfg.sigmaData).lambda }
+    public func edmWeight(_ sigma: Double) -> Double { EDMCoefficients<Double>(sigma: sigma, sigmaData: cfg.sigmaData).lambda }
 }

@@ -25,17 +25,10 @@ extension FastModel {
         if let v = s.first(where: { !($0.isFinite && $0 > 0) }) { throw ConfigError("fast path: \(name) holds \(v); noise levels must be finite and > 0") }
     }
 
-    /// mask [N][T] of 0 / 1 (1 = hidden), the same number of visible tokens in every row, at least one.
-    func validateMask(_ mask: [[Int]], N: Int) throws {
-        let T = cfg.tokens
-        guard mask.count == N, mask.allSatisfy({ $0.count == T }) else {
-            throw ConfigError("fast path: mask must be [N][T] = [\(N)][\(T)], got \(mask.count) rows of \(Set(mask.map(\.count)).sorted()) tokens")
-        }
-        guard mask.allSatisfy({ $0.allSatisfy { $0 == 0 || $0 == 1 } }) else { throw ConfigError("fast path: mask values must be 0 (visible) or 1 (hidden)") }
-        let visible = Set(mask.map { $0.filter { $0 == 0 }.count })
-        guard visible.count == 1, let V = visible.first, V >= 1 else {
-            throw ConfigError("fast path: every mask row must keep the same number (>= 1) of visible tokens, got \(visible.sorted())")
-        }
+    /// The visible tokens of a mask [N][T] (1 = hidden) by SPEC's rule (Core's `visibleIndices`:
+    /// 0 / 1 entries, the same V >= 1 visible tokens in every row).
+    func visibleTokens(_ mask: [[Int]], N: Int) throws -> [[Int]] {
+        do { return try visibleIndices(mask: mask, tokens: cfg.tokens, batch: N) } catch { throw ConfigError("fast path: \(error)") }
     }
 
     /// A training step's inputs (SPEC §7 /inputs).
@@ -44,7 +37,7 @@ extension FastModel {
         let N = I.labels.count
         try validateImages("x0", I.x0, N: N); try validateImages("noise_s", I.noiseS, N: N); try validateImages("noise_t", I.noiseT, N: N)
         try validateSigmas("sigma_s", I.sigmaS, N: N)
-        try validateMask(I.mask, N: N)
+        _ = try visibleTokens(I.mask, N: N)
     }
 
     /// A plain-DiT step's inputs.

@@ -100,18 +100,11 @@ public final class Trainer {
         model.discriminativeWeight = Float(o.discriminativeWeight)
     }
 
-    static func mix(_ a: UInt64, _ b: UInt64) -> UInt64 {
-        var z = a &* 0x9E37_79B9_7F4A_7C15 ^ (b &+ 0x632B_E59B_D9B4_E019)
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
     /// Minibatch `k` (0-based): training examples drawn with replacement, labels (null with
     /// probability `labelDropout`), ln sigma ~ N(P_mean, P_std), unit noises, a MaskDiT mask.
     public func batch(_ k: Int) -> FastStepInputs {
         let cfg = options.config, N = options.batch, per = data.sampleCount
-        var rng = SeededRandom(seed: Self.mix(options.seed, UInt64(k)))
+        var rng = SeededRandom(seed: SeededRandom.mix(options.seed, UInt64(k)))
         var x0: [Double] = [], labels: [Int] = []
         x0.reserveCapacity(N * per)
         for _ in 0..<N {
@@ -164,7 +157,7 @@ public final class Trainer {
     public func heldOutLoss() throws -> Double {
         let cfg = options.config, per = data.sampleCount
         let m = FastModel(cfg, precision: options.precision, student: model.parameters(), teacher: nil)
-        var rng = SeededRandom(seed: Self.mix(options.dataSeed, 0xE7A1))
+        var rng = SeededRandom(seed: SeededRandom.mix(options.dataSeed, 0xE7A1))
         let n = data.heldOut.count, chunk = 64
         var sum = 0.0
         var start = 0

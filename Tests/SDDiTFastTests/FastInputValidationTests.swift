@@ -66,7 +66,7 @@ struct FastInputValidationTests {
         #expect(throws: ConfigError.self) { try m.denoise(I.x0, sigmas: [1], labels: y) }
         #expect(throws: ConfigError.self) { try m.denoise(I.x0, sigma: 1, labels: [y[0], Self.cfg.numClasses + 1]) }
         #expect(throws: ConfigError.self) { try m.denoise([], sigma: 1, labels: []) }
-        let sig = FastBackend.sigmas(steps: 3, sigmaMin: 0.002, sigmaMax: 80, rho: 7)
+        let sig = HeunSampler.sigmas(steps: 3, sigmaMin: 0.002, sigmaMax: 80, rho: 7)
         #expect(throws: ConfigError.self) { try m.sample(xInit: Array(I.x0.dropLast()), labels: y, sigmas: sig, cfgScale: nil) }
         #expect(throws: ConfigError.self) { try m.sample(xInit: I.x0, labels: [-1, 0], sigmas: sig, cfgScale: 1.5) }
         #expect(throws: ConfigError.self) { try m.sample(xInit: I.x0, labels: y, sigmas: [80, -1, 0], cfgScale: nil) }

@@ -41,8 +41,7 @@ public enum Initialization {
             default:
                 switch mode {
                 case .random:
-                    let std = s.key.hasSuffix("bias") ? 0.05 : min(0.2, max(0.02, 1 / Double(fanIn).squareRoot()))
-                    return (s, rng.normals(s.count, std: std))
+                    return (s, rng.normals(s.count, std: randomStd(s)))
                 case .dit:
                     return (s, ditInit(s, fanIn: fanIn, fanOut: fanOut, &rng))
                 }
@@ -96,5 +95,12 @@ public enum Initialization {
         var row = [Int](repeating: 1, count: tokens)
         for t in rng.permutation(tokens).prefix(V) { row[t] = 0 }
         return row
+    }
+
+    /// The `.random` rule (every tensor non-zero; also the plain DiT of `oracle bench` and the
+    /// peer): biases N(0, 0.05^2), weights N(0, clamp(fan_in^-1/2, 0.02, 0.2)^2).
+    public static func randomStd(_ s: ParameterSpec) -> Double {
+        let fanIn = s.shape.dropFirst().reduce(1, *)
+        return s.key.hasSuffix("bias") ? 0.05 : min(0.2, max(0.02, 1 / Double(fanIn).squareRoot()))
     }
 }

@@ -10,13 +10,13 @@ final class FastDiTBlock {
     let name: String    // activation name, e.g. "student.enc.block.0"
     let key: String     // parameter prefix, "blocks.i." or "decoder_blocks.i."
     let heads: Int
-    /// The forward's buffers the backward reads.
+    /// The forward's buffers the backward reads (and the profile times kernels on).
     struct Saved {
         var x: FT, siluC: FT, mod: FT
         var m1: FT, mean1: FT, rstd1: FT, qkv: FT, probs: FT, a: FT, proj: FT, x1: FT
         var m2: FT, mean2: FT, rstd2: FT, f1: FT, gl: FT, f2: FT
     }
-    private var saved: Saved?
+    private(set) var saved: Saved?
 
     init(name: String, key: String, heads: Int) { self.name = name; self.key = key; self.heads = heads }
 

@@ -14,12 +14,12 @@ final class FastPatchEmbed {
 
     func forward(_ m: FastModel, _ P: [String: FT], xIn: FT) throws -> FT {
         let cfg = m.cfg, ws = m.ws
-        let N = xIn.shape[0], D = cfg.hiddenSize, Tn = cfg.tokens, p = cfg.patchSize, C = cfg.inChannels
-        let H = cfg.inputSize, g = cfg.grid, Pd = cfg.patchDim
+        let N = xIn.shape[0], D = cfg.hiddenSize, Tn = cfg.tokens, Pd = cfg.patchDim
         let patches = ws.get(branch + ".patches", [N, Tn, Pd])
-        for n in 0..<N { for r in 0..<g { for cl in 0..<g { for c in 0..<C { for i in 0..<p { for j in 0..<p {
-            patches.p[((n * g + r) * g + cl) * Pd + (c * p + i) * p + j] = xIn.p[((n * C + c) * H + r * p + i) * H + cl * p + j]
-        } } } } } }
+        let pp = patches.p, xp = xIn.p
+        PatchLayout.patchify(N: N, C: cfg.inChannels, H: cfg.inputSize, W: cfg.inputSize, p: cfg.patchSize) { image, token in
+            pp[token] = xp[image]
+        }
         let tokens = ws.get(branch + ".tokens", [N, Tn, D])
         m.patchKernels.linear(patches, P["x_embedder.proj.weight"]!.reshaped([D, Pd]), P["x_embedder.proj.bias"]!, tokens)
         let pos = P["pos_embed"]!, first = pos.count - Tn * D   // D with a CLS row, else 0

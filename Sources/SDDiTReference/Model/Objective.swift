@@ -23,8 +23,7 @@ public enum Objective {
 
         // Student view x_S = x0 + sigma_S n_S; D = c_skip x_S + c_out F(c_in x_S)
         let per = I.x0.count / N
-        var xS = I.x0
-        for n in 0..<N { for i in 0..<per { xS.data[n * per + i] += I.sigmaS[n] * I.noiseS.data[n * per + i] } }
+        let xS = Tensor(shape: I.x0.shape, data: EDMNoise.noised(x0: I.x0.data, sigma: I.sigmaS, noise: I.noiseS.data))
         let (D, F, coef, enc, dec) = Denoiser.preconditioned(cfg, P, x: xS, sigma: I.sigmaS, labels: I.labels, keep: keep, acts: &acts)
         let LG = EDMLoss.forward(D: D, x0: I.x0, sigma: I.sigmaS, sigmaData: sd)
 
