@@ -44,10 +44,9 @@ let package = Package(
         .systemLibrary(
             name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         // The float32 / mixed-precision fast path: OpenBLAS sgemm, fused loops, reused buffers.
-        .target(
-            name: "SDDiTFast",
-            dependencies: ["SDDiTCore", "COpenBLAS"],
-            swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
+        // Built with bounds and overflow checks like everything else: -Ounchecked bought nothing
+        // measurable on `oracle bench` (docs/DECISIONS.md, 39).
+        .target(name: "SDDiTFast", dependencies: ["SDDiTCore", "COpenBLAS"]),
         // The SPEC §7 exchange layout ("sddit-oracle/1") over HDF5IO: read, validate, write.
         .target(name: "SDDiTExchange", dependencies: ["SDDiTCore", "HDF5IO"]),
         // Backends by name, seeded setups, the tensor-by-tensor diff engine and its calibrated

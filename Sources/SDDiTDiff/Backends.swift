@@ -77,7 +77,7 @@ extension SeededSetup {
     /// `make`'s parameters (random mode) as a forward-and-backward-only fast model, built one
     /// tensor at a time: the same float32 values as `FastModel(make(...).fastSetup...)` with
     /// three float32 copies of the parameters in memory instead of AdamW's and Double's too.
-    public static func forwardBackwardModel(_ cfg: ModelConfig, seed: UInt64, precision: FastPrecision) -> FastModel {
+    public static func forwardBackwardModel(_ cfg: ModelConfig, seed: UInt64, precision: FastPrecision) throws -> FastModel {
         let m = FastModel(cfg, precision: precision, forwardBackwardOnly: ())
         let teacherKeys = Set(cfg.teacherParameters.map(\.key))
         var P = Initialization.Stream(cfg, mode: .random, seed: seed), Q = Initialization.Stream(cfg, mode: .random, seed: seed &+ 1)
@@ -85,12 +85,12 @@ extension SeededSetup {
             let v: [Double] = p ?? (s.key == "pos_embed"
                 ? SinCosPosEmbed.table(width: cfg.hiddenSize, grid: cfg.grid, clsRow: true)
                 : SinCosPosEmbed.table(width: cfg.decoderHiddenSize, grid: cfg.grid, clsRow: false) as Tensor<Double>).data
-            m.load(s.key, v)
+            try m.load(s.key, v)
             guard teacherKeys.contains(s.key) else { continue }
-            if s.frozen { m.load(s.key, teacher: true, v); continue }
+            if s.frozen { try m.load(s.key, teacher: true, v); continue }
             var t = v
             for i in 0..<t.count { t[i] += 0.1 * q![i] }   // teacher = student + 0.1 x a second draw
-            m.load(s.key, teacher: true, t)
+            try m.load(s.key, teacher: true, t)
         }
         return m
     }

@@ -96,7 +96,7 @@ public enum HeadroomSweep {
     public static func run(_ cfg: ModelConfig, seed: UInt64, batch: Int, maskRatio: Double, mode: FastPrecision,
                            sigmas: [Double], lossScale: Float, samplerSteps: Int,
                            progress: ((String) -> Void)? = nil) throws -> [Row] {
-        let m = SeededSetup.forwardBackwardModel(cfg, seed: seed, precision: mode)
+        let m = try SeededSetup.forwardBackwardModel(cfg, seed: seed, precision: mode)
         let I: StepInputs<Double> = Initialization.inputs(cfg, batch: batch, maskRatio: maskRatio, seed: seed &+ 2)
         m.centerCls = I.centerCls.data.map { Float($0) }; m.centerPatch = I.centerPatch.data.map { Float($0) }
         let fi = FastStepInputs(x0: I.x0.data, labels: I.labels, sigmaS: I.sigmaS, noiseS: I.noiseS.data,

@@ -94,9 +94,9 @@ public final class FastModel {
     }
 
     /// Sets one student (or teacher) tensor from Double values (rounded as the model stores it).
-    public func load(_ key: String, teacher toTeacher: Bool = false, _ v: [Double]) {
+    public func load(_ key: String, teacher toTeacher: Bool = false, _ v: [Double]) throws {
         guard let b = (toTeacher ? teacher : student)[key], b.count == v.count else {
-            fatalError("FastModel.load: no \(toTeacher ? "teacher" : "student") tensor '\(key)' of \(v.count) elements")
+            throw ConfigError("fast path: no \(toTeacher ? "teacher" : "student") tensor '\(key)' of \(v.count) elements to load")
         }
         for i in 0..<v.count { b.p[i] = Float(v[i]) }
         if prec.isPure { prec.round(b.p, b.count) }

@@ -25,6 +25,7 @@ extension FastModel {
     /// AdamW unless a gradient is non-finite, EMA, centers. Inputs' centers are replaced by the model's.
     /// One training step as a training loop runs it: GradScaler decides on the update.
     public func trainStep(_ I: FastStepInputs, tauT: Double? = nil, emaBeta: Double? = nil) throws -> FastStepResult {
+        try requireOptimizer()
         var r = try forwardBackward(I, tauT: tauT)
         r.skipped = !scaler.update(foundNonFinite: r.skipped)
         applyUpdate(step: !r.skipped, emaBeta: emaBeta)
@@ -35,6 +36,7 @@ extension FastModel {
     /// scale and redo the same step (GradScaler reaches the same scale over consecutive
     /// skipped steps), at most `maxRetries` times; then update.
     public func trainStepFindingScale(_ I: FastStepInputs, maxRetries: Int = 24) throws -> FastStepResult {
+        try requireOptimizer()
         var r = try forwardBackward(I, tauT: nil)
         var tries = 0
         while r.skipped && scaler.enabled && tries < maxRetries {
@@ -213,7 +215,7 @@ extension FastModel {
 
     /// AdamW (when `step`), EMA, and the center update with this step's teacher outputs.
     func applyUpdate(step: Bool, emaBeta: Double?) {
-        if !hasOptimizer { fatalError("FastModel: a forward-and-backward-only model cannot take a training step") }
+        precondition(hasOptimizer, "FastModel: a forward-and-backward-only model cannot take a training step")
         if step { adamW() }
         ema(Float(emaBeta ?? cfg.emaBeta))
         let m = Float(cfg.centerMomentum)

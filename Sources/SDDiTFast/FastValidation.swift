@@ -62,4 +62,9 @@ extension FastModel {
         guard let last = sigmas.last, last.isFinite, last >= 0 else { throw ConfigError("fast path: the sampler needs sigmas ending in a finite value >= 0") }
         try validateSigmas("sigmas", Array(sigmas.dropLast()), N: sigmas.count - 1)
     }
+
+    /// A training step needs AdamW's moments (a forward-and-backward-only model has none).
+    func requireOptimizer() throws {
+        guard hasOptimizer else { throw ConfigError("fast path: a forward-and-backward-only model cannot take a training step") }
+    }
 }

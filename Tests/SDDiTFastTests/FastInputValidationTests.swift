@@ -89,4 +89,17 @@ struct FastInputValidationTests {
         for (i, b) in bad.enumerated() { #expect(throws: ConfigError.self, "plain DiT case \(i)") { try m.ditTrainStep(b) } }
         #expect(throws: Never.self) { try m.ditTrainStep(ok) }
     }
+
+    /// Loading a tensor that is not there (or of the wrong size), and a training step on a
+    /// forward-and-backward-only model, throw instead of trapping.
+    @Test func loadAndForwardOnlyModelThrow() throws {
+        let cfg = Self.cfg
+        let m = FastModel(cfg, precision: .fp32, forwardBackwardOnly: ())
+        #expect(throws: ConfigError.self) { try m.load("no.such.weight", [1]) }
+        #expect(throws: ConfigError.self) { try m.load("cls_token", [1, 2]) }
+        #expect(throws: ConfigError.self) { try m.load("cls_token", teacher: true, []) }
+        try m.load("cls_token", Array(repeating: 0.5, count: cfg.hiddenSize))
+        #expect(throws: ConfigError.self) { try m.trainStep(Self.inputs()) }
+        #expect(throws: ConfigError.self) { try m.trainStepFindingScale(Self.inputs()) }
+    }
 }

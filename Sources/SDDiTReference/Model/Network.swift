@@ -61,12 +61,12 @@ struct Encoder<T: RefScalar> {
             h += vis.data[(n * V * D)..<((n + 1) * V * D)]
         }
         var x = Tensor(shape: [N, 1 + V, D], data: h)
-        if acts != nil, prefix == "student" { acts![ActivationName.tokens] = tokens; acts![ActivationName.c] = cond.c }
+        if acts != nil, prefix == ActivationName.student { acts![ActivationName.tokens] = tokens; acts![ActivationName.c] = cond.c }
         for i in 0..<cfg.depth {
             let (y, cache) = DiTBlock(prefix: "blocks.\(i).", heads: cfg.numHeads).forward(x, siluC: cond.siluC, P)
             blocks.append(cache)
             x = y
-            if acts != nil { acts![prefix + ".enc.block.\(i)"] = x }
+            if acts != nil { acts![ActivationName.encBlock(prefix, i)] = x }
             RefProgress.block(prefix + ".enc", i, of: cfg.depth)
         }
         out = x

@@ -38,7 +38,7 @@ public enum Objective {
         for i in 0..<xT.count { xT.data[i] = (xT.data[i] + sT * I.noiseT.data[i]) * cT.cIn }
         let all = Array(repeating: Array(0..<cfg.tokens), count: N)
         let tenc = Encoder(cfg, xIn: xT, cNoise: Array(repeating: cT.cNoise, count: N), labels: I.labels,
-                           keep: all, TP, acts: &acts, prefix: "teacher")
+                           keep: all, TP, acts: &acts, prefix: ActivationName.teacher)
         let rows = keep.map { [0] + $0.map { $0 + 1 } }                             // CLS + visible
         let tSel = TokenGather.forward(tenc.out, keep: rows)                         // [N, 1+V, D]
         let (tCls, tPatch) = splitClsPatch(ProjectionHead(tSel, TP).out)
@@ -136,7 +136,7 @@ public enum Denoiser {
         let coef = sigma.map { EDMCoefficients(sigma: $0, sigmaData: T(cfg.sigmaData)) }
         var xIn = x
         for n in 0..<N { for i in 0..<per { xIn.data[n * per + i] *= coef[n].cIn } }
-        let enc = Encoder(cfg, xIn: xIn, cNoise: coef.map(\.cNoise), labels: labels, keep: keep, P, acts: &acts, prefix: "student")
+        let enc = Encoder(cfg, xIn: xIn, cNoise: coef.map(\.cNoise), labels: labels, keep: keep, P, acts: &acts, prefix: ActivationName.student)
         let dec = Decoder(cfg, tokens: enc.tokens, enc: enc.out, siluC: enc.cond.siluC, keep: keep, P, acts: &acts)
         let F = Unpatchify.forward(dec.out, channels: cfg.inChannels, p: cfg.patchSize)
         var D = F
