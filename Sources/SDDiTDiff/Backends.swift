@@ -47,6 +47,9 @@ public enum Backend: String, CaseIterable, Sendable {
 /// A run made from a seed: random non-zero parameters (no adaLN-Zero), a teacher that
 /// differs from the student, random inputs and centers, and a sampler setup.
 public enum SeededSetup {
+    /// A seeded teacher differs from its student: teacher = student + 0.1 x a second draw.
+    @inline(__always) static func teacherValue(_ student: Double, _ draw: Double) -> Double { student + 0.1 * draw }
+
     public static func make(_ cfg: ModelConfig, seed: UInt64, batch: Int, maskRatio: Double,
                             sampleSteps: Int?, cfgScale: Double? = nil, init mode: Initialization.Mode = .random) -> RunSetup {
         let P: Parameters<Double> = Initialization.parameters(cfg, mode: mode, seed: seed)
@@ -56,7 +59,7 @@ public enum SeededSetup {
             let Q: Parameters<Double> = Initialization.parameters(cfg, mode: .random, seed: seed &+ 1)
             for s in cfg.teacherParameters where !s.frozen {
                 var t = TP[s.key]
-                for i in 0..<t.count { t.data[i] += 0.1 * Q[s.key].data[i] }
+                for i in 0..<t.count { t.data[i] = teacherValue(t.data[i], Q[s.key].data[i]) }
                 TP[s.key] = t
             }
         }
@@ -89,7 +92,7 @@ extension SeededSetup {
             guard teacherKeys.contains(s.key) else { continue }
             if s.frozen { try m.load(s.key, teacher: true, v); continue }
             var t = v
-            for i in 0..<t.count { t[i] += 0.1 * q![i] }   // teacher = student + 0.1 x a second draw
+            for i in 0..<t.count { t[i] = teacherValue(t[i], q![i]) }
             try m.load(s.key, teacher: true, t)
         }
         return m
