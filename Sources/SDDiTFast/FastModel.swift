@@ -40,8 +40,8 @@ public final class FastModel {
     lazy var studentEncoder = FastEncoder(branch: ActivationName.student, cfg)
     lazy var teacherEncoder = FastEncoder(branch: ActivationName.teacher, cfg)
     lazy var decoder = FastDecoder(cfg)
-    lazy var studentHead = FastDINOHead(branch: ActivationName.student)
-    lazy var teacherHead = FastDINOHead(branch: ActivationName.teacher)
+    lazy var studentHead = FastProjectionHead(branch: ActivationName.student)
+    lazy var teacherHead = FastProjectionHead(branch: ActivationName.teacher)
     lazy var plainDiTNetwork = FastPlainDiT(cfg)
     var pendingCenters: (cls: [Float], patch: [Float]) = ([], [])
 

@@ -87,7 +87,7 @@ extension FastModel {
         }
         // heads (student rows = teacher rows = N (1 + V))
         let hx = ws.get("prof.head.x", [N * (1 + V), D]); fill(hx)
-        let head = FastDINOHead(branch: "prof")
+        let head = FastProjectionHead(branch: "prof")
         out.append(ProfileEntry(group: "DINO head", name: "forward", ms: try best { _ = try head.forward(self, student, hx) }, perStep: 2))
         let dOut = ws.get("prof.head.dout", [N * (1 + V), cfg.headOutDim]); fill(dOut, 1e-4)
         out.append(ProfileEntry(group: "DINO head", name: "backward", ms: try best { _ = try head.backward(self, student, grads, dOut: dOut) }, perStep: 1))

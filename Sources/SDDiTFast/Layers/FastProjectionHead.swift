@@ -6,7 +6,7 @@ import SDDiTCore
 //   w = g v / ||v|| row-wise [K, B] (weight norm);  out = u w^T [R, K]
 // Backward: du = dout w, dw = dout^T u; dv += g/||v|| (dw - vhat (vhat . dw));
 // dh3 = (du - u (u . du)) / ||h3|| (du / 1e-12 below eps); then the MLP.
-final class FastDINOHead {
+final class FastProjectionHead {
     let branch: String   // "student" or "teacher"
     struct Saved { var x: FT, h1: FT, g1: FT, h2: FT, g2: FT, h3: FT, u: FT, norms: FT, w: FT, vnorm: FT }
     private var saved: Saved?
@@ -53,7 +53,7 @@ final class FastDINOHead {
 
     /// dx [R, D] from dout [R, K]; adds into the head's parameter gradients.
     func backward(_ m: FastModel, _ P: [String: FT], _ G: [String: FT], dOut: FT) throws -> FT {
-        guard let s = saved else { fatalError("FastDINOHead \(branch): backward without a forward") }
+        guard let s = saved else { fatalError("FastProjectionHead \(branch): backward without a forward") }
         let k = m.k, ws = m.ws, cfg = m.cfg, pre = branch, d = "d." + branch, Hd = ActivationName.Head.self
         let R = s.x.rows, B = cfg.headBottleneckDim, K = cfg.headOutDim
         let du = ws.get(d + ".head.u", [R, B], zero: true)
