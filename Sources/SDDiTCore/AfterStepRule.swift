@@ -34,12 +34,18 @@ public struct AfterStepContext: Sendable {
     public var lr: Double, weightDecay: Double, eps: Double, emaBeta: Double
     /// The setup: "params/KEY" and "teacher/KEY" before the step.
     public var before: [String: NamedTensor]
-    /// Each side's own datasets (grads/KEY, after_step/params/KEY), a and b as compared.
+    /// Each side's own datasets (grads/KEY, after_step/params/KEY), a and b as compared: all
+    /// of them, or those of the key being judged (a streamed comparison).
     public var sideA: [String: NamedTensor], sideB: [String: NamedTensor]
+    /// Whether each side recorded any gradient at all (a fixed tensor is judged only then).
+    public var sideAHasGradients: Bool, sideBHasGradients: Bool
     public init(lr: Double, weightDecay: Double, eps: Double, emaBeta: Double, before: [String: NamedTensor],
-                sideA: [String: NamedTensor], sideB: [String: NamedTensor]) {
+                sideA: [String: NamedTensor], sideB: [String: NamedTensor],
+                sideAHasGradients: Bool? = nil, sideBHasGradients: Bool? = nil) {
         self.lr = lr; self.weightDecay = weightDecay; self.eps = eps; self.emaBeta = emaBeta
         self.before = before; self.sideA = sideA; self.sideB = sideB
+        self.sideAHasGradients = sideAHasGradients ?? sideA.keys.contains { $0.hasPrefix("grads/") }
+        self.sideBHasGradients = sideBHasGradients ?? sideB.keys.contains { $0.hasPrefix("grads/") }
     }
 }
 
@@ -63,8 +69,9 @@ public enum AfterStepRule {
         for judgeA in (expectA ? [false, true] : [true, false]) {
             let act = judgeA ? a : b, exp = judgeA ? b : a
             let actSide = judgeA ? ctx.sideA : ctx.sideB, expSide = judgeA ? ctx.sideB : ctx.sideA
-            let bounds = isParams ? studentBounds(key, act: act, actSide: actSide, expSide: expSide, ctx)
-                : teacherBounds(key, act: act, actSide: actSide, expSide: expSide, ctx)
+            let anyGradient = ctx.sideAHasGradients || ctx.sideBHasGradients
+            let bounds = isParams ? studentBounds(key, act: act, actSide: actSide, expSide: expSide, anyGradient: anyGradient, ctx)
+                : teacherBounds(key, act: act, actSide: actSide, expSide: expSide, anyGradient: anyGradient, ctx)
             guard let (lo, hi, how) = bounds, lo.count == act.values.count else { return nil }
             var tol = Tolerance(rtol: 1, atolAbs: 2 * ctx.lr,
                                 reason: "after-step: AdamW's first step (and the EMA) from " + how
@@ -85,7 +92,7 @@ public enum AfterStepRule {
     @inline(__always) static func unit(_ g: Double, _ eps: Double) -> Double { g / (abs(g) + eps) }
 
     static func studentBounds(_ key: String, act: NamedTensor, actSide: [String: NamedTensor], expSide: [String: NamedTensor],
-                              _ ctx: AfterStepContext) -> (lo: [Double], hi: [Double], how: String)? {
+                              anyGradient: Bool, _ ctx: AfterStepContext) -> (lo: [Double], hi: [Double], how: String)? {
         guard let p0 = ctx.before["params/" + key], p0.values.count == act.values.count else { return nil }
         let u = max(act.precision.unitRoundoff, 0x1p-53), lr = ctx.lr, eps = ctx.eps   // the rule computes in Double
         let decay = 1 - lr * ctx.weightDecay
@@ -112,7 +119,7 @@ public enum AfterStepRule {
             return (lo, hi, "the other side's gradient within the gradient rule, u (4 |p0| + 16 lr)")
         }
         // a fixed tensor (no gradient anywhere): it must not move
-        if !(actSide.keys.contains { $0.hasPrefix("grads/") } || expSide.keys.contains { $0.hasPrefix("grads/") }) { return nil }
+        if !anyGradient { return nil }
         for i in 0..<n {
             let x0 = p0.values[i], s = u * pFactor * abs(x0)
             lo[i] = x0 - s; hi[i] = x0 + s
@@ -121,7 +128,7 @@ public enum AfterStepRule {
     }
 
     static func teacherBounds(_ key: String, act: NamedTensor, actSide: [String: NamedTensor], expSide: [String: NamedTensor],
-                              _ ctx: AfterStepContext) -> (lo: [Double], hi: [Double], how: String)? {
+                              anyGradient: Bool, _ ctx: AfterStepContext) -> (lo: [Double], hi: [Double], how: String)? {
         guard let t0 = ctx.before["teacher/" + key], t0.values.count == act.values.count else { return nil }
         let beta = ctx.emaBeta, u = max(act.precision.unitRoundoff, 0x1p-53), c = emaFactor, n = t0.values.count
         var lo = [Double](repeating: 0, count: n), hi = lo
@@ -132,7 +139,7 @@ public enum AfterStepRule {
             }
             return (lo, hi, "its own after-step student (EMA), within 8u (|t0| + |p1|)")
         }
-        guard let (plo, phi, _) = studentBounds(key, act: act, actSide: actSide, expSide: expSide, ctx) else { return nil }
+        guard let (plo, phi, _) = studentBounds(key, act: act, actSide: actSide, expSide: expSide, anyGradient: anyGradient, ctx) else { return nil }
         for i in 0..<n {
             let bt = beta * t0.values[i], s = c * u * abs(t0.values[i])
             lo[i] = bt + (1 - beta) * plo[i] - s; hi[i] = bt + (1 - beta) * phi[i] + s

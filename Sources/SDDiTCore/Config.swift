@@ -166,6 +166,36 @@ extension ModelConfig {
         8 * (5 * Double(parameterCounts.total) + activationValues(batch: N))
     }
 
+    /// Values one DiT block keeps for its backward at width W over L tokens (`DiTBlock.Cache`):
+    /// x, LN1, modulate, attention out, proj, x1, LN2, modulate, fc2 (9 W), qkv (3 W), fc1 and
+    /// GELU (2 mlp), the attention probabilities (heads L^2), LayerNorm's mean and rstd, the
+    /// six modulation chunks.
+    func blockCacheValues(width W: Int, mlp M: Int, heads H: Int, tokens L: Int) -> Double {
+        let l = Double(L)
+        return l * Double(12 * W + 2 * M) + Double(H) * l * l + 4 * l + Double(6 * W)
+    }
+
+    /// Bytes of the reference's one-step run as `ReferenceBackend.stream` makes it, at batch N
+    /// with V visible tokens and `scalarBytes` per value (8 Double, 16 Float80), roughly: the
+    /// setup's student and teacher in Double (shared with a Double run, converted otherwise),
+    /// the gradients, what the student's encoder, decoder and head keep for backward (the
+    /// teacher keeps none: it has no backward), the recorded activations, one block's backward
+    /// temporaries, and a few tensors of the largest parameter (the step's and the EMA's).
+    public func estimatedReferenceStepBytes(batch N: Int, visible V: Int, scalarBytes b: Double) -> Double {
+        let c = parameterCounts, teacher = Double(c.encoder + c.head), T = tokens, n = Double(N)
+        let setup = 8 * (Double(c.total) + teacher), converted = b == 8 ? 0 : b * (Double(c.total) + teacher)
+        let grads = b * Double(c.trainable)
+        let encBlock = blockCacheValues(width: hiddenSize, mlp: mlpHidden, heads: numHeads, tokens: 1 + V)
+        let decBlock = blockCacheValues(width: decoderHiddenSize, mlp: decoderMlpHidden, heads: decoderNumHeads, tokens: T)
+        let head = Double(1 + V) * Double(hiddenSize + 4 * headHiddenDim + 2 * headBottleneckDim + 2 * headOutDim)
+        let decoderRest = Double(T) * Double(4 * hiddenSize + 4 * decoderHiddenSize + 3 * patchDim)
+        let recorded = Double(depth * (1 + T) * hiddenSize) + 2 * Double(1 + T) * Double(headOutDim)   // the teacher's
+        let saved = n * (Double(depth) * encBlock + Double(decoderDepth) * decBlock + head + decoderRest + recorded)
+        let transient = n * 2 * max(encBlock, decBlock)
+        let largest = Double(studentParameters.map(\.count).max() ?? 0)
+        return setup + converted + grads + b * (saved + transient + 4 * largest)
+    }
+
     /// Bytes of the headroom sweep's forward-and-backward-only fast model, roughly: student,
     /// teacher and gradients in float32 (no AdamW moments, no Double copy), float32
     /// activations, and one Double tensor at a time while loading.

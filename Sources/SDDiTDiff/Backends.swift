@@ -34,13 +34,51 @@ public enum Backend: String, CaseIterable, Sendable {
     }
 
     public func run(_ setup: RunSetup) throws -> [String: NamedTensor] {
-        if let p = fastPrecision { return try FastBackend.run(setup.fastSetup, precision: p) }
-        if self == .ref { return try ReferenceBackend.run(setup, as: Double.self) }
+        if let p = fastPrecision {
+            try checkFits(setup)
+            return try FastBackend.run(setup.fastSetup, precision: p)
+        }
+        var out: [String: NamedTensor] = [:]
+        try stream(setup) { out[$0] = $1 }
+        return out
+    }
+
+    /// `run`'s results one at a time: the reference hands each over as soon as it is final
+    /// and keeps none (`ReferenceBackend.stream`); the fast path runs whole, then hands its
+    /// results over in `DatasetOrder`.
+    public func stream(_ setup: RunSetup, emit: (String, NamedTensor) throws -> Void) throws {
+        if fastPrecision != nil {
+            let d = try run(setup)
+            for p in DatasetOrder.sorted(Array(d.keys), setup.config) { try emit(p, d[p]!) }
+            return
+        }
+        try checkFits(setup)
+        if self == .ref { return try ReferenceBackend.stream(setup, as: Double.self, emit: emit) }
         #if arch(x86_64) || arch(i386)
-        return try ReferenceBackend.run(setup, as: Float80.self)
+        return try ReferenceBackend.stream(setup, as: Float80.self, emit: emit)
         #else
         throw ExchangeError("ref80: Float80 is not available on this architecture")
         #endif
+    }
+
+    /// Bytes a training step of this backend needs at batch N with V visible tokens, roughly.
+    public func estimatedStepBytes(_ cfg: ModelConfig, batch N: Int, visible V: Int) -> Double {
+        switch self {
+        case .ref: return cfg.estimatedReferenceStepBytes(batch: N, visible: V, scalarBytes: 8)
+        case .ref80: return cfg.estimatedReferenceStepBytes(batch: N, visible: V, scalarBytes: 16)
+        default: return cfg.estimatedStepBytes(batch: N)
+        }
+    }
+
+    /// Refuses, before allocating, a setup this backend cannot hold in this machine's memory.
+    public func checkFits(_ s: RunSetup) throws {
+        let N = max(s.inputs?.labels.count ?? 0, s.sampler?.labels.count ?? 0, 1)
+        let V = s.inputs.map { I in I.mask.first.map { m in m.filter { $0 == 0 }.count } ?? s.config.tokens } ?? s.config.tokens
+        let need = estimatedStepBytes(s.config, batch: N, visible: V)
+        do {
+            try s.config.checkMemory(need: need, what: "\(rawValue): a training step at batch \(N)",
+                                     available: Double(ProcessInfo.processInfo.physicalMemory))
+        } catch { throw ExchangeError("\(error)") }
     }
 }
 
@@ -55,11 +93,14 @@ public enum SeededSetup {
         let P: Parameters<Double> = Initialization.parameters(cfg, mode: mode, seed: seed)
         var TP = P.subset(cfg.teacherParameters)
         if mode == .random {
-            // Teacher = student + small seeded perturbation (fixed tensors stay as they are).
-            let Q: Parameters<Double> = Initialization.parameters(cfg, mode: .random, seed: seed &+ 1)
-            for s in cfg.teacherParameters where !s.frozen {
+            // Teacher = student + small seeded perturbation (fixed tensors stay as they are); the
+            // second draw one tensor at a time (`Initialization.parameters` draws through the same stream).
+            let teacherKeys = Set(cfg.teacherParameters.filter { !$0.frozen }.map(\.key))
+            var Q = Initialization.Stream(cfg, mode: .random, seed: seed &+ 1)
+            while let (s, q) = Q.next() {
+                guard teacherKeys.contains(s.key), let q else { continue }
                 var t = TP[s.key]
-                for i in 0..<t.count { t.data[i] = teacherValue(t.data[i], Q[s.key].data[i]) }
+                for i in 0..<t.count { t.data[i] = teacherValue(t.data[i], q[i]) }
                 TP[s.key] = t
             }
         }

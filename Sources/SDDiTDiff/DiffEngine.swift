@@ -49,6 +49,8 @@ public struct DiffReport: Sendable {
     public var order: [String] = []
     /// What the errors of a calibrated file look like, when it fails calibration (`Calibration.diagnose`).
     public var diagnosis: [String] = []
+    /// What the engine could not do, said plainly (a calibration that does not fit in memory).
+    public var notes: [String] = []
     public var failed: Int { comparisons.filter { !$0.passed }.count + fixedTrained.count }
     public var allowMissing = false
 
@@ -107,6 +109,7 @@ public struct DiffReport: Sendable {
                        + Self.closest(worst, nil))
         }
         out += diagnosis
+        out += notes
         if comparisons.isEmpty { out.append("FAIL nothing was compared: the two sides share no dataset") }
         let missing = onlyInA.count + onlyInB.count - fixedTrained.count
         if !allowMissing, missing > 0 {
@@ -129,7 +132,7 @@ public struct DiffReport: Sendable {
     public var json: [String: Any] {
         ["a": labelA, "b": labelB, "compared": comparisons.count, "failed": failed,
          "only_in_a": onlyInA, "only_in_b": onlyInB, "passed": passed,
-         "fixed_parameter_gradients": fixedTrained, "not_recorded": notRecorded, "diagnosis": diagnosis,
+         "fixed_parameter_gradients": fixedTrained, "not_recorded": notRecorded, "diagnosis": diagnosis, "notes": notes,
          "tensors": comparisons.map(\.json)]
     }
 }
@@ -189,9 +192,61 @@ public enum Calibration {
 
 extension AfterStepContext {
     /// The context of a run of `cfg` (its optimizer settings) on the given setup.
-    public init(_ cfg: ModelConfig, before: [String: NamedTensor], sideA: [String: NamedTensor], sideB: [String: NamedTensor]) {
+    public init(_ cfg: ModelConfig, before: [String: NamedTensor], sideA: [String: NamedTensor], sideB: [String: NamedTensor],
+                sideAHasGradients: Bool? = nil, sideBHasGradients: Bool? = nil) {
         self.init(lr: cfg.lr, weightDecay: cfg.weightDecay, eps: cfg.adamEps, emaBeta: cfg.emaBeta,
-                  before: before, sideA: sideA, sideB: sideB)
+                  before: before, sideA: sideA, sideB: sideB, sideAHasGradients: sideAHasGradients, sideBHasGradients: sideBHasGradients)
+    }
+}
+
+/// One side of a diff as the engine reads it: a file (its results read when asked for), a
+/// backend's results held whole, or the reference streaming its results (`Backend.stream`),
+/// which the engine compares as they come and keeps none of, beyond the gradient and
+/// updated student tensor of the key being judged. Memory is then the reference's step plus
+/// a tensor or two of the other side: a diff at XL/2 fits where two whole runs would not.
+final class DiffSide {
+    let file: ExchangeFile?
+    var held: [String: NamedTensor]?
+    /// Paths this side has, all of them (`full`) and those it is compared on (`compared`).
+    var full: Set<String> = [], compared: Set<String> = []
+    var hasGradients = false
+    /// The streamed side's gradient and updated student tensor of the current key.
+    var recent: [String: NamedTensor] = [:]
+    /// A file's fixed tables are judged in the precision of its results.
+    var tablePrecision: Precision? = nil
+
+    init(file: ExchangeFile) {
+        self.file = file
+        full = Set(file.index.keys)
+        compared = full
+        hasGradients = full.contains { $0.hasPrefix("grads/") }
+        tablePrecision = file.index.filter { !ExchangeFile.isSetup($0.key) && !$0.key.hasPrefix("params/") }.map(\.value.precision).min()
+    }
+    init(held d: [String: NamedTensor]) {
+        file = nil; held = d
+        full = Set(d.keys); compared = full
+        hasGradients = full.contains { $0.hasPrefix("grads/") }
+    }
+    init(streamedWithGradients g: Bool) { file = nil; hasGradients = g }
+
+    /// Any of the side's datasets, as it recorded it.
+    func get(_ p: String) throws -> NamedTensor? {
+        if let r = recent[p] { return r }
+        if let held { return held[p] }
+        return try file?.dataset(p)
+    }
+    /// A dataset as it is compared.
+    func compared(_ p: String) throws -> NamedTensor? {
+        guard compared.contains(p), var d = try get(p) else { return nil }
+        if p.hasPrefix("params/"), let tp = tablePrecision { d.precision = min(d.precision, tp) }
+        return d
+    }
+    /// Keeps a streamed gradient or updated student tensor while its key is judged.
+    func remember(_ p: String, _ d: NamedTensor) {
+        let key: Substring
+        if p.hasPrefix("grads/") { key = p.dropFirst(6) } else if p.hasPrefix("after_step/params/") { key = p.dropFirst(18) } else { return }
+        recent = recent.filter { $0.key.hasSuffix("/" + key) }
+        recent[p] = d
     }
 }
 
@@ -199,8 +254,8 @@ public enum DiffEngine {
     public static func run(a: Side, b: Side, options o: DiffOptions) throws -> DiffReport {
         // Resolve the setup: from a file when one side is a file, else from the seed.
         var fileA: ExchangeFile? = nil, fileB: ExchangeFile? = nil
-        if case .file(let p) = a { fileA = try ExchangeFile.read(p) }
-        if case .file(let p) = b { fileB = try ExchangeFile.read(p) }
+        if case .file(let p) = a { fileA = try ExchangeFile.read(p, resultsOnDemand: true) }
+        if case .file(let p) = b { fileB = try ExchangeFile.read(p, resultsOnDemand: true) }
         let setupFile = fileA ?? fileB
         var setup: RunSetup? = nil
         func getSetup() throws -> RunSetup {
@@ -211,73 +266,133 @@ public enum DiffEngine {
             setup = s
             return s
         }
-        func datasets(_ side: Side, _ f: ExchangeFile?) throws -> [String: NamedTensor] {
-            if let f { return f.datasets }
-            if case .backend(let be) = side { return try be.run(try getSetup()) }
-            return [:]
-        }
-        var dA = try datasets(a, fileA), dB = try datasets(b, fileB)
-        let fullA = dA, fullB = dB   // what each side computed, also what is not compared (its gradients)
         let cfg = setupFile?.config ?? o.config
+        // Which side streams: a reference backend (float64 or Float80; b of two), the other
+        // side a file or a backend's results held whole; with no reference, nothing streams
+        // and a's datasets are taken in order.
+        var backendA: Backend? = nil, backendB: Backend? = nil
+        if case .backend(let be) = a { backendA = be }
+        if case .backend(let be) = b { backendB = be }
+        let refA = backendA.map { $0.fastPrecision == nil } ?? false, refB = backendB.map { $0.fastPrecision == nil } ?? false
+        let streamed: Backend? = refB ? backendB : (refA ? backendA : nil)
+        let streamsA = !refB && refA
+        func side(_ f: ExchangeFile?, _ be: Backend?, streams: Bool) throws -> DiffSide {
+            if let f { return DiffSide(file: f) }
+            if streams { return DiffSide(streamedWithGradients: try getSetup().inputs != nil) }
+            return DiffSide(held: try be!.run(try getSetup()))
+        }
+        // a held backend runs whole before the streamed one
+        let sideA: DiffSide, sideB: DiffSide
+        if streamsA { sideB = try side(fileB, backendB, streams: false); sideA = try side(fileA, backendA, streams: true) }
+        else { sideA = try side(fileA, backendA, streams: false); sideB = try side(fileB, backendB, streams: streamed != nil) }
+        let driver = streamsA ? sideA : sideB, other = streamsA ? sideB : sideA
+
         // A backend run on a file's setup: the file's setup datasets were consumed, not compared;
         // backend outputs in groups the file does not record were not asked for.
-        var notRecorded: [String] = []
+        var recordedGroups: Set<String>? = nil
         if let f = setupFile, fileA == nil || fileB == nil {
-            let groups = Set(f.datasets.keys.filter { !ExchangeFile.isSetup($0) }.map(groupOf))
-            let computed = Set((fileA == nil ? dA : dB).keys.map(groupOf))
-            notRecorded = ["activations", "losses", "grads", "after_step", "sampler"].filter { computed.contains($0) && !groups.contains($0) }
-            func trim(_ d: inout [String: NamedTensor], isFile: Bool) {
-                d = d.filter { isFile ? !ExchangeFile.isSetup($0.key) : groups.contains(groupOf($0.key)) }
+            recordedGroups = Set(f.index.keys.filter { !ExchangeFile.isSetup($0) }.map(groupOf))
+            for s in [sideA, sideB] {
+                s.compared = s.file != nil ? s.full.filter { !ExchangeFile.isSetup($0) } : s.full.filter { recordedGroups!.contains(groupOf($0)) }
             }
-            trim(&dA, isFile: fileA != nil); trim(&dB, isFile: fileB != nil)
         }
-        // A file's fixed tables (params/pos_embed, ...) are judged in the precision of the
-        // file's results: a float32 model's tables stored as float64 (as tools/sddit_h5.py
-        // writes a state_dict) hold float32 values.
-        func judgeTablesAsResults(_ d: inout [String: NamedTensor], _ f: ExchangeFile?) {
-            guard let rp = f?.datasets.filter({ !ExchangeFile.isSetup($0.key) && !$0.key.hasPrefix("params/") }).map(\.value.precision).min() else { return }
-            for k in d.keys where k.hasPrefix("params/") { d[k]!.precision = min(d[k]!.precision, rp) }
-        }
-        judgeTablesAsResults(&dA, fileA); judgeTablesAsResults(&dB, fileB)
         var r = DiffReport(labelA: a.description, labelB: b.description)
-        r.notRecorded = notRecorded
         r.allowMissing = o.allowMissing
+
         // the state before the step, for the after-step rule
-        let before: [String: NamedTensor]
-        if let f = setupFile { before = f.datasets.filter { $0.key.hasPrefix("params/") || $0.key.hasPrefix("teacher/") } }
-        else if let s = setup { before = setupDatasets(s).floats } else { before = [:] }
-        let ctx = AfterStepContext(cfg, before: before, sideA: fullA, sideB: fullB)
+        let seededBefore: [String: NamedTensor]? = setupFile == nil ? try setupDatasets(getSetup()).floats : nil
+        func before(_ p: String) throws -> NamedTensor? {
+            if let f = setupFile { return try f.dataset(p) }
+            return seededBefore?[p]
+        }
         let frozen = Set(cfg.studentParameters.filter(\.frozen).map(\.key))
-        func trainsFixed(_ p: String) -> Bool {
-            p.hasPrefix("grads/") && frozen.contains(String(p.dropFirst(6)))
+        func trainsFixed(_ p: String) -> Bool { p.hasPrefix("grads/") && frozen.contains(String(p.dropFirst(6))) }
+
+        // Calibration: a float32 file against a float64 side, each tensor's error against that
+        // of the fast path (a correct float32 implementation) on the same setup, run the first
+        // time a comparison needs it; the side judged is the less precise one, when it is a file.
+        let calibrates = o.calibrate && o.rtol == nil && o.atol == nil
+        var fast: [String: NamedTensor]? = nil, calibrationSkipped = false
+        func actualIsA(_ c: Comparison) -> Bool? {
+            if c.precisionA < c.precisionB { return fileA != nil ? true : nil }
+            return c.precisionB < c.precisionA && fileB != nil ? false : nil
         }
-        r.order = DatasetOrder.sorted(Array(Set(dA.keys).union(dB.keys)), cfg)
+        var firstCalibrationFailure: (Comparison, NamedTensor)? = nil
+        var comparisons: [Comparison] = []
+
+        func compare(_ p: String, _ x: NamedTensor, _ y: NamedTensor) throws {
+            let ctx = try context(p, x, y)
+            var c = verdict(p, x, y, ctx, lr: cfg.lr, rtol: o.rtol, atol: o.atol)
+            if calibrates, let aAct = actualIsA(c), Calibration.applies(c, actualIsA: aAct), !calibrationSkipped {
+                if fast == nil {
+                    do { fast = try Backend.fast.run(try getSetup()) } catch let e as ExchangeError {
+                        calibrationSkipped = true
+                        r.notes.append("calibration skipped: \(e); float32 tensors judged by the float32 rule alone (README \"Tolerances\")")
+                    }
+                }
+                let e = aAct ? y : x
+                if let f = fast?[p] {
+                    c.calibration = Calibration.judge(c, correct: f, expected: e)
+                    if c.calibrationFailed, firstCalibrationFailure.map({ DatasetOrder.sortKey(p, cfg) < DatasetOrder.sortKey($0.0.name, cfg) }) ?? true {
+                        firstCalibrationFailure = (c, e)
+                    }
+                }
+            }
+            comparisons.append(c)
+        }
+        // What the after-step rule reads for this path: both sides' gradient and updated
+        // student tensor of its key, and the state before.
+        func context(_ p: String, _ x: NamedTensor, _ y: NamedTensor) throws -> AfterStepContext {
+            var key: String? = nil
+            if p.hasPrefix("after_step/params/") { key = String(p.dropFirst(18)) }
+            if p.hasPrefix("after_step/teacher/") { key = String(p.dropFirst(19)) }
+            var bef: [String: NamedTensor] = [:], dA: [String: NamedTensor] = [:], dB: [String: NamedTensor] = [:]
+            if let k = key {
+                for q in ["params/" + k, "teacher/" + k] { bef[q] = try before(q) }
+                for q in ["grads/" + k, "after_step/params/" + k] { dA[q] = try sideA.get(q); dB[q] = try sideB.get(q) }
+            }
+            return AfterStepContext(cfg, before: bef, sideA: dA, sideB: dB,
+                                    sideAHasGradients: sideA.hasGradients, sideBHasGradients: sideB.hasGradients)
+        }
+        if let be = streamed {
+            try be.stream(try getSetup()) { p, d in
+                driver.full.insert(p)
+                driver.remember(p, d)
+                if let g = recordedGroups, !g.contains(groupOf(p)) { return }
+                driver.compared.insert(p)
+                guard let y = try other.compared(p) else { return }
+                if streamsA { try compare(p, d, y) } else { try compare(p, y, d) }
+            }
+            driver.recent = [:]
+            if let g = recordedGroups {
+                r.notRecorded = ["activations", "losses", "grads", "after_step", "sampler"].filter { grp in
+                    !g.contains(grp) && driver.full.contains { groupOf($0) == grp }
+                }
+            }
+        } else {
+            if let g = recordedGroups {   // a fast backend's groups that the file does not record
+                let held = backendA != nil ? sideA : sideB
+                r.notRecorded = ["activations", "losses", "grads", "after_step", "sampler"].filter { grp in
+                    !g.contains(grp) && held.full.contains { groupOf($0) == grp }
+                }
+            }
+            for p in DatasetOrder.sorted(Array(sideA.compared), cfg) {
+                guard let y = try sideB.compared(p), let x = try sideA.compared(p) else { continue }
+                try compare(p, x, y)
+            }
+        }
+
+        r.order = DatasetOrder.sorted(Array(sideA.compared.union(sideB.compared)), cfg)
+        let rank = Dictionary(uniqueKeysWithValues: r.order.enumerated().map { ($1, $0) })
+        r.comparisons = comparisons.sorted { rank[$0.name]! < rank[$1.name]! }
         for p in r.order {
-            guard let x = dA[p] else { r.onlyInB.append(p); if trainsFixed(p) { r.fixedTrained.append(p) }; continue }
-            guard let y = dB[p] else { r.onlyInA.append(p); if trainsFixed(p) { r.fixedTrained.append(p) }; continue }
-            r.comparisons.append(verdict(p, x, y, ctx, lr: cfg.lr, rtol: o.rtol, atol: o.atol))
+            let inA = sideA.compared.contains(p), inB = sideB.compared.contains(p)
+            if !inA { r.onlyInB.append(p) } else if !inB { r.onlyInA.append(p) }
+            if !(inA && inB), trainsFixed(p) { r.fixedTrained.append(p) }
         }
-        // A float32 file against a float64 side: each tensor's error against that of the fast
-        // path (a correct float32 implementation) on the same setup.
-        if o.calibrate, o.rtol == nil, o.atol == nil {
-            // the side judged is the less precise one, and only when it is a file
-            func actualIsA(_ c: Comparison) -> Bool? {
-                let aLow = c.precisionA < c.precisionB
-                if aLow { return fileA != nil ? true : nil }
-                return c.precisionB < c.precisionA && fileB != nil ? false : nil
-            }
-            let todo = r.comparisons.indices.filter { i in actualIsA(r.comparisons[i]).map { Calibration.applies(r.comparisons[i], actualIsA: $0) } ?? false }
-            if !todo.isEmpty {
-                let fast = try Backend.fast.run(try getSetup())
-                for i in todo {
-                    let c = r.comparisons[i]
-                    guard let f = fast[c.name], let e = (actualIsA(c)! ? fullB : fullA)[c.name] else { continue }
-                    r.comparisons[i].calibration = Calibration.judge(c, correct: f, expected: e)
-                }
-                if let first = r.comparisons.first(where: \.calibrationFailed), let aAct = actualIsA(first) {
-                    r.diagnosis = try Calibration.diagnose(first, expected: (aAct ? fullB : fullA)[first.name]!, setup: try getSetup())
-                }
-            }
+        if let (first, e) = firstCalibrationFailure, let aAct = actualIsA(first) {
+            _ = aAct
+            r.diagnosis = try Calibration.diagnose(first, expected: e, setup: try getSetup())
         }
         return r
     }

@@ -11,22 +11,29 @@ public struct ExchangeError: Error, CustomStringConvertible {
 
 public let exchangeFormat = "sddit-oracle/1"
 
-/// A file in the SPEC §7 layout, read whole: its config and every dataset by path.
+/// A file in the SPEC §7 layout: its config and every dataset by path, read whole, or (for a
+/// run too large to hold twice: `oracle diff` at XL/2) its setup only, the results read one
+/// at a time when asked for (`dataset(_:)`).
 public struct ExchangeFile: Sendable {
     public let path: String
     public let config: ModelConfig
     public let configJSON: String
-    /// Every dataset by path without the leading slash ("params/pos_embed", "losses/total").
+    /// Datasets by path without the leading slash ("params/pos_embed", "losses/total"): every
+    /// one, or with `resultsOnDemand` the setup's (`isSetup`), /params, /sampler/sigmas and the integers.
     public let datasets: [String: NamedTensor]
+    /// Every dataset's shape and precision, whether or not its values are in `datasets`.
+    public let index: [String: (shape: [Int], precision: Precision)]
     /// Exact values of integer datasets (labels, mask, step).
     public let integers: [String: [Int64]]
     /// `cfg_scale` from the file's or /sampler's attributes (or the config JSON).
     public let cfgScale: Double?
+    let reader: OnDemandReader?
 
-    public static func read(_ path: String) throws -> ExchangeFile {
+    public static func read(_ path: String, resultsOnDemand: Bool = false) throws -> ExchangeFile {
         let f: HDF5File
         do { f = try HDF5File.open(path) } catch { throw ExchangeError("\(error)") }
-        defer { try? f.close() }
+        var keepOpen = false
+        defer { if !keepOpen { try? f.close() } }
         func fail(_ s: String) -> ExchangeError { ExchangeError("\(path): \(s)") }
         guard let format = try f.stringAttribute("format") else {
             throw fail("root attribute 'format' is missing (expected \"\(exchangeFormat)\"); not an sddit-oracle exchange file")
@@ -38,26 +45,46 @@ public struct ExchangeFile: Sendable {
         let cfg: ModelConfig
         do {
             cfg = try ModelConfig(json: json)
-            try cfg.checkMemory(batch: 1, available: Double(ProcessInfo.processInfo.physicalMemory))
+            // the least any run of it needs: the reference's step at batch 1
+            try cfg.checkMemory(need: cfg.estimatedReferenceStepBytes(batch: 1, visible: cfg.visibleCount(maskRatio: cfg.maskRatio), scalarBytes: 8),
+                                what: "a training step at batch 1", available: Double(ProcessInfo.processInfo.physicalMemory))
         } catch { throw fail("\(error)") }
         var ds: [String: NamedTensor] = [:], ints: [String: [Int64]] = [:]
+        var index: [String: (shape: [Int], precision: Precision)] = [:]
         for p in try f.datasetPaths() {
+            let info: (shape: [Int], elementType: HDF5ElementType)
+            do { info = try f.info(p) } catch { throw ExchangeError("\(error)") }
+            let prec = precision(of: info.elementType)
+            index[p] = (info.shape, prec)
+            if resultsOnDemand, prec != .integer, !(isSetup(p) || p.hasPrefix("params/") || p == "sampler/sigmas") { continue }
             let d: HDF5Dataset
             do { d = try f.read(p) } catch { throw ExchangeError("\(error)") }
-            let prec: Precision
-            switch d.elementType {
-            case .float64: prec = .float64
-            case .float32: prec = .float32
-            case .float16: prec = .float16
-            default: prec = .integer
-            }
             ds[p] = NamedTensor(shape: d.shape, values: d.doubles, precision: prec)
             if let i = d.ints { ints[p] = i }
         }
         var scale = try f.doubleAttribute("cfg_scale")
         if scale == nil, f.exists("sampler") { scale = try f.doubleAttribute("cfg_scale", of: "sampler") }
-        return ExchangeFile(path: path, config: cfg, configJSON: json, datasets: ds, integers: ints,
-                            cfgScale: scale ?? cfg.cfgScale)
+        keepOpen = resultsOnDemand
+        return ExchangeFile(path: path, config: cfg, configJSON: json, datasets: ds, index: index, integers: ints,
+                            cfgScale: scale ?? cfg.cfgScale, reader: resultsOnDemand ? OnDemandReader(f) : nil)
+    }
+
+    static func precision(of t: HDF5ElementType) -> Precision {
+        switch t {
+        case .float64: return .float64
+        case .float32: return .float32
+        case .float16: return .float16
+        default: return .integer
+        }
+    }
+
+    /// A dataset's values: from `datasets`, or read from the file now (nil: the file has no
+    /// such dataset). The last few read stay at hand, since the after-step rule asks for a
+    /// gradient again after its comparison.
+    public func dataset(_ p: String) throws -> NamedTensor? {
+        if let d = datasets[p] { return d }
+        guard let r = reader, let info = index[p] else { return nil }
+        return try r.load(p, precision: info.precision)
     }
 
     func fail(_ s: String) -> ExchangeError { ExchangeError("\(path): \(s)") }
@@ -81,7 +108,7 @@ public struct ExchangeFile: Sendable {
         return v.map { Int($0) }
     }
 
-    public func has(group g: String) -> Bool { datasets.keys.contains { $0.hasPrefix(g + "/") } }
+    public func has(group g: String) -> Bool { index.keys.contains { $0.hasPrefix(g + "/") } }
 
     /// Parameters of `specs` from group `g` ("params", "teacher", "after_step/params").
     public func parameters(_ g: String, _ specs: [ParameterSpec]) throws -> Parameters<Double> {
@@ -136,5 +163,26 @@ public struct ExchangeFile: Sendable {
             throw fail("/sampler/sigmas: expected a vector of N+1 noise levels with N >= 2 steps (SPEC §6 divides by N-1), found shape \(datasets["sampler/sigmas"]?.shape ?? [])")
         }
         return SamplerSetup(xInit: x, labels: labels, steps: s.shape[0] - 1, cfgScale: cfgScale)
+    }
+}
+
+/// The open file behind `ExchangeFile.dataset(_:)` and the last datasets it read.
+final class OnDemandReader: @unchecked Sendable {
+    let file: HDF5File
+    let lock = NSLock()
+    var recent: [(String, NamedTensor)] = []
+    static let kept = 4
+    init(_ f: HDF5File) { file = f }
+    deinit { try? file.close() }
+
+    func load(_ p: String, precision: Precision) throws -> NamedTensor {
+        lock.lock(); defer { lock.unlock() }
+        if let hit = recent.first(where: { $0.0 == p }) { return hit.1 }
+        let d: HDF5Dataset
+        do { d = try file.read(p) } catch { throw ExchangeError("\(error)") }
+        let t = NamedTensor(shape: d.shape, values: d.doubles, precision: precision)
+        recent.append((p, t))
+        if recent.count > Self.kept { recent.removeFirst() }
+        return t
     }
 }

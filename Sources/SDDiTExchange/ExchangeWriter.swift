@@ -8,27 +8,48 @@ public enum ExchangeWriter {
     public static func write(_ path: String, config: ModelConfig, configExtra: [String: Any] = [:],
                              datasets: [String: NamedTensor], integers: [String: ([Int64], [Int])] = [:],
                              cfgScale: Double? = nil, rawConfigJSON: String? = nil) throws {
+        let w = try Stream(path, config: config, configExtra: configExtra, rawConfigJSON: rawConfigJSON)
+        for p in DatasetOrder.sorted(Array(datasets.keys), config) { try w.write(p, datasets[p]!) }
+        for (p, (v, shape)) in integers.sorted(by: { $0.key < $1.key }) { try w.write(p, ints: v, shape: shape) }
+        try w.finish(cfgScale: cfgScale)
+    }
+
+    /// A file written one dataset at a time (a run too large to hold whole: `oracle dump` at
+    /// XL/2), still atomic: nothing appears at `path` until `finish`; an error, `discard` or
+    /// dropping the writer removes the temporary file.
+    public final class Stream {
         let f: HDF5File
-        do { f = try HDF5File.create(path) } catch { throw ExchangeError("\(error)") }
-        do {
-            try f.setStringAttribute("format", exchangeFormat)
-            try f.setStringAttribute("config", rawConfigJSON ?? config.jsonString(extra: configExtra))
-            for p in DatasetOrder.sorted(Array(datasets.keys), config) {
-                let d = datasets[p]!
-                switch d.precision {
-                case .float32, .float16, .bfloat16, .tfloat32:
-                    try f.write(p, floats: d.values.map { Float($0) }, shape: d.shape)
-                default:
-                    try f.write(p, doubles: d.values, shape: d.shape)
-                }
-            }
-            for (p, (v, shape)) in integers.sorted(by: { $0.key < $1.key }) { try f.write(p, int64s: v, shape: shape) }
-            if let s = cfgScale { try f.setDoubleAttribute("cfg_scale", s, on: "sampler") }
-            try f.close()
-        } catch {
-            f.discard()
-            throw ExchangeError("\(error)")
+        public init(_ path: String, config: ModelConfig, configExtra: [String: Any] = [:], rawConfigJSON: String? = nil) throws {
+            do {
+                f = try HDF5File.create(path)
+                try f.setStringAttribute("format", exchangeFormat)
+                try f.setStringAttribute("config", rawConfigJSON ?? config.jsonString(extra: configExtra))
+            } catch { throw ExchangeError("\(error)") }
         }
+
+        /// float32 and the half types as float32, float64 and Float80 as float64.
+        public func write(_ p: String, _ d: NamedTensor) throws {
+            do {
+                switch d.precision {
+                case .float32, .float16, .bfloat16, .tfloat32: try f.write(p, floats: d.values.map { Float($0) }, shape: d.shape)
+                default: try f.write(p, doubles: d.values, shape: d.shape)
+                }
+            } catch { f.discard(); throw ExchangeError("\(error)") }
+        }
+
+        public func write(_ p: String, ints v: [Int64], shape: [Int]) throws {
+            do { try f.write(p, int64s: v, shape: shape) } catch { f.discard(); throw ExchangeError("\(error)") }
+        }
+
+        /// Writes `cfg_scale` on /sampler (when given), then closes and renames into place.
+        public func finish(cfgScale: Double? = nil) throws {
+            do {
+                if let s = cfgScale { try f.setDoubleAttribute("cfg_scale", s, on: "sampler") }
+                try f.close()
+            } catch { f.discard(); throw ExchangeError("\(error)") }
+        }
+
+        public func discard() { f.discard() }
     }
 }
 

@@ -10,9 +10,6 @@ extension ExchangeFile {
         guard has(group: "params") else { throw fail("group /params is missing: a backend needs the student parameters") }
         let student = try parameters("params", cfg.studentParameters)
         var s = RunSetup(config: cfg, student: student)
-        if let n = datasets["inputs/x0"]?.shape.first ?? datasets["sampler/x_init"]?.shape.first {
-            do { try cfg.checkMemory(batch: n, available: Double(ProcessInfo.processInfo.physicalMemory)) } catch { throw fail("\(error)") }
-        }
         if hasTrainingStep {
             guard has(group: "teacher") else { throw fail("group /teacher is missing: a training step needs the teacher") }
             s.teacher = try parameters("teacher", cfg.teacherParameters)

@@ -36,7 +36,10 @@ struct Diff: ParsableCommand {
     @Flag(help: "Print the report as JSON.") var json = false
     @Flag(help: "Print every tensor, not only the failing ones.") var verbose = false
 
-    func validate() throws { try setup.checkStepMemory() }
+    func validate() throws {
+        let backends = [a, b].compactMap { Backend(rawValue: $0) }
+        if backends.count == 2 { try setup.checkStepMemory(backends) }   // a file's run is checked once its setup is read
+    }
 
     func run() throws {
         var o = DiffOptions()

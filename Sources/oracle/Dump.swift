@@ -26,7 +26,7 @@ struct Dump: ParsableCommand {
     var initMode: String = "random"
 
     func validate() throws {
-        try setup.checkStepMemory()
+        if from == nil, let be = Backend(rawValue: backend) { try setup.checkStepMemory([be]) }   // --from: checked once read
         try requireWritableOutput(out, option: "--out")
     }
 
@@ -50,15 +50,25 @@ struct Dump: ParsableCommand {
                 s = SeededSetup.make(cfg, seed: setup.seed, batch: setup.batch, maskRatio: cfg.maskRatio,
                                      sampleSteps: setup.sample, cfgScale: setup.cfgScale, init: mode)
             }
-            let results = try withReferenceProgress { try be.run(s) }
-            var (floats, ints) = setupDatasets(s)
-            for (k, v) in results where !(k == "params/pos_embed" || k == "params/decoder_pos_embed") { floats[k] = v }
+            // Written as computed: the setup first, then each result as the backend hands it over.
             var extra: [String: Any] = ["generator": "sddit-oracle \(be.rawValue)", "seed": setup.seed]
             if let sm = s.sampler { extra["num_steps"] = sm.steps }
             if let I = s.inputs { extra["batch_size"] = I.labels.count }
-            try ExchangeWriter.write(out, config: cfg, configExtra: extra, datasets: floats, integers: ints,
-                                     cfgScale: s.sampler?.cfgScale)
-            print("wrote \(out): \(floats.count + ints.count) datasets (\(be.rawValue), config \(cfg.name))")
+            try be.checkFits(s)
+            let w = try ExchangeWriter.Stream(out, config: cfg, configExtra: extra)
+            let (floats, ints) = setupDatasets(s)
+            for p in DatasetOrder.sorted(Array(floats.keys), cfg) { try w.write(p, floats[p]!) }
+            for (p, (v, shape)) in ints.sorted(by: { $0.key < $1.key }) { try w.write(p, ints: v, shape: shape) }
+            var count = floats.count + ints.count
+            try withReferenceProgress {
+                try be.stream(s) { p, d in
+                    guard !(p == "params/pos_embed" || p == "params/decoder_pos_embed") else { return }   // the setup's are written
+                    try w.write(p, d)
+                    count += 1
+                }
+            }
+            try w.finish(cfgScale: s.sampler?.cfgScale)
+            print("wrote \(out): \(count) datasets (\(be.rawValue), config \(cfg.name))")
         }
     }
 }

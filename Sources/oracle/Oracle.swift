@@ -66,9 +66,15 @@ extension SetupOptions {
             throw ValidationError("\(error)")
         }
     }
-    /// The reference's training step at this batch (`oracle diff` and `oracle dump` build one).
-    func checkStepMemory() throws {
-        try checkMemory(need: { $0.estimatedStepBytes(batch: max(batch, 1)) }, what: "a training step at batch \(batch)")
+    /// A seeded run of `backends` at this batch, each by its own estimate; of two, the first's
+    /// results (gradients and both after-step copies, in Double) are held while the second runs.
+    func checkStepMemory(_ backends: [Backend]) throws {
+        let r = try maskRatio ?? modelConfig().maskRatio
+        try checkMemory(need: { cfg in
+            let v = cfg.visibleCount(maskRatio: r), n = max(batch, 1)
+            let held = backends.count > 1 ? 8 * Double(2 * cfg.parameterCounts.total + cfg.parameterCounts.encoder + cfg.parameterCounts.head) : 0
+            return (backends.map { $0.estimatedStepBytes(cfg, batch: n, visible: v) }.max() ?? 0) + held
+        }, what: "a training step at batch \(batch)")
     }
 }
 

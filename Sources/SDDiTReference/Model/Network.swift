@@ -41,9 +41,10 @@ struct Encoder<T: RefScalar> {
 
     static var embed: LinearLayer { LinearLayer(key: "x_embedder.proj") }
 
-    /// xIn = c_in x [N, C, H, W]; keep [N][V] visible token indices, ascending.
+    /// xIn = c_in x [N, C, H, W]; keep [N][V] visible token indices, ascending. Without
+    /// `keepCaches` (the teacher: no backward) no block keeps what its backward would read.
     init(_ cfg: ModelConfig, xIn: Tensor<T>, cNoise: [T], labels: [Int], keep: [[Int]],
-         _ P: Parameters<T>, acts: inout Activations<T>?, prefix: String) {
+         _ P: Parameters<T>, acts: inout Activations<T>?, prefix: String, keepCaches: Bool = true) {
         let N = xIn.shape[0], D = cfg.hiddenSize, Tn = cfg.tokens, V = keep[0].count
         self.keep = keep
         patches = Patchify.forward(xIn, p: cfg.patchSize)                           // [N, T, C p p]
@@ -64,7 +65,7 @@ struct Encoder<T: RefScalar> {
         if acts != nil, prefix == ActivationName.student { acts![ActivationName.tokens] = tokens; acts![ActivationName.c] = cond.c }
         for i in 0..<cfg.depth {
             let (y, cache) = DiTBlock(prefix: "blocks.\(i).", heads: cfg.numHeads).forward(x, siluC: cond.siluC, P)
-            blocks.append(cache)
+            if keepCaches { blocks.append(cache) }
             x = y
             if acts != nil { acts![ActivationName.encBlock(prefix, i)] = x }
             RefProgress.block(prefix + ".enc", i, of: cfg.depth)

@@ -38,7 +38,7 @@ public enum Objective {
         for i in 0..<xT.count { xT.data[i] = (xT.data[i] + sT * I.noiseT.data[i]) * cT.cIn }
         let all = Array(repeating: Array(0..<cfg.tokens), count: N)
         let tenc = Encoder(cfg, xIn: xT, cNoise: Array(repeating: cT.cNoise, count: N), labels: I.labels,
-                           keep: all, TP, acts: &acts, prefix: ActivationName.teacher)
+                           keep: all, TP, acts: &acts, prefix: ActivationName.teacher, keepCaches: false)
         let rows = keep.map { [0] + $0.map { $0 + 1 } }                             // CLS + visible
         let tSel = TokenGather.forward(tenc.out, keep: rows)                         // [N, 1+V, D]
         let (tCls, tPatch) = splitClsPatch(ProjectionHead(tSel, TP).out)

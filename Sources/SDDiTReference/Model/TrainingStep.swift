@@ -7,9 +7,6 @@ public struct AdamW<T: RefScalar>: Sendable {
     public var lr: T, beta1: T, beta2: T, eps: T, weightDecay: T
     public var m: [String: Tensor<T>] = [:], v: [String: Tensor<T>] = [:]
     public var step = 0
-    /// False for a one-step run that reports parameters only (`oracle dump` / `diff`): the
-    /// moments are computed as always and dropped per tensor, not kept (two parameter copies).
-    public var keepsMoments = true
 
     public init(_ cfg: ModelConfig) {
         lr = T(cfg.lr); beta1 = T(cfg.adamBeta1); beta2 = T(cfg.adamBeta2)
@@ -20,19 +17,24 @@ public struct AdamW<T: RefScalar>: Sendable {
     /// p <- p - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
     public mutating func update(_ P: inout Parameters<T>, grads: [String: Tensor<T>]) {
         step += 1
-        let bc1 = 1 - T.pow(beta1, step), bc2 = 1 - T.pow(beta2, step)
         for key in grads.keys.sorted() {
             let g = grads[key]!
             var p = P[key], mk = m[key] ?? .zeros(like: g), vk = v[key] ?? .zeros(like: g)
-            for i in 0..<p.count {
-                p.data[i] *= 1 - lr * weightDecay
-                mk.data[i] = beta1 * mk.data[i] + (1 - beta1) * g.data[i]
-                vk.data[i] = beta2 * vk.data[i] + (1 - beta2) * g.data[i] * g.data[i]
-                let denom = vk.data[i].squareRoot() / bc2.squareRoot() + eps
-                p.data[i] -= lr / bc1 * mk.data[i] / denom
-            }
+            apply(&p, grad: g, m: &mk, v: &vk)
             P[key] = p
-            if keepsMoments { m[key] = mk; v[key] = vk }
+            m[key] = mk; v[key] = vk
+        }
+    }
+
+    /// The step above on one tensor, at the current `step` (already counted).
+    public func apply(_ p: inout Tensor<T>, grad g: Tensor<T>, m mk: inout Tensor<T>, v vk: inout Tensor<T>) {
+        let bc1 = 1 - T.pow(beta1, step), bc2 = 1 - T.pow(beta2, step)
+        for i in 0..<p.count {
+            p.data[i] *= 1 - lr * weightDecay
+            mk.data[i] = beta1 * mk.data[i] + (1 - beta1) * g.data[i]
+            vk.data[i] = beta2 * vk.data[i] + (1 - beta2) * g.data[i] * g.data[i]
+            let denom = vk.data[i].squareRoot() / bc2.squareRoot() + eps
+            p.data[i] -= lr / bc1 * mk.data[i] / denom
         }
     }
 }
@@ -42,10 +44,14 @@ public enum EMA {
     public static func update<T: RefScalar>(teacher: inout Parameters<T>, student: Parameters<T>, beta: T) {
         for key in teacher.tensors.keys.sorted() {
             var t = teacher[key]
-            let s = student[key]
-            for i in 0..<t.count { t.data[i] = beta * t.data[i] + (1 - beta) * s.data[i] }
+            blend(&t, student[key], beta: beta)
             teacher[key] = t
         }
+    }
+
+    /// t <- beta t + (1 - beta) s, one tensor.
+    public static func blend<T: RefScalar>(_ t: inout Tensor<T>, _ s: Tensor<T>, beta: T) {
+        for i in 0..<t.count { t.data[i] = beta * t.data[i] + (1 - beta) * s.data[i] }
     }
 }
 
