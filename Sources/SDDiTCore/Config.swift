@@ -178,13 +178,25 @@ extension ModelConfig {
     /// Bytes of the reference's one-step run as `ReferenceBackend.stream` makes it, at batch N
     /// with V visible tokens and `scalarBytes` per value (8 Double, 16 Float80), roughly: the
     /// setup's student and teacher in Double (shared with a Double run, converted otherwise),
-    /// the gradients, what the student's encoder, decoder and head keep for backward (the
+    /// the gradients still accumulating (each part's is stepped and dropped once its backward is
+    /// done), what the student's encoder, decoder and head keep for backward (the
     /// teacher keeps none: it has no backward), the recorded activations, one block's backward
     /// temporaries, and a few tensors of the largest parameter (the step's and the EMA's).
     public func estimatedReferenceStepBytes(batch N: Int, visible V: Int, scalarBytes b: Double) -> Double {
         let c = parameterCounts, teacher = Double(c.encoder + c.head), T = tokens, n = Double(N)
         let setup = 8 * (Double(c.total) + teacher), converted = b == 8 ? 0 : b * (Double(c.total) + teacher)
-        let grads = b * Double(c.trainable)
+        // gradients: those accumulating to the end (embedders, CLS) and one part's at a time
+        func part(_ k: String) -> String? {
+            for pre in ["blocks.", "decoder_blocks."] where k.hasPrefix(pre) {
+                return pre + (k.dropFirst(pre.count).split(separator: ".").first.map(String.init) ?? "")
+            }
+            return ["head.", "final_layer.", "decoder_layer."].first { k.hasPrefix($0) }
+        }
+        var parts: [String: Int] = [:], shared = 0
+        for s in studentParameters where !s.frozen {
+            if let p = part(s.key) { parts[p, default: 0] += s.count } else { shared += s.count }
+        }
+        let grads = b * Double(shared + (parts.values.max() ?? 0))
         let encBlock = blockCacheValues(width: hiddenSize, mlp: mlpHidden, heads: numHeads, tokens: 1 + V)
         let decBlock = blockCacheValues(width: decoderHiddenSize, mlp: decoderMlpHidden, heads: decoderNumHeads, tokens: T)
         let head = Double(1 + V) * Double(hiddenSize + 4 * headHiddenDim + 2 * headBottleneckDim + 2 * headOutDim)

@@ -80,6 +80,7 @@ struct Encoder<T: RefScalar> {
         for i in stride(from: cfg.depth - 1, through: 0, by: -1) {
             dx = DiTBlock(prefix: "blocks.\(i).", heads: cfg.numHeads)
                 .backward(dy: dx, blocks[i], siluC: cond.siluC, P, grads: grads, dsiluC: &dsc)
+            grads.finished("blocks.\(i).")
             RefProgress.block("student.enc", i, of: cfg.depth, backward: true)
         }
         let N = dx.shape[0], V = dx.shape[1] - 1, D = dx.lastDim
@@ -158,11 +159,13 @@ struct Decoder<T: RefScalar> {
         Modulate.backward(dy: dmF, h: lnZ, scale: Chunk.piece(modF, 1, of: 2), dh: &dlnZ, dshift: &dsh, dscale: &dsc)
         Chunk.addPiece(dsh, 0, of: 2, into: &dmodF); Chunk.addPiece(dsc, 1, of: 2, into: &dmodF)
         Self.adaLNF.backward(dy: dmodF, x: siluC, P, grads: grads, dx: &dsiluC)
+        grads.finished("final_layer.")
         var dx = Tensor<T>.zeros(like: z)
         LayerNorm.backward(dy: dlnZ, x: z, saved: lnZs, dx: &dx)
         for i in stride(from: cfg.decoderDepth - 1, through: 0, by: -1) {
             dx = DiTBlock(prefix: "decoder_blocks.\(i).", heads: cfg.decoderNumHeads)
                 .backward(dy: dx, blocks[i], siluC: siluC, P, grads: grads, dsiluC: &dsiluC)
+            grads.finished("decoder_blocks.\(i).")
             RefProgress.block("student.dec", i, of: cfg.decoderDepth, backward: true)
         }
         var dm0 = Tensor<T>.zeros(like: m0)
@@ -172,6 +175,7 @@ struct Decoder<T: RefScalar> {
         Modulate.backward(dy: dm0, h: lnH, scale: Chunk.piece(mod0, 1, of: 2), dh: &dlnH, dshift: &dsh0, dscale: &dsc0)
         Chunk.addPiece(dsh0, 0, of: 2, into: &dmod0); Chunk.addPiece(dsc0, 1, of: 2, into: &dmod0)
         Self.adaLN0.backward(dy: dmod0, x: siluC, P, grads: grads, dx: &dsiluC)
+        grads.finished("decoder_layer.")
         var dH = Tensor<T>.zeros(like: H)
         LayerNorm.backward(dy: dlnH, x: H, saved: lnHs, dx: &dH)
         let N = H.shape[0], D = H.lastDim, V = keep[0].count
@@ -217,6 +221,7 @@ struct ProjectionHead<T: RefScalar> {
         GELUErf.backward(dy: dg1, x: h1, dx: &dh1)
         var dx = Tensor<T>.zeros(like: x)
         Self.l0.backward(dy: dh1, x: x, P, grads: grads, dx: &dx)
+        grads.finished("head.")
         return dx
     }
 }

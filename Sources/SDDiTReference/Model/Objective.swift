@@ -5,17 +5,21 @@
 public struct ObjectiveResult<T: RefScalar> {
     public var activations: Activations<T>
     public var losses: [String: T]
-    /// d total / d trainable student parameter (empty when not requested).
+    /// d total / d trainable student parameter (empty when not requested; without those
+    /// already handed to `finalGradients`).
     public var grads: [String: Tensor<T>]
     public var newCenterCls: Tensor<T>
     public var newCenterPatch: Tensor<T>
 }
 
 public enum Objective {
-    /// Forward (and, with `gradients`, backward) of L = L_G + L_D^cls + L_D^patch.
+    /// Forward (and, with `gradients`, backward) of L = L_G + L_D^cls + L_D^patch. With
+    /// `finalGradients`, each part's gradients (head, final layer, each decoder and encoder
+    /// block, decoder layer) go there as soon as its backward is done, and `grads` holds the rest.
     public static func run<T: RefScalar>(_ cfg: ModelConfig, student P: Parameters<T>, teacher TP: Parameters<T>,
                                          inputs I: StepInputs<T>, gradients: Bool = true,
-                                         recordActivations: Bool = true) throws -> ObjectiveResult<T> {
+                                         recordActivations: Bool = true,
+                                         finalGradients: ((String, Tensor<T>) -> Void)? = nil) throws -> ObjectiveResult<T> {
         let N = I.x0.shape[0], K = cfg.headOutDim, sd = T(cfg.sigmaData)
         let keep = try visibleIndices(mask: I.mask, tokens: cfg.tokens, batch: N)
         let V = keep[0].count
@@ -72,7 +76,8 @@ public enum Objective {
         guard gradients else { return result }
 
         // Backward, the forward read bottom-up (d total / d each loss = 1).
-        let grads = Gradients<T>(cfg.studentParameters)
+        var grads = Gradients<T>(cfg.studentParameters)
+        grads.onFinal = finalGradients   // a part's gradients handed over (and released) once its backward is done
         var dsCls = Tensor<T>.zeros(like: sCls), dsPatch = Tensor<T>.zeros(like: sPatch)
         DINOCrossEntropy.backward(dL: 1, student: sCls, teacherProbs: qCls, tauS: tauS, ds: &dsCls)
         DINOCrossEntropy.backward(dL: 1, student: sPatch, teacherProbs: qPatch, tauS: tauS, ds: &dsPatch)

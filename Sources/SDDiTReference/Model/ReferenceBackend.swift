@@ -9,14 +9,21 @@ public enum ReferenceBackend {
         return out
     }
 
-    /// The same results, each handed to `emit` once it is final and not kept: the activations
-    /// and losses after the forward pass, then per student tensor (in `studentParameters`
-    /// order) grads/KEY, after_step/params/KEY and after_step/teacher/KEY, the centers, the
-    /// sampler. The step is AdamW's first (zero moments) and the EMA, one tensor at a time, so
-    /// that beside the student, the teacher and the gradients only one updated tensor lives at
-    /// once (an XL/2 step in 24 GiB); the numbers are `TrainingState.step`'s, bit for bit.
+    /// The same results, each handed to `emit` once it is final and not kept: per student
+    /// tensor grads/KEY, after_step/params/KEY and after_step/teacher/KEY as soon as its part's
+    /// backward is done (head, final layer, decoder blocks, decoder layer, encoder blocks), then
+    /// the activations and losses, the rest of the parameters, the centers, the sampler. The
+    /// step is AdamW's first (zero moments) and the EMA, one tensor at a time, so that beside
+    /// the student, the teacher and the saved activations only the gradients still accumulating
+    /// and one updated tensor live (an XL/2 step at batch 2 in 24 GiB); the numbers are
+    /// `TrainingState.step`'s, bit for bit.
     public static func stream<T: RefScalar>(_ s: RunSetup, as _: T.Type = T.self,
                                             emit: (String, NamedTensor) throws -> Void) throws {
+        // the gradient hook holds `emit` only while the step runs
+        try withoutActuallyEscaping(emit) { emit in try streamed(s, as: T.self, emit: emit) }
+    }
+
+    static func streamed<T: RefScalar>(_ s: RunSetup, as _: T.Type, emit: @escaping (String, NamedTensor) throws -> Void) throws {
         let cfg = s.config
         let prec: Precision = T.significandBitCount > 52 ? .float80 : (T.significandBitCount == 52 ? .float64 : .float32)
         func named(_ t: Tensor<T>) -> NamedTensor {   // Double: the storage itself, not a copy
@@ -35,26 +42,37 @@ public enum ReferenceBackend {
         if let I0 = s.inputs {
             let TP: Parameters<T> = (s.teacher ?? s.student.subset(cfg.teacherParameters)).converted()
             let I: StepInputs<T> = I0.converted()
-            var r = try Objective.run(cfg, student: P, teacher: TP, inputs: I)
-            for (k, v) in r.activations { try emit("activations/" + k, named(v)) }
-            r.activations = [:]
-            for (k, v) in r.losses { try emit("losses/" + k, scalar(v)) }
+            // per student tensor: its gradient, AdamW's first step, the teacher's EMA of it
             var adam = AdamW<T>(cfg)
             adam.step = 1
             let beta = T(cfg.emaBeta), teacherKeys = Set(cfg.teacherParameters.map(\.key))
-            for spec in cfg.studentParameters {
-                var p = P[spec.key]
-                if let g = r.grads.removeValue(forKey: spec.key) {
-                    try emit("grads/" + spec.key, named(g))
+            var done = Set<String>(), failure: Error? = nil
+            func step(_ key: String, _ g: Tensor<T>?) throws {
+                done.insert(key)
+                var p = P[key]
+                if let g {
+                    try emit("grads/" + key, named(g))
                     var m = Tensor<T>.zeros(like: g), v = m
                     adam.apply(&p, grad: g, m: &m, v: &v)
                 }
-                try emit("after_step/params/" + spec.key, named(p))
-                if teacherKeys.contains(spec.key) {
-                    var t = TP[spec.key]
+                try emit("after_step/params/" + key, named(p))
+                if teacherKeys.contains(key) {
+                    var t = TP[key]
                     EMA.blend(&t, p, beta: beta)
-                    try emit("after_step/teacher/" + spec.key, named(t))
+                    try emit("after_step/teacher/" + key, named(t))
                 }
+            }
+            // a block's gradients are stepped as soon as its backward is done, and dropped
+            var r = try Objective.run(cfg, student: P, teacher: TP, inputs: I, finalGradients: { key, g in
+                guard failure == nil else { return }
+                do { try step(key, g) } catch { failure = error }
+            })
+            if let failure { throw failure }
+            for (k, v) in r.activations { try emit("activations/" + k, named(v)) }
+            r.activations = [:]
+            for (k, v) in r.losses { try emit("losses/" + k, scalar(v)) }
+            for spec in cfg.studentParameters where !done.contains(spec.key) {
+                try step(spec.key, r.grads.removeValue(forKey: spec.key))
             }
             try emit("after_step/center_cls", named(r.newCenterCls))
             try emit("after_step/center_patch", named(r.newCenterPatch))
