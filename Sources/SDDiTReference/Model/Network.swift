@@ -106,15 +106,10 @@ struct Encoder<T: RefScalar> {
 
 /// Decoder (SPEC §2.7-2.9): H = scatter(tokens, enc[:, 1:]), decoder_layer, blocks, final layer.
 struct Decoder<T: RefScalar> {
-    var H: Tensor<T>, lnH: Tensor<T>, lnHs: LayerNorm.Saved<T>, mod0: Tensor<T>, m0: Tensor<T>
-    var blocks: [DiTBlock.Cache<T>] = [], z: Tensor<T>
-    var lnZ: Tensor<T>, lnZs: LayerNorm.Saved<T>, modF: Tensor<T>, mF: Tensor<T>, out: Tensor<T>
+    var H: Tensor<T>, layer0: ModulatedLinear<T>
+    var blocks: [DiTBlock.Cache<T>] = [], z: Tensor<T>, final: ModulatedLinear<T>
+    var out: Tensor<T> { final.out }
     let keep: [[Int]]
-
-    static var adaLN0: LinearLayer { LinearLayer(key: "decoder_layer.adaLN_modulation.1") }
-    static var linear0: LinearLayer { LinearLayer(key: "decoder_layer.linear") }
-    static var adaLNF: LinearLayer { LinearLayer(key: "final_layer.adaLN_modulation.1") }
-    static var linearF: LinearLayer { LinearLayer(key: "final_layer.linear") }
 
     /// Returns with `out` [N, T, p p C] (before unpatchify).
     init(_ cfg: ModelConfig, tokens: Tensor<T>, enc: Tensor<T>, siluC: Tensor<T>, keep: [[Int]],
@@ -128,10 +123,8 @@ struct Decoder<T: RefScalar> {
         }
         let encVis = Tensor(shape: [N, V, D], data: vis)
         H = TokenScatter.forward(base: tokens, encVis, keep: keep)                  // [N, T, D]
-        (lnH, lnHs) = LayerNorm.forward(H)
-        mod0 = Self.adaLN0.forward(siluC, P)                                         // [N, 2D]
-        m0 = Modulate.forward(lnH, shift: Chunk.piece(mod0, 0, of: 2), scale: Chunk.piece(mod0, 1, of: 2))
-        var x = Self.linear0.forward(m0, P)                                          // [N, T, Dd]
+        layer0 = ModulatedLinear(prefix: "decoder_layer.", H, siluC: siluC, P)     // [N, T, Dd]
+        var x = layer0.out
         let pos = P["decoder_pos_embed"], per = pos.count
         for n in 0..<N { for i in 0..<per { x.data[n * per + i] += pos.data[i] } }
         if acts != nil { acts![ActivationName.decIn] = H }
@@ -143,41 +136,20 @@ struct Decoder<T: RefScalar> {
             RefProgress.block("student.dec", i, of: cfg.decoderDepth)
         }
         z = x
-        (lnZ, lnZs) = LayerNorm.forward(z)
-        modF = Self.adaLNF.forward(siluC, P)                                         // [N, 2Dd]
-        mF = Modulate.forward(lnZ, shift: Chunk.piece(modF, 0, of: 2), scale: Chunk.piece(modF, 1, of: 2))
-        out = Self.linearF.forward(mF, P)                                            // [N, T, p p C]
+        final = ModulatedLinear(prefix: "final_layer.", z, siluC: siluC, P)        // [N, T, p p C]
     }
 
     /// Returns (dTokens at hidden positions, dEnc [N, 1+V, D] with a zero CLS row); adds to dsiluC.
     func backward(_ cfg: ModelConfig, dOut: Tensor<T>, siluC: Tensor<T>, _ P: Parameters<T>,
                   grads: Gradients<T>, dsiluC: inout Tensor<T>) -> (dTokens: Tensor<T>, dEnc: Tensor<T>) {
-        var dmF = Tensor<T>.zeros(like: mF)
-        Self.linearF.backward(dy: dOut, x: mF, P, grads: grads, dx: &dmF)
-        var dlnZ = Tensor<T>.zeros(like: lnZ), dmodF = Tensor<T>.zeros(like: modF)
-        var dsh = Tensor<T>.zeros(like: Chunk.piece(modF, 0, of: 2)), dsc = dsh
-        Modulate.backward(dy: dmF, h: lnZ, scale: Chunk.piece(modF, 1, of: 2), dh: &dlnZ, dshift: &dsh, dscale: &dsc)
-        Chunk.addPiece(dsh, 0, of: 2, into: &dmodF); Chunk.addPiece(dsc, 1, of: 2, into: &dmodF)
-        Self.adaLNF.backward(dy: dmodF, x: siluC, P, grads: grads, dx: &dsiluC)
-        grads.finished("final_layer.")
-        var dx = Tensor<T>.zeros(like: z)
-        LayerNorm.backward(dy: dlnZ, x: z, saved: lnZs, dx: &dx)
+        var dx = final.backward(dy: dOut, x: z, siluC: siluC, P, grads: grads, dsiluC: &dsiluC)
         for i in stride(from: cfg.decoderDepth - 1, through: 0, by: -1) {
             dx = DiTBlock(prefix: "decoder_blocks.\(i).", heads: cfg.decoderNumHeads)
                 .backward(dy: dx, blocks[i], siluC: siluC, P, grads: grads, dsiluC: &dsiluC)
             grads.finished("decoder_blocks.\(i).")
             RefProgress.block("student.dec", i, of: cfg.decoderDepth, backward: true)
         }
-        var dm0 = Tensor<T>.zeros(like: m0)
-        Self.linear0.backward(dy: dx, x: m0, P, grads: grads, dx: &dm0)
-        var dlnH = Tensor<T>.zeros(like: lnH), dmod0 = Tensor<T>.zeros(like: mod0)
-        var dsh0 = Tensor<T>.zeros(like: Chunk.piece(mod0, 0, of: 2)), dsc0 = dsh0
-        Modulate.backward(dy: dm0, h: lnH, scale: Chunk.piece(mod0, 1, of: 2), dh: &dlnH, dshift: &dsh0, dscale: &dsc0)
-        Chunk.addPiece(dsh0, 0, of: 2, into: &dmod0); Chunk.addPiece(dsc0, 1, of: 2, into: &dmod0)
-        Self.adaLN0.backward(dy: dmod0, x: siluC, P, grads: grads, dx: &dsiluC)
-        grads.finished("decoder_layer.")
-        var dH = Tensor<T>.zeros(like: H)
-        LayerNorm.backward(dy: dlnH, x: H, saved: lnHs, dx: &dH)
+        let dH = layer0.backward(dy: dx, x: H, siluC: siluC, P, grads: grads, dsiluC: &dsiluC)
         let N = H.shape[0], D = H.lastDim, V = keep[0].count
         var dTokens = Tensor<T>.zeros(like: H), dVis = Tensor<T>.zeros([N, V, D])
         TokenScatter.backward(dy: dH, keep: keep, dbase: &dTokens, denc: &dVis)
