@@ -11,7 +11,7 @@ struct Regress: ParsableCommand {
         The history lives in the repository: one record per run in regress/records/<UTC time>-<commit>.json (git commit and dirty flag, date, machine, every tensor's max error, every timing), added atomically and never modified; regress/thresholds.json says what counts as a regression. See docs/DECISIONS.md, items 18-23.
 
           oracle regress record                     # quick battery, 10-20 s
-          oracle regress record --battery standard  # + SD-DiT-S/2, 5-8 min
+          oracle regress record --battery standard  # + SD-DiT-S/2, about 1.5 min
           oracle regress check                      # latest vs the one before
           oracle regress check --baseline latest~3  # or an id, a prefix, a commit
           oracle regress report --out regress-report  # HTML + inline SVG
