@@ -33,26 +33,27 @@ public enum Backend: String, CaseIterable, Sendable {
         }
     }
 
-    public func run(_ setup: RunSetup) throws -> [String: NamedTensor] {
+    /// `memory`: the bytes the run may use (default: this machine's), checked before it starts.
+    public func run(_ setup: RunSetup, memory: Double? = nil) throws -> [String: NamedTensor] {
         if let p = fastPrecision {
-            try checkFits(setup)
+            try checkFits(setup, memory: memory)
             return try FastBackend.run(setup.fastSetup, precision: p)
         }
         var out: [String: NamedTensor] = [:]
-        try stream(setup) { out[$0] = $1 }
+        try stream(setup, memory: memory) { out[$0] = $1 }
         return out
     }
 
     /// `run`'s results one at a time: the reference hands each over as soon as it is final
     /// and keeps none (`ReferenceBackend.stream`); the fast path runs whole, then hands its
     /// results over in `DatasetOrder`.
-    public func stream(_ setup: RunSetup, emit: (String, NamedTensor) throws -> Void) throws {
+    public func stream(_ setup: RunSetup, memory: Double? = nil, emit: (String, NamedTensor) throws -> Void) throws {
         if fastPrecision != nil {
-            let d = try run(setup)
+            let d = try run(setup, memory: memory)
             for p in DatasetOrder.sorted(Array(d.keys), setup.config) { try emit(p, d[p]!) }
             return
         }
-        try checkFits(setup)
+        try checkFits(setup, memory: memory)
         if self == .ref { return try ReferenceBackend.stream(setup, as: Double.self, emit: emit) }
         #if arch(x86_64) || arch(i386)
         return try ReferenceBackend.stream(setup, as: Float80.self, emit: emit)
@@ -71,13 +72,13 @@ public enum Backend: String, CaseIterable, Sendable {
     }
 
     /// Refuses, before allocating, a setup this backend cannot hold in this machine's memory.
-    public func checkFits(_ s: RunSetup) throws {
+    public func checkFits(_ s: RunSetup, memory: Double? = nil) throws {
         let N = max(s.inputs?.labels.count ?? 0, s.sampler?.labels.count ?? 0, 1)
         let V = s.inputs.map { I in I.mask.first.map { m in m.filter { $0 == 0 }.count } ?? s.config.tokens } ?? s.config.tokens
         let need = estimatedStepBytes(s.config, batch: N, visible: V)
         do {
             try s.config.checkMemory(need: need, what: "\(rawValue): a training step at batch \(N)",
-                                     available: Double(ProcessInfo.processInfo.physicalMemory))
+                                     available: memory ?? Double(ProcessInfo.processInfo.physicalMemory))
         } catch { throw ExchangeError("\(error)") }
     }
 }

@@ -32,6 +32,8 @@ public struct DiffOptions: Sendable {
     public var allowMissing = false
     /// Judge a float32 file also against the error of the fast path on its setup (`Calibration`).
     public var calibrate = true
+    /// The bytes each backend run may use (default: this machine's memory).
+    public var memory: Double? = nil
     public init() {}
 }
 
@@ -279,7 +281,7 @@ public enum DiffEngine {
         func side(_ f: ExchangeFile?, _ be: Backend?, streams: Bool) throws -> DiffSide {
             if let f { return DiffSide(file: f) }
             if streams { return DiffSide(streamedWithGradients: try getSetup().inputs != nil) }
-            return DiffSide(held: try be!.run(try getSetup()))
+            return DiffSide(held: try be!.run(try getSetup(), memory: o.memory))
         }
         // a held backend runs whole before the streamed one
         let sideA: DiffSide, sideB: DiffSide
@@ -325,7 +327,7 @@ public enum DiffEngine {
             var c = verdict(p, x, y, ctx, lr: cfg.lr, rtol: o.rtol, atol: o.atol)
             if calibrates, let aAct = actualIsA(c), Calibration.applies(c, actualIsA: aAct), !calibrationSkipped {
                 if fast == nil {
-                    do { fast = try Backend.fast.run(try getSetup()) } catch let e as ExchangeError {
+                    do { fast = try Backend.fast.run(try getSetup(), memory: o.memory) } catch let e as ExchangeError {
                         calibrationSkipped = true
                         r.notes.append("calibration skipped: \(e); float32 tensors judged by the float32 rule alone (README \"Tolerances\")")
                     }
@@ -355,7 +357,7 @@ public enum DiffEngine {
                                     sideAHasGradients: sideA.hasGradients, sideBHasGradients: sideB.hasGradients)
         }
         if let be = streamed {
-            try be.stream(try getSetup()) { p, d in
+            try be.stream(try getSetup(), memory: o.memory) { p, d in
                 driver.full.insert(p)
                 driver.remember(p, d)
                 if let g = recordedGroups, !g.contains(groupOf(p)) { return }

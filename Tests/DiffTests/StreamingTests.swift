@@ -111,4 +111,30 @@ struct StreamingTests {
         #expect(ref + 8 * Double(xl.parameterCounts.trainable) > 0.8 * 24 * gib)
         #expect(Backend.fast.estimatedStepBytes(xl, batch: 1, visible: 204) > 0.8 * 24 * gib)
     }
+
+    /// Where the fast path does not fit beside the reference (XL/2 here), a float32 file is
+    /// judged by the float32 rule alone and the report says so; where the reference itself
+    /// does not fit, the diff refuses before allocating. Shown on tiny with the memory the
+    /// runs may use set between, and below, the two backends' estimates.
+    @Test func calibrationThatDoesNotFitIsSkippedAndSaid() throws {
+        let s = SeededSetup.make(.tiny, seed: 8, batch: 2, maskRatio: 0.25, sampleSteps: nil)
+        let path = try writeExchangeFile(s, try Backend.fast.run(s), params: .float32, name: "skip-calibration")
+        let V = s.inputs!.mask[0].filter { $0 == 0 }.count
+        let ref = Backend.ref.estimatedStepBytes(.tiny, batch: 2, visible: V), fast = Backend.fast.estimatedStepBytes(.tiny, batch: 2, visible: V)
+        #expect(ref < fast)
+        var o = DiffOptions()
+        o.memory = (ref + fast) / 2 / 0.8
+        let r = try DiffEngine.run(a: .file(path), b: .backend(.ref), options: o)
+        #expect(r.notes.count == 1 && r.notes[0].hasPrefix("calibration skipped: ") && r.notes[0].contains("fast"), "\(r.notes)")
+        #expect(r.comparisons.allSatisfy { $0.calibration == nil } && r.comparisons.count > 100)
+        #expect(r.lines().contains(r.notes[0]) && (r.json["notes"] as? [String]) == r.notes)
+        let passed = r.passed
+        #expect(passed)
+        let full = try DiffEngine.run(a: .file(path), b: .backend(.ref), options: DiffOptions())
+        #expect(full.notes.isEmpty && full.comparisons.contains { $0.calibration != nil })
+        o.memory = ref / 2 / 0.8
+        #expect { _ = try DiffEngine.run(a: .file(path), b: .backend(.ref), options: o) } throws: { e in
+            "\(e)".contains("ref: a training step at batch 2") && "\(e)".contains("refusing before allocating")
+        }
+    }
 }
