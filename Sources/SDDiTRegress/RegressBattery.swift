@@ -9,8 +9,9 @@ import SDDiTReference
 ///   quick     tiny config: every fast mode against the float64 reference (seeded setup,
 ///             training step + 5-step sampler), every fixture in fixtures/ against ref and
 ///             fast, directional gradient checks of the reference, tiny timings
-///   standard  quick + SD-DiT-S/2 at batch 1, every fast mode against the reference (the
-///             float64 S/2 step takes minutes), and S/2 batch-8 timings as `oracle bench` runs them
+///   standard  quick + SD-DiT-S/2 at batch 1, every fast mode against the reference (its
+///             float64 step takes about 5 s), and S/2 batch-8 timings as `oracle bench` runs
+///             them (about half of the battery's 1.5 minutes)
 public struct RegressBatteryOptions: Sendable {
     public var battery = "quick"
     public var fixturesDir = "fixtures"
