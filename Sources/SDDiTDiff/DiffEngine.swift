@@ -214,7 +214,9 @@ final class DiffSide {
     var hasGradients = false
     /// The streamed side's gradient and updated student tensor of the current key.
     var recent: [String: NamedTensor] = [:]
-    /// A file's fixed tables are judged in the precision of its results.
+    /// A file's fixed tables (params/pos_embed, ...) are judged in the precision of its
+    /// results: a float32 model's tables stored as float64 (as tools/sddit_h5.py writes a
+    /// state_dict) hold float32 values.
     var tablePrecision: Precision? = nil
 
     init(file: ExchangeFile) {
@@ -237,8 +239,8 @@ final class DiffSide {
         if let held { return held[p] }
         return try file?.dataset(p)
     }
-    /// A dataset as it is compared.
-    func compared(_ p: String) throws -> NamedTensor? {
+    /// A dataset as it is compared (nil: not compared on this side).
+    func forComparison(_ p: String) throws -> NamedTensor? {
         guard compared.contains(p), var d = try get(p) else { return nil }
         if p.hasPrefix("params/"), let tp = tablePrecision { d.precision = min(d.precision, tp) }
         return d
@@ -362,25 +364,20 @@ public enum DiffEngine {
                 driver.remember(p, d)
                 if let g = recordedGroups, !g.contains(groupOf(p)) { return }
                 driver.compared.insert(p)
-                guard let y = try other.compared(p) else { return }
+                guard let y = try other.forComparison(p) else { return }
                 if streamsA { try compare(p, d, y) } else { try compare(p, y, d) }
             }
             driver.recent = [:]
-            if let g = recordedGroups {
-                r.notRecorded = ["activations", "losses", "grads", "after_step", "sampler"].filter { grp in
-                    !g.contains(grp) && driver.full.contains { groupOf($0) == grp }
-                }
-            }
         } else {
-            if let g = recordedGroups {   // a fast backend's groups that the file does not record
-                let held = backendA != nil ? sideA : sideB
-                r.notRecorded = ["activations", "losses", "grads", "after_step", "sampler"].filter { grp in
-                    !g.contains(grp) && held.full.contains { groupOf($0) == grp }
-                }
-            }
             for p in DatasetOrder.sorted(Array(sideA.compared), cfg) {
-                guard let y = try sideB.compared(p), let x = try sideA.compared(p) else { continue }
+                guard let y = try sideB.forComparison(p), let x = try sideA.forComparison(p) else { continue }
                 try compare(p, x, y)
+            }
+        }
+        if let g = recordedGroups {   // what the backend computed in groups the file does not record
+            let computed = fileA == nil ? sideA.full : sideB.full
+            r.notRecorded = ["activations", "losses", "grads", "after_step", "sampler"].filter { grp in
+                !g.contains(grp) && computed.contains { groupOf($0) == grp }
             }
         }
 
@@ -392,8 +389,7 @@ public enum DiffEngine {
             if !inA { r.onlyInB.append(p) } else if !inB { r.onlyInA.append(p) }
             if !(inA && inB), trainsFixed(p) { r.fixedTrained.append(p) }
         }
-        if let (first, e) = firstCalibrationFailure, let aAct = actualIsA(first) {
-            _ = aAct
+        if let (first, e) = firstCalibrationFailure {
             r.diagnosis = try Calibration.diagnose(first, expected: e, setup: try getSetup())
         }
         return r

@@ -52,13 +52,18 @@ public struct ExchangeFile: Sendable {
         var ds: [String: NamedTensor] = [:], ints: [String: [Int64]] = [:]
         var index: [String: (shape: [Int], precision: Precision)] = [:]
         for p in try f.datasetPaths() {
-            let info: (shape: [Int], elementType: HDF5ElementType)
-            do { info = try f.info(p) } catch { throw ExchangeError("\(error)") }
-            let prec = precision(of: info.elementType)
-            index[p] = (info.shape, prec)
-            if resultsOnDemand, prec != .integer, !(isSetup(p) || p.hasPrefix("params/") || p == "sampler/sigmas") { continue }
+            if resultsOnDemand, !(isSetup(p) || p.hasPrefix("params/") || p == "sampler/sigmas") {
+                let info: (shape: [Int], elementType: HDF5ElementType)
+                do { info = try f.info(p) } catch { throw ExchangeError("\(error)") }
+                if !info.elementType.isInteger {   // a result: its values when asked for
+                    index[p] = (info.shape, precision(of: info.elementType))
+                    continue
+                }
+            }
             let d: HDF5Dataset
             do { d = try f.read(p) } catch { throw ExchangeError("\(error)") }
+            let prec = precision(of: d.elementType)
+            index[p] = (d.shape, prec)
             ds[p] = NamedTensor(shape: d.shape, values: d.doubles, precision: prec)
             if let i = d.ints { ints[p] = i }
         }

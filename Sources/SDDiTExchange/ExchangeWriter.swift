@@ -9,8 +9,7 @@ public enum ExchangeWriter {
                              datasets: [String: NamedTensor], integers: [String: ([Int64], [Int])] = [:],
                              cfgScale: Double? = nil, rawConfigJSON: String? = nil) throws {
         let w = try Stream(path, config: config, configExtra: configExtra, rawConfigJSON: rawConfigJSON)
-        for p in DatasetOrder.sorted(Array(datasets.keys), config) { try w.write(p, datasets[p]!) }
-        for (p, (v, shape)) in integers.sorted(by: { $0.key < $1.key }) { try w.write(p, ints: v, shape: shape) }
+        try w.write(datasets: datasets, integers: integers, config: config)
         try w.finish(cfgScale: cfgScale)
     }
 
@@ -39,6 +38,12 @@ public enum ExchangeWriter {
 
         public func write(_ p: String, ints v: [Int64], shape: [Int]) throws {
             do { try f.write(p, int64s: v, shape: shape) } catch { f.discard(); throw ExchangeError("\(error)") }
+        }
+
+        /// Many at once: the floats in `DatasetOrder`, then the integers by path.
+        public func write(datasets: [String: NamedTensor], integers: [String: ([Int64], [Int])], config: ModelConfig) throws {
+            for p in DatasetOrder.sorted(Array(datasets.keys), config) { try write(p, datasets[p]!) }
+            for (p, (v, shape)) in integers.sorted(by: { $0.key < $1.key }) { try write(p, ints: v, shape: shape) }
         }
 
         /// Writes `cfg_scale` on /sampler (when given), then closes and renames into place.

@@ -57,8 +57,7 @@ struct Dump: ParsableCommand {
             try be.checkFits(s)
             let w = try ExchangeWriter.Stream(out, config: cfg, configExtra: extra)
             let (floats, ints) = setupDatasets(s)
-            for p in DatasetOrder.sorted(Array(floats.keys), cfg) { try w.write(p, floats[p]!) }
-            for (p, (v, shape)) in ints.sorted(by: { $0.key < $1.key }) { try w.write(p, ints: v, shape: shape) }
+            try w.write(datasets: floats, integers: ints, config: cfg)
             var count = floats.count + ints.count
             try withReferenceProgress {
                 try be.stream(s) { p, d in
