@@ -260,6 +260,30 @@ extension ModelConfig {
         return s
     }
 
+    /// The keys with a default (`init(json:)` takes SPEC's value when they are absent) that
+    /// `json` leaves out: a report that relies on them says so (never silently).
+    public static func defaultedKeys(json: String) -> [String] {
+        guard let data = json.data(using: .utf8),
+              case .object(let o)? = try? JSONDecoder().decode(JSONValue.self, from: data) else { return [] }
+        return optionalKeys.filter { o[$0] == nil || o[$0] == .null }
+    }
+    /// Keys `init(json:)` fills with a default when absent (cfg_scale and sigma_t mean "none").
+    public static let optionalKeys = ["lr", "adam_beta1", "adam_beta2", "adam_eps", "weight_decay", "mask_ratio", "rho"]
+
+    /// The value a config takes for one of `optionalKeys`.
+    public func value(ofOptionalKey k: String) -> Double? {
+        switch k {
+        case "lr": return lr
+        case "adam_beta1": return adamBeta1
+        case "adam_beta2": return adamBeta2
+        case "adam_eps": return adamEps
+        case "weight_decay": return weightDecay
+        case "mask_ratio": return maskRatio
+        case "rho": return rho
+        default: return nil
+        }
+    }
+
     /// Parses the config JSON; a missing or mistyped required key is one clear error.
     public init(json: String) throws {
         guard let data = json.data(using: .utf8),

@@ -20,6 +20,9 @@ public enum Backend: String, CaseIterable, Sendable {
     case fastBF16Pure = "fast-bf16-pure"
     /// float32 with every matmul's operands in TF32 (NVIDIA Ampere+ with TF32 enabled).
     case fastTF32 = "fast-tf32"
+    /// float32 with the patch embedding (a Conv2d) in TF32: PyTorch's default on Ampere and
+    /// later GPUs (cuDNN convolutions in TF32, matmuls in float32).
+    case fastTF32Conv = "fast-tf32-conv"
 
     public var fastPrecision: FastPrecision? {
         switch self {
@@ -30,14 +33,21 @@ public enum Backend: String, CaseIterable, Sendable {
         case .fastFP16Pure: return .pureFP16
         case .fastBF16Pure: return .pureBF16
         case .fastTF32: return .tf32
+        case .fastTF32Conv: return .fp32
         }
     }
 
+    /// The fast path's deliberate deviation for this backend (the TF32 convolution).
+    public var fastVariant: FastVariant { self == .fastTF32Conv ? FastVariant(tf32PatchEmbedding: true) : FastVariant() }
+
     /// `memory`: the bytes the run may use (default: this machine's), checked before it starts.
-    public func run(_ setup: RunSetup, memory: Double? = nil) throws -> [String: NamedTensor] {
+    /// `variant`: a planted deviation of the fast path (tests, `oracle dump --plant`).
+    public func run(_ setup: RunSetup, memory: Double? = nil, variant: FastVariant? = nil) throws -> [String: NamedTensor] {
         if let p = fastPrecision {
             try checkFits(setup, memory: memory)
-            return try FastBackend.run(setup.fastSetup, precision: p)
+            var v = variant ?? fastVariant
+            if self == .fastTF32Conv { v.tf32PatchEmbedding = true }
+            return try FastBackend.run(setup.fastSetup, precision: p, variant: v)
         }
         var out: [String: NamedTensor] = [:]
         try stream(setup, memory: memory) { out[$0] = $1 }
@@ -47,13 +57,14 @@ public enum Backend: String, CaseIterable, Sendable {
     /// `run`'s results one at a time: the reference hands each over as soon as it is final
     /// and keeps none (`ReferenceBackend.stream`); the fast path runs whole, then hands its
     /// results over in `DatasetOrder`.
-    public func stream(_ setup: RunSetup, memory: Double? = nil, emit: (String, NamedTensor) throws -> Void) throws {
+    public func stream(_ setup: RunSetup, memory: Double? = nil, variant: FastVariant? = nil, emit: (String, NamedTensor) throws -> Void) throws {
         if fastPrecision != nil {
-            let d = try run(setup, memory: memory)
+            let d = try run(setup, memory: memory, variant: variant)
             for p in DatasetOrder.sorted(Array(d.keys), setup.config) { try emit(p, d[p]!) }
             return
         }
         try checkFits(setup, memory: memory)
+        if variant != nil { throw ExchangeError("\(rawValue): planted variants are the fast path's (--plant needs a fast backend)") }
         if self == .ref { return try ReferenceBackend.stream(setup, as: Double.self, emit: emit) }
         #if arch(x86_64) || arch(i386)
         return try ReferenceBackend.stream(setup, as: Float80.self, emit: emit)

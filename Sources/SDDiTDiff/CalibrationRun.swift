@@ -15,6 +15,9 @@ public final class CalibrationRun {
         CalibrationRun(backend: backend, held: try backend.run(setup, memory: memory))
     }
 
+    /// Every path the run has.
+    public var paths: [String] { Array(held.keys) }
+
     /// The run's result at `path` (nil: the run has none).
     public func tensor(_ path: String) throws -> NamedTensor? { held[path] }
 }

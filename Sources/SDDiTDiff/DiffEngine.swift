@@ -30,6 +30,8 @@ public struct DiffOptions: Sendable {
     public var rtol: Double? = nil
     public var atol: Double? = nil
     public var allowMissing = false
+    /// Pass a file whose calibration could not run (memory) on the blanket rule alone.
+    public var allowUncalibrated = false
     /// Judge a float32 file also against the error of the fast path on its setup (`Calibration`).
     public var calibrate = true
     /// The bytes each backend run may use (default: this machine's memory).
@@ -51,8 +53,16 @@ public struct DiffReport: Sendable {
     public var order: [String] = []
     /// What the errors of a calibrated file look like, when it fails calibration (`Calibration.diagnose`).
     public var diagnosis: [String] = []
-    /// What the engine could not do, said plainly (a calibration that does not fit in memory).
+    /// What the engine could not do, said plainly (a calibration that does not fit in memory),
+    /// and what it assumed (a config default, a file's float64 datasets judged as float32).
     public var notes: [String] = []
+    /// The precision mode the file was judged in, and why (nil: no calibrated file).
+    public var mode: String? = nil, modeSource: String? = nil
+    /// Per group, the least change a pass in a reduced-precision mode could have seen.
+    public var floors: [String] = []
+    /// Calibration applied to the file but could not run (memory): a failure unless allowed.
+    public var uncalibrated = false
+    public var allowUncalibrated = false
     public var failed: Int { comparisons.filter { !$0.passed }.count + fixedTrained.count }
     public var allowMissing = false
 
@@ -60,6 +70,7 @@ public struct DiffReport: Sendable {
     /// dataset is missing from either side.
     public var passed: Bool {
         !comparisons.isEmpty && failed == 0 && (allowMissing || (onlyInA.isEmpty && onlyInB.isEmpty))
+            && (!uncalibrated || allowUncalibrated)
     }
     public var summary: String {
         var s = "compared \(comparisons.count), failed \(failed), only-in-a \(onlyInA.count), only-in-b \(onlyInB.count)"
@@ -110,8 +121,13 @@ public struct DiffReport: Sendable {
             out.append(String(format: "all %d tensors within tolerance; closest to its limit: %@ ", comparisons.count, worst.name)
                        + Self.closest(worst, nil))
         }
+        if let m = mode, let src = modeSource { out.append("judged as \(m): \(src)") }
         out += diagnosis
+        out += floors
         out += notes
+        if uncalibrated, !allowUncalibrated {
+            out.append("FAIL the calibrated verdict could not run (above); --uncalibrated accepts the blanket rule alone")
+        }
         if comparisons.isEmpty { out.append("FAIL nothing was compared: the two sides share no dataset") }
         let missing = onlyInA.count + onlyInB.count - fixedTrained.count
         if !allowMissing, missing > 0 {
@@ -135,60 +151,8 @@ public struct DiffReport: Sendable {
         ["a": labelA, "b": labelB, "compared": comparisons.count, "failed": failed,
          "only_in_a": onlyInA, "only_in_b": onlyInB, "passed": passed,
          "fixed_parameter_gradients": fixedTrained, "not_recorded": notRecorded, "diagnosis": diagnosis, "notes": notes,
+         "mode": mode ?? NSNull(), "mode_source": modeSource ?? NSNull(), "floors": floors, "uncalibrated": uncalibrated,
          "tensors": comparisons.map(\.json)]
-    }
-}
-
-/// Calibrated tolerances for float32 files: a tensor fails when its norm-wise error against the
-/// float64 side, max|a - e| / max|e|, is far above the error of the fast path (float32, a
-/// correct implementation) on the same setup: ratio = error / max(level, 4u), u = 2^-24.
-/// Measured with the reference run in Float (an independent float32 implementation: plain
-/// sequential loops) against the fast path, tiny config, six seeds, masked and unmasked, with
-/// and without guidance, 516 tensors: median ratio 1.0, worst 2.9 (gradients of the final
-/// layer); the sampler states 30 (that implementation keeps x in float32, where EDM's sampler
-/// and the fast path keep it in float64). Limits: x16 (5.5x over the worst), x128 for the
-/// sampler. A planted exact GELU or LayerNorm eps 1e-5 in one block: x400 and more at that
-/// block's output (tests). The blanket rule of `Tolerances` stays as a ceiling.
-public enum Calibration {
-    public static let limit = 16.0, samplerLimit = 128.0, floorUnits = 4.0
-
-    /// A comparison of a float32 tensor of the file side against a float64-or-better side,
-    /// other than the after-step parameters (`AfterStepRule`) and the setup's fixed tables.
-    static func applies(_ c: Comparison, actualIsA: Bool) -> Bool {
-        let act = actualIsA ? c.precisionA : c.precisionB, exp = actualIsA ? c.precisionB : c.precisionA
-        guard act == .float32, exp >= .float64, !c.shapeMismatch, c.nonFinite == nil else { return false }
-        return !(c.name.hasPrefix("after_step/params/") || c.name.hasPrefix("after_step/teacher/") || c.name.hasPrefix("params/"))
-    }
-
-    /// Which precision the errors from the first failing tensor on look like: the file's
-    /// norm-wise error there against the levels of the fast path with TF32 operands and in
-    /// bf16 autocast on the same setup (nearest within 4x), else a bug.
-    static func diagnose(_ first: Comparison, expected e: NamedTensor, setup: RunSetup) throws -> [String] {
-        let E = first.normwise
-        var best: (Backend, Double, Double)? = nil
-        for m in [Backend.fastTF32, .fastBF16] {
-            guard let f = try m.run(setup)[first.name], let j = judge(first, correct: f, expected: e) else { continue }
-            let d = abs(log2(E / j.level))
-            if best == nil || d < best!.1 { best = (m, d, j.level) }
-        }
-        let what: [Backend: String] = [.fastTF32: "~10-bit-mantissa operands: TF32 matmuls or convolutions?",
-                                       .fastBF16: "bfloat16 operands (8-bit significand): bf16 autocast?"]
-        if let (m, d, level) = best, d <= 2 {
-            return [String(format: "diagnosis: from %@ on, errors are those of %@ (%.2e here, %@ %.2e); compare with --b %@",
-                           first.name, what[m]!, E, m.rawValue, level, m.rawValue)]
-        }
-        return [String(format: "diagnosis: from %@ on, errors are x%.0f those of a correct float32 run and match no reduced-precision mode (TF32, bf16): a bug there?",
-                       first.name, first.calibration?.ratio ?? 0)]
-    }
-
-    static func judge(_ c: Comparison, correct f: NamedTensor, expected e: NamedTensor) -> (level: Double, ratio: Double, limit: Double, precision: String)? {
-        guard f.values.count == e.values.count, f.values.allSatisfy(\.isFinite) else { return nil }
-        let scale = e.values.reduce(0) { max($0, abs($1)) }
-        var m = 0.0
-        for i in 0..<e.values.count { m = max(m, abs(f.values[i] - e.values[i])) }
-        let level = max(scale > 0 ? m / scale : m, floorUnits * Precision.float32.unitRoundoff)
-        let lim = c.name.hasPrefix("sampler/") ? samplerLimit : limit
-        return (level, c.normwise / level, lim, "float32")
     }
 }
 
@@ -232,17 +196,33 @@ final class DiffSide {
         hasGradients = full.contains { $0.hasPrefix("grads/") }
     }
     init(streamedWithGradients g: Bool) { file = nil; hasGradients = g }
+    /// The calibration run's results, as a side (the file against its mode's own backend).
+    init(run: CalibrationRun) throws {
+        file = nil; self.run = run
+        full = Set(run.paths); compared = full
+        hasGradients = full.contains { $0.hasPrefix("grads/") }
+    }
+    var run: CalibrationRun? = nil
+    /// float64 datasets of a file that hold float32 values only (`forComparison` judges them as float32).
+    var narrowed: [String] = []
 
     /// Any of the side's datasets, as it recorded it.
     func get(_ p: String) throws -> NamedTensor? {
         if let r = recent[p] { return r }
         if let held { return held[p] }
+        if let run { return try run.tensor(p) }
         return try file?.dataset(p)
     }
     /// A dataset as it is compared (nil: not compared on this side).
     func forComparison(_ p: String) throws -> NamedTensor? {
         guard compared.contains(p), var d = try get(p) else { return nil }
         if p.hasPrefix("params/"), let tp = tablePrecision { d.precision = min(d.precision, tp) }
+        // a float32 run stored as float64 (hooks that call .double()): judged as float32
+        if file != nil, d.precision == .float64, !ExchangeFile.isSetup(p), !p.hasPrefix("params/"), p != "sampler/sigmas",
+           Precision.float32.holdsExactly(d.values) {
+            d.precision = .float32
+            if !narrowed.contains(p) { narrowed.append(p) }
+        }
         return d
     }
     /// Keeps a streamed gradient or updated student tensor while its key is judged.
@@ -271,25 +251,67 @@ public enum DiffEngine {
             return s
         }
         let cfg = setupFile?.config ?? o.config
-        // Which side streams: a reference backend (float64 or Float80; b of two), the other
-        // side a file or a backend's results held whole; with no reference, nothing streams
-        // and a's datasets are taken in order.
         var backendA: Backend? = nil, backendB: Backend? = nil
         if case .backend(let be) = a { backendA = be }
         if case .backend(let be) = b { backendB = be }
-        let refA = backendA.map { $0.fastPrecision == nil } ?? false, refB = backendB.map { $0.fastPrecision == nil } ?? false
-        let streamed: Backend? = refB ? backendB : (refA ? backendA : nil)
+        var r = DiffReport(labelA: a.description, labelB: b.description)
+        r.allowMissing = o.allowMissing
+        r.allowUncalibrated = o.allowUncalibrated
+
+        // The file judged by calibration (one file against a backend), and the mode it is
+        // judged in: declared by the file, asked for (--b fast-bf16), or seen in its values.
+        let calibrates = o.calibrate && o.rtol == nil && o.atol == nil
+        let judged: ExchangeFile? = (fileA == nil) != (fileB == nil) ? setupFile : nil
+        let fileIsA = fileA != nil
+        let otherBackend = fileIsA ? backendB : backendA
+        var evidence: ModeEvidence? = nil
+        if calibrates, let f = judged, let ob = otherBackend {
+            evidence = try ModeEvidence.infer(f, against: ob.mode == nil ? nil : ob)
+            if let e = evidence {
+                r.mode = e.mode.rawValue
+                r.modeSource = e.source
+                r.notes += e.notes
+            }
+        }
+        if let f = setupFile {
+            // defaults the rules rely on are said, never taken silently
+            for k in f.defaultedConfigKeys {
+                let user = k == "rho" ? (f.has(group: "sampler") ? "the sampler's schedule" : nil)
+                    : k == "mask_ratio" ? nil : (f.has(group: "after_step") ? "the after-step rules" : nil)
+                guard let user else { continue }
+                r.notes.append(String(format: "note: the file's config has no '%@'; %@ assume %@ = %g (the oracle's default): set it if the run used another",
+                                      k, user, k, cfg.value(ofOptionalKey: k) ?? .nan))
+            }
+        }
+        let mode = evidence?.mode
+
+        // Which side streams: a reference backend (float64 or Float80; b of two). A file
+        // judged against a fast mode streams the reference beside both, as the truth.
+        let refA = backendA.map { $0.mode == nil } ?? false, refB = backendB.map { $0.mode == nil } ?? false
+        let truthBeside = mode != nil && !(refA || refB)
+        let streamed: Backend? = refB ? backendB : (refA ? backendA : (truthBeside ? .ref : nil))
         let streamsA = !refB && refA
+
+        // The calibration run (the fast path in the file's mode on its setup), made before the
+        // reference streams; against the mode's own backend it is that side.
+        var calRun: CalibrationRun? = nil
+        if let m = mode, let be = m.backend {
+            do { calRun = try CalibrationRun.run(be, try getSetup(), memory: o.memory) } catch let e as ExchangeError {
+                if otherBackend == be { throw e }
+                r.uncalibrated = true
+                r.notes.append("calibration skipped: \(e); \(m == .float32 ? "float32 tensors judged by the float32 rule alone" : "judged by the blanket rule of \(m.label.rawValue) alone") (README \"Tolerances\")")
+            }
+        }
         func side(_ f: ExchangeFile?, _ be: Backend?, streams: Bool) throws -> DiffSide {
             if let f { return DiffSide(file: f) }
             if streams { return DiffSide(streamedWithGradients: try getSetup().inputs != nil) }
+            if let c = calRun, be == c.backend { return try DiffSide(run: c) }
             return DiffSide(held: try be!.run(try getSetup(), memory: o.memory))
         }
-        // a held backend runs whole before the streamed one
         let sideA: DiffSide, sideB: DiffSide
         if streamsA { sideB = try side(fileB, backendB, streams: false); sideA = try side(fileA, backendA, streams: true) }
-        else { sideA = try side(fileA, backendA, streams: false); sideB = try side(fileB, backendB, streams: streamed != nil) }
-        let driver = streamsA ? sideA : sideB, other = streamsA ? sideB : sideA
+        else { sideA = try side(fileA, backendA, streams: false); sideB = try side(fileB, backendB, streams: refB) }
+        let driver: DiffSide? = streamed == nil || truthBeside ? nil : (streamsA ? sideA : sideB)
 
         // A backend run on a file's setup: the file's setup datasets were consumed, not compared;
         // backend outputs in groups the file does not record were not asked for.
@@ -300,8 +322,6 @@ public enum DiffEngine {
                 s.compared = s.file != nil ? s.full.filter { !ExchangeFile.isSetup($0) } : s.full.filter { recordedGroups!.contains(groupOf($0)) }
             }
         }
-        var r = DiffReport(labelA: a.description, labelB: b.description)
-        r.allowMissing = o.allowMissing
 
         // the state before the step, for the after-step rule
         let seededBefore: [String: NamedTensor]? = setupFile == nil ? try setupDatasets(getSetup()).floats : nil
@@ -312,34 +332,27 @@ public enum DiffEngine {
         let frozen = Set(cfg.studentParameters.filter(\.frozen).map(\.key))
         func trainsFixed(_ p: String) -> Bool { p.hasPrefix("grads/") && frozen.contains(String(p.dropFirst(6))) }
 
-        // Calibration: a float32 file against a float64 side, each tensor's error against that
-        // of the fast path (a correct float32 implementation) on the same setup, run the first
-        // time a comparison needs it; the side judged is the less precise one, when it is a file.
-        let calibrates = o.calibrate && o.rtol == nil && o.atol == nil
-        var fast: [String: NamedTensor]? = nil, calibrationSkipped = false
-        func actualIsA(_ c: Comparison) -> Bool? {
-            if c.precisionA < c.precisionB { return fileA != nil ? true : nil }
-            return c.precisionB < c.precisionA && fileB != nil ? false : nil
-        }
-        var firstCalibrationFailure: (Comparison, NamedTensor)? = nil
-        var comparisons: [Comparison] = []
+        var comparisons: [Comparison] = [], profile: [ProfileEntry] = [], done = Set<String>()
+        let againstMode = otherBackend != nil && otherBackend == mode?.backend
 
-        func compare(_ p: String, _ x: NamedTensor, _ y: NamedTensor) throws {
+        /// Compares x (side a) with y (side b); `truth`: the reference's tensor, when it runs.
+        func compare(_ p: String, _ x: NamedTensor, _ y: NamedTensor, truth: NamedTensor?) throws {
+            done.insert(p)
+            var x = x, y = y
+            let fileT = fileIsA ? x : y
+            let judgedHere = mode != nil && !ExchangeFile.isSetup(p) && !p.hasPrefix("params/") && p != "sampler/sigmas"
+            // the file side is judged in its mode's precision (the blanket rule is the ceiling)
+            if judgedHere, let m = mode {
+                if fileIsA { x.precision = min(x.precision, m.label) } else { y.precision = min(y.precision, m.label) }
+            }
             let ctx = try context(p, x, y)
             var c = verdict(p, x, y, ctx, lr: cfg.lr, rtol: o.rtol, atol: o.atol)
-            if calibrates, let aAct = actualIsA(c), Calibration.applies(c, actualIsA: aAct), !calibrationSkipped {
-                if fast == nil {
-                    do { fast = try Backend.fast.run(try getSetup(), memory: o.memory) } catch let e as ExchangeError {
-                        calibrationSkipped = true
-                        r.notes.append("calibration skipped: \(e); float32 tensors judged by the float32 rule alone (README \"Tolerances\")")
-                    }
-                }
-                let e = aAct ? y : x
-                if let f = fast?[p] {
-                    c.calibration = Calibration.judge(c, correct: f, expected: e)
-                    if c.calibrationFailed, firstCalibrationFailure.map({ DatasetOrder.sortKey(p, cfg) < DatasetOrder.sortKey($0.0.name, cfg) }) ?? true {
-                        firstCalibrationFailure = (c, e)
-                    }
+            if judgedHere, let m = mode, let t = truth, let run = calRun, Calibration.applies(c, p), let f = try run.tensor(p) {
+                if let level = Calibration.level(correct: f, truth: t, storage: fileT.precision, mode: m),
+                   let error = Calibration.normwise(fileT.values, t.values) {
+                    let lim = Calibration.limit(m, path: p) + (againstMode ? 1 : 0)
+                    c.calibration = (level, c.normwise / level, lim, m.rawValue)
+                    profile.append(ProfileEntry(name: p, error: error, level: level, limit: lim, failed: c.calibrationFailed))
                 }
             }
             comparisons.append(c)
@@ -360,19 +373,24 @@ public enum DiffEngine {
         }
         if let be = streamed {
             try be.stream(try getSetup(), memory: o.memory) { p, d in
-                driver.full.insert(p)
-                driver.remember(p, d)
-                if let g = recordedGroups, !g.contains(groupOf(p)) { return }
-                driver.compared.insert(p)
-                guard let y = try other.forComparison(p) else { return }
-                if streamsA { try compare(p, d, y) } else { try compare(p, y, d) }
+                if let driver {
+                    driver.full.insert(p)
+                    driver.remember(p, d)
+                    if let g = recordedGroups, !g.contains(groupOf(p)) { return }
+                    driver.compared.insert(p)
+                    guard let y = try (streamsA ? sideB : sideA).forComparison(p) else { return }
+                    if streamsA { try compare(p, d, y, truth: d) } else { try compare(p, y, d, truth: d) }
+                } else {   // the truth beside two sides
+                    guard let x = try sideA.forComparison(p), let y = try sideB.forComparison(p) else { return }
+                    try compare(p, x, y, truth: d)
+                }
             }
-            driver.recent = [:]
-        } else {
-            for p in DatasetOrder.sorted(Array(sideA.compared), cfg) {
-                guard let y = try sideB.forComparison(p), let x = try sideA.forComparison(p) else { continue }
-                try compare(p, x, y)
-            }
+            driver?.recent = [:]
+        }
+        // what no stream brought: every dataset both sides have, in order
+        for p in DatasetOrder.sorted(Array(sideA.compared), cfg) where !done.contains(p) {
+            guard let y = try sideB.forComparison(p), let x = try sideA.forComparison(p) else { continue }
+            try compare(p, x, y, truth: nil)
         }
         if let g = recordedGroups {   // what the backend computed in groups the file does not record
             let computed = fileA == nil ? sideA.full : sideB.full
@@ -389,8 +407,24 @@ public enum DiffEngine {
             if !inA { r.onlyInB.append(p) } else if !inB { r.onlyInA.append(p) }
             if !(inA && inB), trainsFixed(p) { r.fixedTrained.append(p) }
         }
-        if let (first, e) = firstCalibrationFailure {
-            r.diagnosis = try Calibration.diagnose(first, expected: e, setup: try getSetup())
+        for s in [sideA, sideB] where !s.narrowed.isEmpty {
+            let n = s.narrowed.sorted { rank[$0] ?? 0 < rank[$1] ?? 0 }
+            r.notes.append("note: \(n.count) float64 datasets of \(s === sideA ? r.labelA : r.labelB) hold float32 values only (a float32 run stored as float64; first \(n[0])): judged as float32")
+        }
+
+        if let m = mode {
+            profile.sort { rank[$0.name]! < rank[$1.name]! }
+            if let first = profile.first(where: \.failed), let run = calRun {
+                r.diagnosis = try Calibration.diagnose(profile: profile, firstFailure: first.name, current: m, file: judged,
+                                                       calibrationRun: run, setup: try getSetup(), memory: o.memory)
+            }
+            // a run more precise than the mode it is judged in: the verdict is blind to what
+            // the file's own precision resolves
+            if m != .float32, let e = profile.first(where: { $0.level >= 0x1p-16 && $0.error < $0.level / 16 }) {
+                r.notes.append(String(format: "note: errors at %@ are %.2e, x%.2g those of a correct %@ run: this is not a %@ run; a pass here cannot see what its own precision would show (compare it as float32: --b ref, precision_mode \"float32\")",
+                                      e.name, e.error, e.error / e.level, m.rawValue, m.rawValue))
+            }
+            if m != .float32 { r.floors = Calibration.floors(r.comparisons, mode: m, againstMode: againstMode) }
         }
         return r
     }

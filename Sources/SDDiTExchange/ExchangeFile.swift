@@ -27,6 +27,11 @@ public struct ExchangeFile: Sendable {
     public let integers: [String: [Int64]]
     /// `cfg_scale` from the file's or /sampler's attributes (or the config JSON).
     public let cfgScale: Double?
+    /// The precision mode the file says its run was made in (root attribute `precision_mode`,
+    /// or the config key of that name; docs/DECISIONS.md 42), if it says.
+    public let declaredMode: PrecisionMode?
+    /// Config keys the file leaves out whose defaults were taken (`ModelConfig.defaultedKeys`).
+    public let defaultedConfigKeys: [String]
     let reader: OnDemandReader?
 
     public static func read(_ path: String, resultsOnDemand: Bool = false) throws -> ExchangeFile {
@@ -49,20 +54,43 @@ public struct ExchangeFile: Sendable {
             try cfg.checkMemory(need: cfg.estimatedReferenceStepBytes(batch: 1, visible: cfg.visibleCount(maskRatio: cfg.maskRatio), scalarBytes: 8),
                                 what: "a training step at batch 1", available: Double(ProcessInfo.processInfo.physicalMemory))
         } catch { throw fail("\(error)") }
+        var declared: PrecisionMode? = nil
+        var modeText = try f.stringAttribute("precision_mode")
+        if modeText == nil, let data = json.data(using: .utf8),
+           case .object(let o)? = try? JSONDecoder().decode(JSONValue.self, from: data), case .string(let m)? = o["precision_mode"] {
+            modeText = m
+        }
+        if let m = modeText {
+            guard let pm = PrecisionMode(declared: m) else {
+                throw fail("precision_mode \"\(m)\" is not a mode the oracle knows (\(PrecisionMode.validNames))")
+            }
+            declared = pm
+        }
         var ds: [String: NamedTensor] = [:], ints: [String: [Int64]] = [:]
         var index: [String: (shape: [Int], precision: Precision)] = [:]
+        /// float32 datasets holding bfloat16 values say so (attribute dtype = "bfloat16"), as
+        /// tools/sddit_h5.py writes a bf16 tensor (HDF5 has no bfloat16).
+        func declaredPrecision(_ p: String, _ t: HDF5ElementType) throws -> Precision {
+            let prec = precision(of: t)
+            guard prec == .float32, !isSetup(p), let dt = try f.stringAttribute("dtype", of: p) else { return prec }
+            switch dt.lowercased() {
+            case "bfloat16", "bf16", "torch.bfloat16": return .bfloat16
+            case "float32", "torch.float32": return .float32
+            default: throw fail("/\(p): attribute dtype \"\(dt)\" on a float32 dataset (expected \"bfloat16\" or none)")
+            }
+        }
         for p in try f.datasetPaths() {
             if resultsOnDemand, !(isSetup(p) || p.hasPrefix("params/") || p == "sampler/sigmas") {
                 let info: (shape: [Int], elementType: HDF5ElementType)
                 do { info = try f.info(p) } catch { throw ExchangeError("\(error)") }
                 if !info.elementType.isInteger {   // a result: its values when asked for
-                    index[p] = (info.shape, precision(of: info.elementType))
+                    index[p] = (info.shape, try declaredPrecision(p, info.elementType))
                     continue
                 }
             }
             let d: HDF5Dataset
             do { d = try f.read(p) } catch { throw ExchangeError("\(error)") }
-            let prec = precision(of: d.elementType)
+            let prec = try declaredPrecision(p, d.elementType)
             index[p] = (d.shape, prec)
             ds[p] = NamedTensor(shape: d.shape, values: d.doubles, precision: prec)
             if let i = d.ints { ints[p] = i }
@@ -71,7 +99,8 @@ public struct ExchangeFile: Sendable {
         if scale == nil, f.exists("sampler") { scale = try f.doubleAttribute("cfg_scale", of: "sampler") }
         keepOpen = resultsOnDemand
         return ExchangeFile(path: path, config: cfg, configJSON: json, datasets: ds, index: index, integers: ints,
-                            cfgScale: scale ?? cfg.cfgScale, reader: resultsOnDemand ? OnDemandReader(f) : nil)
+                            cfgScale: scale ?? cfg.cfgScale, declaredMode: declared,
+                            defaultedConfigKeys: ModelConfig.defaultedKeys(json: json), reader: resultsOnDemand ? OnDemandReader(f) : nil)
     }
 
     static func precision(of t: HDF5ElementType) -> Precision {

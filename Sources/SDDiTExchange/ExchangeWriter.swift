@@ -7,8 +7,8 @@ import SDDiTCore
 public enum ExchangeWriter {
     public static func write(_ path: String, config: ModelConfig, configExtra: [String: Any] = [:],
                              datasets: [String: NamedTensor], integers: [String: ([Int64], [Int])] = [:],
-                             cfgScale: Double? = nil, rawConfigJSON: String? = nil) throws {
-        let w = try Stream(path, config: config, configExtra: configExtra, rawConfigJSON: rawConfigJSON)
+                             cfgScale: Double? = nil, rawConfigJSON: String? = nil, precisionMode: PrecisionMode? = nil) throws {
+        let w = try Stream(path, config: config, configExtra: configExtra, rawConfigJSON: rawConfigJSON, precisionMode: precisionMode)
         try w.write(datasets: datasets, integers: integers, config: config)
         try w.finish(cfgScale: cfgScale)
     }
@@ -18,11 +18,15 @@ public enum ExchangeWriter {
     /// dropping the writer removes the temporary file.
     public final class Stream {
         let f: HDF5File
-        public init(_ path: String, config: ModelConfig, configExtra: [String: Any] = [:], rawConfigJSON: String? = nil) throws {
+        /// `precisionMode`: the mode the run was made in, declared as the root attribute
+        /// `precision_mode` (docs/DECISIONS.md 42).
+        public init(_ path: String, config: ModelConfig, configExtra: [String: Any] = [:], rawConfigJSON: String? = nil,
+                    precisionMode: PrecisionMode? = nil) throws {
             do {
                 f = try HDF5File.create(path)
                 try f.setStringAttribute("format", exchangeFormat)
                 try f.setStringAttribute("config", rawConfigJSON ?? config.jsonString(extra: configExtra))
+                if let m = precisionMode { try f.setStringAttribute("precision_mode", m.rawValue) }
             } catch { throw ExchangeError("\(error)") }
         }
 

@@ -21,9 +21,10 @@ extension Kernels {
         }
     }
 
-    public func attentionLogits(_ qkv: FT, heads H: Int, _ P: FT) {
+    /// `unscaled`: q k^T without the 1/sqrt(hd) (a planted bug, `FastVariant.unscaledAttentionBlock`).
+    public func attentionLogits(_ qkv: FT, heads H: Int, _ P: FT, unscaled: Bool = false) {
         let N = qkv.shape[0], L = qkv.shape[1], W = qkv.last / 3, hd = W / H
-        let scale = 1 / Float(hd).squareRoot()
+        let scale = unscaled ? 1 : 1 / Float(hd).squareRoot()
         let names = attentionScratch(L: L, hd: hd, workers: blasThreads())
         parallelTasks(N * H, workers: names.count) { w, lo, hi in
             for t in lo..<hi {
@@ -63,9 +64,9 @@ extension Kernels {
     /// dv = P^T dO; dP = dO v^T; dS = P (dP - rowsum(dP P)); dq = dS k / sqrt(hd); dk = dS^T q / sqrt(hd).
     /// Writes dqkv (overwrites: each (sample, head) writes its own q, k and v columns once,
     /// so no zeroing pass is needed).
-    public func attentionBackward(_ dout: FT, _ qkv: FT, heads H: Int, _ P: FT, dqkv: FT) {
+    public func attentionBackward(_ dout: FT, _ qkv: FT, heads H: Int, _ P: FT, dqkv: FT, unscaled: Bool = false) {
         let N = qkv.shape[0], L = qkv.shape[1], W = qkv.last / 3, hd = W / H
-        let scale = 1 / Float(hd).squareRoot()
+        let scale = unscaled ? 1 : 1 / Float(hd).squareRoot()
         let names = attentionScratch(L: L, hd: hd, workers: blasThreads())
         let dSs = names.map { ws.get($0 + ".dS", [L, L]) }
         parallelTasks(N * H, workers: names.count) { w, lo, hi in

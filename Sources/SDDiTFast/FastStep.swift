@@ -110,7 +110,9 @@ extension FastModel {
             activations[ActivationName.teacherHeadCls] = ([N, K], tc); activations[ActivationName.teacherHeadPatch] = ([N, V, K], tp)
         }
         // DINO cross-entropy per row (float32 softmax / log-softmax, Double sums), and its gradient
-        let tauS = Float(cfg.tauS), tT = Float(tauT ?? cfg.tauT), scale = scaler.scale
+        var tauS = Float(cfg.tauS), tT = Float(tauT ?? cfg.tauT)
+        if variant.swapTemperatures { swap(&tauS, &tT) }   // a planted bug
+        let scale = scaler.scale
         let wD = discriminativeWeight, scaleD = scale * wD   // wD = 1: exactly `scale`
         let dHead = ws.get("d." + ActivationName.Head.out(ActivationName.student), [N * (1 + V), K])
         var Lcls = 0.0, Lpatch = 0.0

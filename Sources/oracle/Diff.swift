@@ -33,6 +33,8 @@ struct Diff: ParsableCommand {
     @Option(help: "Override the absolute tolerance of every tensor (drops the max|e| scale term).") var atol: Double?
     @Flag(name: .customLong("allow-missing"), help: "Do not fail when a recorded group lacks some datasets on one side (a gradient of a fixed parameter still fails).")
     var allowMissing = false
+    @Flag(help: "Accept a file whose calibrated verdict could not run (memory) on the blanket rule alone; without it such a run exits 1.")
+    var uncalibrated = false
     @Flag(help: "Print the report as JSON.") var json = false
     @Flag(help: "Print every tensor, not only the failing ones.") var verbose = false
 
@@ -46,7 +48,7 @@ struct Diff: ParsableCommand {
         o.config = try setup.modelConfig()
         o.seed = setup.seed; o.batch = setup.batch; o.maskRatio = setup.maskRatio
         o.sampleSteps = setup.sample; o.cfgScale = setup.cfgScale
-        o.rtol = rtol; o.atol = atol; o.allowMissing = allowMissing
+        o.rtol = rtol; o.atol = atol; o.allowMissing = allowMissing; o.allowUncalibrated = uncalibrated
         let report = try reportingErrors { try withReferenceProgress { try DiffEngine.run(a: Side.parse(a), b: Side.parse(b), options: o) } }
         if json {
             let d = try JSONSerialization.data(withJSONObject: report.json, options: [.prettyPrinted, .sortedKeys])

@@ -3,6 +3,7 @@ import Foundation
 import SDDiTCore
 import SDDiTDiff
 import SDDiTExchange
+import SDDiTFast
 import SDDiTReference
 
 struct Dump: ParsableCommand {
@@ -24,6 +25,9 @@ struct Dump: ParsableCommand {
     @OptionGroup var setup: SetupOptions
     @Option(help: "Parameter init for seeded setups: random (every tensor non-zero) or dit (adaLN-Zero).")
     var initMode: String = "random"
+
+    @Option(help: ArgumentHelp("A planted bug in the fast path (test files): gelu-exact:B, ln-eps:B[:EPS], no-sqrt-d:B, shift-scale:B, tau-swap, tf32-conv.", visibility: .hidden))
+    var plant: String?
 
     func validate() throws {
         if from == nil, let be = Backend(rawValue: backend) { try setup.checkStepMemory([be]) }   // --from: checked once read
@@ -55,12 +59,14 @@ struct Dump: ParsableCommand {
             if let sm = s.sampler { extra["num_steps"] = sm.steps }
             if let I = s.inputs { extra["batch_size"] = I.labels.count }
             try be.checkFits(s)
-            let w = try ExchangeWriter.Stream(out, config: cfg, configExtra: extra)
+            let variant = try plant.map { try FastVariant(planted: $0) }
+            if let p = plant { extra["planted_bug"] = p }
+            let w = try ExchangeWriter.Stream(out, config: cfg, configExtra: extra, precisionMode: be.mode ?? .float64)
             let (floats, ints) = setupDatasets(s)
             try w.write(datasets: floats, integers: ints, config: cfg)
             var count = floats.count + ints.count
             try withReferenceProgress {
-                try be.stream(s) { p, d in
+                try be.stream(s, variant: variant) { p, d in
                     guard !(p == "params/pos_embed" || p == "params/decoder_pos_embed") else { return }   // the setup's are written
                     try w.write(p, d)
                     count += 1

@@ -128,8 +128,13 @@ struct StreamingTests {
         #expect(r.notes.count == 1 && r.notes[0].hasPrefix("calibration skipped: ") && r.notes[0].contains("fast"), "\(r.notes)")
         #expect(r.comparisons.allSatisfy { $0.calibration == nil } && r.comparisons.count > 100)
         #expect(r.lines().contains(r.notes[0]) && (r.json["notes"] as? [String]) == r.notes)
-        let passed = r.passed
-        #expect(passed)
+        // an uncalibrated verdict fails unless accepted (--uncalibrated)
+        #expect(!r.passed && r.uncalibrated, "\(r.summary)")
+        #expect(r.lines().contains { $0.hasPrefix("FAIL the calibrated verdict could not run") })
+        o.allowUncalibrated = true
+        let accepted = try DiffEngine.run(a: .file(path), b: .backend(.ref), options: o)
+        #expect(accepted.passed, "--uncalibrated: \(accepted.summary)")
+        o.allowUncalibrated = false
         let full = try DiffEngine.run(a: .file(path), b: .backend(.ref), options: DiffOptions())
         #expect(full.notes.isEmpty && full.comparisons.contains { $0.calibration != nil })
         o.memory = ref / 2 / 0.8

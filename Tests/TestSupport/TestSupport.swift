@@ -180,9 +180,10 @@ public func exchangeDatasets(_ s: RunSetup, _ results: [String: NamedTensor], pa
 }
 
 /// `exchangeDatasets` written to a new temporary file; its path.
-public func writeExchangeFile(_ s: RunSetup, _ results: [String: NamedTensor], params: Precision?, name: String) throws -> String {
+public func writeExchangeFile(_ s: RunSetup, _ results: [String: NamedTensor], params: Precision?, name: String,
+                              mode: PrecisionMode? = nil) throws -> String {
     let (ds, ints) = exchangeDatasets(s, results, params: params)
     let path = tempDir().appendingPathComponent(name + ".h5").path
-    try ExchangeWriter.write(path, config: s.config, datasets: ds, integers: ints, cfgScale: s.sampler?.cfgScale)
+    try ExchangeWriter.write(path, config: s.config, datasets: ds, integers: ints, cfgScale: s.sampler?.cfgScale, precisionMode: mode)
     return path
 }
