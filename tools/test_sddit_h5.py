@@ -766,6 +766,65 @@ def test_missing_rho_warns():
         assert rc == 1, text
 
 
+
+# ---- tools/independent_step.py (torch) ------------------------------------------------
+
+def test_independent_step_float64_matches_fixtures():
+    # The independent step in float64 against the fixtures (built from the official modules).
+    _torch()
+    import independent_step as st
+    for name in ("public_train_tiny.h5", "public_odd_shapes.h5"):
+        path = os.path.join(ROOT, "fixtures", name)
+        cfg, P, T, I = st.read_setup(path)
+        acts, losses, grads, after, _ = st.run_step(cfg, P, T, I, "float64")
+        with h5py.File(path, "r") as f:
+            for g, mine, tol in (("activations", acts, 1e-12), ("losses", losses, 1e-12),
+                                 ("grads", grads, 1e-12), ("after_step/teacher", after["teacher"], 1e-10)):
+                for k in f[g]:
+                    r, m = f[g][k][()], mine[k].numpy()
+                    assert m.dtype == np.float64 and m.shape == r.shape, (name, g, k)
+                    assert np.abs(m - r).max() <= tol * max(np.abs(r).max(), 1e-300), (name, g, k)
+            # after-step parameters in units of lr (the key-bias gradient is rounding noise)
+            for k in f["after_step/params"]:
+                d = np.abs(after["params"][k].numpy() - f["after_step/params"][k][()]).max()
+                assert d <= 1e-6 * cfg["lr"], (name, k, d)
+            for k in ("center_cls", "center_patch"):
+                assert np.abs(after[k].numpy() - f["after_step"][k][()]).max() <= 1e-15, (name, k)
+
+
+def test_independent_step_tf32_rounding():
+    torch = _torch()
+    import independent_step as st
+    u = 2.0 ** -10
+    x = torch.tensor([1 + u / 2, 1 + 1.5 * u, 1 + u / 2 + 2 ** -20, -(1 + 1.5 * u), float("inf"), 0.0])
+    assert st.round_tf32(x).tolist() == [1.0, 1 + 2 * u, 1 + u, -(1 + 2 * u), float("inf"), 0.0]
+    y = torch.randn(10000) * 100
+    m, e = np.frexp(y.double().numpy())
+    assert np.array_equal(st.round_tf32(y).double().numpy(), np.ldexp(np.round(m * 2 ** 11) / 2 ** 11, e))
+
+
+def test_independent_step_writes_modes_and_bugs():
+    _torch()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "bf16.h5")
+        p = subprocess.run([sys.executable, os.path.join(HERE, "independent_step.py"), "--setup", FIXTURE,
+                            "--mode", "bf16-autocast", "--bug", "gelu-exact:1", "--out", out],
+                           capture_output=True, text=True)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert sx.check_file(out) == []
+        with h5py.File(out, "r") as f:
+            assert f.attrs["precision_mode"] == "bf16-autocast" and f.attrs["planted_bugs"] == "gelu-exact:1"
+            assert f["activations/student.head.cls"].attrs.get("dtype") == "bfloat16"
+            assert f["grads/cls_token"].dtype == np.float32 and "dtype" not in f["grads/cls_token"].attrs
+            with h5py.File(FIXTURE, "r") as g:  # the setup is copied unchanged
+                assert np.array_equal(f["params/blocks.0.attn.qkv.weight"][()], g["params/blocks.0.attn.qkv.weight"][()])
+                assert np.array_equal(f["inputs/mask"][()], g["inputs/mask"][()])
+        p = subprocess.run([sys.executable, os.path.join(HERE, "independent_step.py"), "--setup", FIXTURE,
+                            "--mode", "float32", "--bug", "gelu-exact:7", "--out", out],
+                           capture_output=True, text=True)
+        assert p.returncode != 0 and "BLOCK < depth" in p.stdout + p.stderr, p.stdout + p.stderr
+
+
 def main():
     tests = [(n, f) for n, f in sorted(globals().items(), key=lambda kv: kv[1].__code__.co_firstlineno
                                        if callable(kv[1]) and hasattr(kv[1], "__code__") else 0)
