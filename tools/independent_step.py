@@ -17,6 +17,7 @@ scale; per-block switches plant bugs. Nothing is imported from ../shared.
     python tools/independent_step.py --setup ref.h5 --mode float32 --out run.h5
     python tools/independent_step.py --setup ref.h5 --mode bf16-autocast --bug ln-eps:0 --out bug.h5
     oracle diff --a run.h5 --b ref
+    python tools/independent_step.py --plan runs.txt   # one argument line per run, one process
 
 --setup: an exchange file (SPEC section 7) with config, /params, /teacher and /inputs
 (e.g. `oracle dump --backend ref --config tiny --seed 0 --mask-ratio 0.5 --sample 0`).
@@ -424,5 +425,25 @@ def main(argv=None):
     return 0
 
 
+def run_plan(path):
+    """--plan FILE: one set of this script's arguments per line (blank lines and # comments
+    skipped), all run in this process (torch is imported once). Exit 1 if any failed."""
+    import shlex
+    bad = 0
+    with open(path) as fh:
+        lines = [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+    for ln in lines:
+        try:
+            main(shlex.split(ln))
+        except (SystemExit, Exception) as e:  # noqa: BLE001 - report and go on
+            if isinstance(e, SystemExit) and e.code in (0, None):
+                continue
+            bad += 1
+            print(f"FAILED: {ln}: {e}", file=sys.stderr)
+    return 1 if bad else 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--plan":
+        sys.exit(run_plan(sys.argv[2]))
     sys.exit(main())
