@@ -9,11 +9,15 @@ are registered. Library:
     convert_state_dict(sd, cfg, teacher_state_dict=None)
                                         a PyTorch state_dict -> {SPEC key: float64 array}
     write_exchange(path, cfg, params, teacher=None, inputs=None, activations=None,
-                   losses=None, grads=None, ...)
-                                        writes the layout atomically
-    check_file(path)                    [problem, ...] (empty: the layout is right)
+                   losses=None, grads=None, ..., precision_mode=None)
+                                        writes the layout atomically; results keep their dtype
+    check_file(path, warnings=None)     [problem, ...] (empty: the layout is right); notes
+                                        that are not errors go to the `warnings` list
+    config_defaults_used(cfg, groups)   (key, default, group, fatal) for config keys the oracle
+                                        would fill in with SPEC defaults
     register_sddit_hooks(model, store, prefix="student")
-                                        forward hooks recording the block outputs
+                                        forward hooks recording the block outputs (dtype kept)
+    capture(tensor)                     detached CPU copy, dtype kept (for manual capture)
 
 CLI:
     python tools/sddit_h5.py convert --state-dict ckpt.pt --config tiny --out run.h5
@@ -54,6 +58,27 @@ INPUT_INT = ("labels", "mask", "step")
 INTEGER_PATHS = {"inputs/labels", "inputs/mask", "inputs/step", "sampler/labels"}
 # Groups whose contents are a run's results: their float32 tensors stay float32 on write.
 RESULT_GROUPS = ("activations", "losses", "grads", "after_step", "sampler")
+
+# Precision modes a run may declare (root attribute `precision_mode`, write_exchange's
+# precision_mode=): how the numbers in the file were computed.
+PRECISION_MODES = ("float64", "float32", "tf32", "fp16-autocast", "bf16-autocast", "fp16-pure", "bf16-pure")
+
+# Config keys the oracle reads with a default when absent (Sources/SDDiTCore/Config.swift,
+# SPEC sections 5 and 6), and the groups whose comparison depends on them. A file that records
+# such a group without the key is judged under the default, which may not be what the run used
+# (torch's AdamW defaults to lr 1e-3 and weight_decay 1e-2; SPEC's are 1e-4 and 0).
+DEFAULTED_CONFIG_KEYS = {
+    # key: (oracle default, groups that need it, missing is an error)
+    "lr": (1e-4, ("after_step",), True),
+    "adam_beta1": (0.9, ("after_step",), True),
+    "adam_beta2": (0.999, ("after_step",), True),
+    "adam_eps": (1e-8, ("after_step",), True),
+    "weight_decay": (0.0, ("after_step",), True),
+    "rho": (7.0, ("sampler",), False),
+    # only read where the file has no /inputs/mask (the oracle then draws its own setup)
+    "mask_ratio": (0.2, (), False),
+}
+# ema_beta and center_momentum are required keys (REQUIRED_CONFIG_KEYS): no default applies.
 
 _COMMON = {"in_channels": 4, "patch_size": 2, "mlp_ratio": 4.0,
            "sigma_data": 0.5, "sigma_min": 0.002, "sigma_max": 80.0, "p_mean": -1.2, "p_std": 1.2,
@@ -254,16 +279,30 @@ def _is_torch(x):
     return type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach")
 
 
+def capture(x):
+    """A detached CPU copy of a torch tensor with its dtype kept (bfloat16 stays bfloat16):
+    what hooks store and what manual captures should store; write_exchange takes it as is."""
+    return x.detach().to("cpu", copy=True)
+
+
+def _is_bfloat16(x):
+    if _is_torch(x):
+        return str(x.dtype) == "torch.bfloat16"
+    return getattr(getattr(x, "dtype", None), "name", None) == "bfloat16"  # ml_dtypes
+
+
 def to_numpy(x, dtype=None):
     """A numpy array from a numpy array, a torch tensor (detached, on the CPU) or a scalar.
-    Torch half / bfloat16 become float32 (numpy has no bfloat16)."""
+    Float16 stays float16; bfloat16 (which numpy and HDF5 lack) becomes float32, exactly."""
     if _is_torch(x):
         t = x.detach().cpu()
-        if t.is_floating_point() and t.element_size() < 4:
+        if _is_bfloat16(t):
             t = t.float()
         a = t.numpy()
     else:
         a = np.asarray(x)
+        if _is_bfloat16(a):
+            a = a.astype(np.float32)
     return a.astype(dtype, copy=False) if dtype is not None else a
 
 
@@ -362,22 +401,31 @@ def convert_state_dict(state_dict, cfg, teacher_state_dict=None, rename=None, st
 # ---------------------------------------------------------------------------------------
 
 def _dataset_array(path, value, precision):
-    """The array to store at `path` (relative to the root): int64 for integer inputs,
-    float64 for parameters and inputs; results keep float32 when they are float32 (or when
-    precision == "float32"), since the oracle picks tolerances from the stored type."""
+    """(array, attrs) to store at `path` (relative to the root): int64 for integer inputs,
+    float64 for parameters and inputs; results keep their floating type (float64, float32,
+    float16; bfloat16 as its exact float32 values with attribute dtype = "bfloat16"), or
+    float32 / float64 when precision says so, since the oracle picks tolerances from the
+    stored type."""
     if path in INTEGER_PATHS:
         a = to_numpy(value)
         if a.dtype.kind == "f":
             if not np.all(a == np.round(a)):
                 raise ExchangeError(f"/{path}: integer dataset holds non-integer values")
-        return a.astype(np.int64)
+        return a.astype(np.int64), {}
+    bf16 = _is_bfloat16(value)
     a = to_numpy(value)
     if a.dtype.kind not in "fiub":
         raise ExchangeError(f"/{path}: cannot store dtype {a.dtype}")
     result = path.split("/")[0] in RESULT_GROUPS and not path.startswith(("sampler/x_init", "sampler/sigmas"))
-    if result and (precision == "float32" or (precision == "auto" and a.dtype == np.float32)):
-        return a.astype(np.float32)
-    return a.astype(np.float64)
+    if not result or precision == "float64":
+        return a.astype(np.float64), {}
+    if bf16:
+        return a.astype(np.float32), {"dtype": "bfloat16"}
+    if precision == "float32":
+        return a.astype(np.float32), {}
+    if a.dtype in (np.float32, np.float16):
+        return a, {}
+    return a.astype(np.float64), {}
 
 
 def _flatten(group, tree, out):
@@ -390,7 +438,8 @@ def _flatten(group, tree, out):
 
 
 def write_exchange(path, cfg, params, teacher=None, inputs=None, activations=None, losses=None,
-                   grads=None, after_step=None, sampler=None, precision="auto", check=True):
+                   grads=None, after_step=None, sampler=None, precision="auto", check=True,
+                   precision_mode=None):
     """Writes an exchange file atomically (a temporary file beside `path`, then os.replace).
 
     cfg: config dict (stored as the root attribute `config`, json.dumps). params / teacher /
@@ -401,17 +450,28 @@ def write_exchange(path, cfg, params, teacher=None, inputs=None, activations=Non
     "x.0", ..., out}. Arrays may be numpy arrays or torch tensors.
 
     Types: labels, mask, step (and sampler labels) are int64; parameters and inputs float64;
-    results (activations, losses, grads, after_step, sampler states) keep float32 when given
-    float32 and are float64 otherwise. precision="float32" stores every result as float32 (a
-    float32 run whose losses came as Python floats); precision="float64" widens everything.
-    The oracle picks its tolerances from the stored type, so a float32 run stored as float64
-    is judged at float64 tolerances.
+    results (activations, losses, grads, after_step, sampler states) keep their dtype:
+    float32 stays float32, float16 float16, float64 float64, and bfloat16 (which HDF5 and
+    numpy lack) is stored as its float32 values (exact) with the dataset attribute
+    dtype = "bfloat16"; anything else (Python floats, integers) becomes float64.
+    precision="float32" stores every result as float32 (a float32 run whose losses came as
+    Python floats); precision="float64" widens everything. The oracle picks its tolerances
+    from the stored type, so a float32 run stored as float64 is judged at float64 tolerances.
+
+    precision_mode: how the run computed (one of PRECISION_MODES: float64, float32, tf32,
+    fp16-autocast, bf16-autocast, fp16-pure, bf16-pure); stored as the root attribute
+    `precision_mode` when given.
 
     With check=True the written file is validated (check_file) before it replaces `path`;
-    any problem raises ExchangeError and leaves `path` untouched."""
+    any problem raises ExchangeError and leaves `path` untouched; the check's warnings (e.g. a
+    config key the oracle would fill in with a default) are issued with warnings.warn.
+    after_step without the AdamW keys (lr, adam_beta1, adam_beta2, adam_eps, weight_decay) in
+    cfg is an error: the oracle would judge the step under SPEC's defaults."""
     import h5py
     if precision not in ("auto", "float32", "float64"):
         raise ValueError(f"precision must be auto, float32 or float64, found {precision!r}")
+    if precision_mode is not None and precision_mode not in PRECISION_MODES:
+        raise ExchangeError(f"precision_mode {precision_mode!r} is not one of: {', '.join(PRECISION_MODES)}")
     if isinstance(cfg, str):
         cfg = load_config(cfg)
     probs = config_problems(cfg)
@@ -433,15 +493,25 @@ def write_exchange(path, cfg, params, teacher=None, inputs=None, activations=Non
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["config"] = json.dumps(cfg, sort_keys=True)
+            if precision_mode is not None:
+                f.attrs["precision_mode"] = precision_mode
             for g in tree:
                 if tree[g] is not None:
                     f.require_group(g)
             for p, v in flat.items():
-                f.create_dataset(p, data=_dataset_array(p, v, precision))
+                a, attrs = _dataset_array(p, v, precision)
+                d = f.create_dataset(p, data=a)
+                for k, val in attrs.items():
+                    d.attrs[k] = val
         if check:
-            probs = check_file(tmp)
+            notes = []
+            probs = check_file(tmp, warnings=notes)
             if probs:
                 raise ExchangeError(f"{path}: not written, {len(probs)} problems:\n  " + "\n  ".join(probs))
+            if notes:
+                import warnings as _w
+                for n in notes:
+                    _w.warn(f"{path}: {n}", stacklevel=2)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -466,12 +536,50 @@ def _attr_str(v):
     return v if isinstance(v, str) else None
 
 
-def check_file(path):
+def config_defaults_used(cfg, groups, has_mask=True):
+    """[(key, default, group, fatal)] for the config keys the oracle would fill in with SPEC
+    defaults when judging the recorded `groups` (names of top-level groups): an after_step
+    without lr / adam_* / weight_decay (fatal: the step cannot be judged as the run made it),
+    a sampler without rho, results without /inputs/mask and without mask_ratio."""
+    out = []
+    results = {"activations", "losses", "grads", "after_step"} & set(groups)
+    for k, (default, needs, fatal) in DEFAULTED_CONFIG_KEYS.items():
+        if k in cfg and cfg[k] is not None:
+            continue
+        hit = next((g for g in needs if g in groups), None)
+        if k == "mask_ratio" and results and not has_mask:
+            hit = sorted(results)[0]
+        if hit is not None:
+            out.append((k, default, hit, fatal))
+    return out
+
+
+def _defaults_message(k, default, group, fatal):
+    why = {"lr": "the step's size: after-step parameters are judged in units of lr",
+           "weight_decay": "torch's AdamW defaults to 0.01, SPEC's to 0",
+           "rho": "the Heun schedule", "mask_ratio": "the oracle draws its own mask"}.get(k, "AdamW")
+    return (f"config: key '{k}' is missing but /{group} is recorded; the oracle would assume "
+            f"SPEC's default {k} = {default!r} ({why}); record the value the run used"
+            + ("" if fatal else " (a warning)"))
+
+
+def _bf16_exact(a):
+    """True when every float32 value has a zero low half (exactly a bfloat16 value)."""
+    b = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    return bool(np.all((b & 0xFFFF) == 0))
+
+
+def check_file(path, warnings=None):
     """Every problem with the layout of exchange file `path`, one string each (empty: fine).
 
-    Checks the root attributes (format, config with every SPEC key), the exact key set and
-    shapes of /params, and, where present, /teacher, /grads, /inputs, /activations, /losses,
-    /after_step and /sampler (names, shapes, dtypes, finite values, mask and label values)."""
+    Checks the root attributes (format, config with every SPEC key, precision_mode if
+    present), the exact key set and shapes of /params, and, where present, /teacher, /grads,
+    /inputs, /activations, /losses, /after_step and /sampler (names, shapes, dtypes, finite
+    values, mask and label values, a dataset's dtype = "bfloat16" attribute).
+
+    Config keys the oracle would fill in with a default (config_defaults_used) are problems
+    for /after_step (lr, adam_beta1, adam_beta2, adam_eps, weight_decay); the others (rho for
+    /sampler, mask_ratio) are appended to `warnings` when a list is given."""
     import h5py
     try:
         f = h5py.File(path, "r")
@@ -496,6 +604,11 @@ def check_file(path):
         cp = config_problems(cfg)
         if cp:
             return P + cp
+        if "precision_mode" in f.attrs:
+            pm = _attr_str(f.attrs.get("precision_mode"))
+            if pm not in PRECISION_MODES:
+                P.append(f"root attribute 'precision_mode' is {pm if pm is not None else f.attrs['precision_mode']!r}, "
+                         f"expected one of: {', '.join(PRECISION_MODES)}")
 
         def ds(group):
             """{name: dataset} of a group's direct children; non-datasets are problems."""
@@ -508,9 +621,17 @@ def check_file(path):
             return out
 
         def float_ok(p, d, values=True):
-            if d.dtype.kind != "f" or d.dtype.itemsize not in (4, 8):
-                P.append(f"/{p}: dtype {d.dtype}, expected float64 or float32")
+            if d.dtype.kind != "f" or d.dtype.itemsize not in (2, 4, 8):
+                P.append(f"/{p}: dtype {d.dtype}, expected float64, float32 or float16")
                 return
+            if "dtype" in d.attrs:
+                tag = _attr_str(d.attrs["dtype"])
+                if tag != "bfloat16":
+                    P.append(f"/{p}: attribute dtype = {tag!r}; the only one known is \"bfloat16\"")
+                elif d.dtype != np.float32:
+                    P.append(f"/{p}: attribute dtype = \"bfloat16\" on a {d.dtype} dataset (store float32 values)")
+                elif values and not _bf16_exact(d[()]):
+                    P.append(f"/{p}: attribute dtype = \"bfloat16\" but some values are not bfloat16 numbers")
             if values:
                 a = d[()]
                 if not np.all(np.isfinite(a)):
@@ -547,6 +668,14 @@ def check_file(path):
                 P.append(f"/{k}: expected a group, found a dataset")
             else:
                 groups.add(k)
+
+        has_mask = "inputs" in groups and "mask" in f["inputs"]
+        for k, default, g, fatal in config_defaults_used(cfg, groups, has_mask):
+            msg = _defaults_message(k, default, g, fatal)
+            if fatal:
+                P.append(msg)
+            elif warnings is not None:
+                warnings.append(msg)
 
         student, teacher = param_shapes(cfg, "student"), param_shapes(cfg, "teacher")
         keyset("params", student)
@@ -707,15 +836,18 @@ def register_sddit_hooks(model, store, prefix="student"):
 
     Forward hooks (register_forward_hook) on `model.blocks[i]` store their output under
     f"{prefix}.enc.block.{i}" and, for prefix "student", on `model.decoder_blocks[i]` under
-    "student.dec.block.{i}". Values are stored as detached float64 CPU numpy arrays; each
-    forward overwrites them (the last forward wins). Use prefix="teacher" on the teacher (EMA)
+    "student.dec.block.{i}". Values are stored as detached CPU torch tensors with their dtype
+    kept (capture(): a float32 model records float32, bf16 records bfloat16), so that
+    write_exchange stores them at the precision the model ran in; each forward overwrites
+    them (the last forward wins). Use prefix="teacher" on the teacher (EMA)
     encoder. Returns the handles: `for h in handles: h.remove()` when done.
 
     Expected shapes: student.enc.block.I [N, 1+V, D] (CLS first, then the visible tokens in
     ascending position order), teacher.enc.block.I [N, 1+T, D], student.dec.block.I [N, T, Dd].
 
-    Names that hooks cannot see in general and need manual capture (store[name] = tensor,
-    all float64 numpy after to_numpy, or pass tensors to write_exchange):
+    Names that hooks cannot see in general and need manual capture (store[name] =
+    capture(tensor): dtype kept; widening to float64 would make a float32 run fail the
+    float64 rule):
       student.tokens [N,T,D]   embed(c_in*x) + pos_embed[:, 1:] - the patch tokens before
                                masking: m.x_embedder(c_in * x_S) + m.pos_embed[:, 1:]
       student.c [N,D]          m.t_embedder(c_noise) + m.y_embedder(labels, False)
@@ -724,7 +856,7 @@ def register_sddit_hooks(model, store, prefix="student"):
                                encoder outputs at visible positions, tokens at hidden ones);
                                a forward pre-hook on m.decoder_layer sees it as args[0]:
                                m.decoder_layer.register_forward_pre_hook(
-                                   lambda mod, args: store.__setitem__("student.dec.in", to_numpy(args[0])))
+                                   lambda mod, args: store.__setitem__("student.dec.in", capture(args[0])))
       student.F, student.D     the raw network output F (unpatchified, [N,C,H,W]) and the
                                preconditioned D = c_skip*x + c_out*F: values of your EDM
                                wrapper's forward (e.g. F = the inner model's output)
@@ -741,7 +873,7 @@ def register_sddit_hooks(model, store, prefix="student"):
         def hook(_mod, _inp, out):
             if isinstance(out, (tuple, list)):
                 out = out[0]
-            store_fn(name, out.detach().to("cpu").double().numpy())
+            store_fn(name, capture(out))
         return hook
 
     for i, b in enumerate(m.blocks):
@@ -783,7 +915,7 @@ def load_checkpoint(path, trust_pickle=False):
     except Exception as e:  # noqa: BLE001 - torch raises several types here
         if trust_pickle:
             raise
-        first = re.sub(r"\x1b\[[0-9;]*m", "", str(e).strip().splitlines()[0])[:160]
+        first = re.sub(r"\x1b\[[0-9;]*m", "", (str(e).strip().splitlines() or [type(e).__name__])[0])[:160]
         raise ExchangeError(f"{path}: torch.load(weights_only=True) failed ({first}); "
                             "if you trust this file, pass --trust-pickle")
 
@@ -847,15 +979,30 @@ def _cmd_convert(a):
     return 0
 
 
+def _precision_mode(path):
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            return _attr_str(f.attrs.get("precision_mode"))
+    except OSError:
+        return None
+
+
 def _cmd_check(a):
     bad = 0
     for p in a.files:
-        probs = check_file(p)
+        notes = []
+        probs = check_file(p, warnings=notes)
         for line in probs:
             print(f"{p}: {line}")
+        for line in notes:
+            print(f"{p}: warning: {line}")
+        pm = _precision_mode(p)
+        mode = f" (precision_mode {pm})" if pm in PRECISION_MODES else ""
         if not probs:
-            print(f"{p}: ok")
-        bad += bool(probs)
+            print(f"{p}: ok{mode}" if not notes else
+                  f"{p}: ok as a layout, {len(notes)} warning{'s' if len(notes) > 1 else ''}{mode}")
+        bad += bool(probs) or (a.strict and bool(notes))
     return 1 if bad else 0
 
 
@@ -885,6 +1032,7 @@ def main(argv=None):
     c.set_defaults(fn=_cmd_convert)
     k = sub.add_parser("check", help="validate exchange files; one line per problem, exit 1 if any")
     k.add_argument("files", nargs="+")
+    k.add_argument("--strict", action="store_true", help="warnings count as problems (exit 1)")
     k.set_defaults(fn=_cmd_check)
     s = sub.add_parser("shapes", help="print the SPEC parameter keys and shapes of a config")
     s.add_argument("--config", required=True)

@@ -576,7 +576,8 @@ def test_torch_hooks_record_spec_names():
     net(x, c, keep)
     assert sorted(store) == ["student.dec.block.0", "student.dec.block.1", "student.dec.in",
                              "student.enc.block.0", "student.enc.block.1"], sorted(store)
-    assert store["student.enc.block.1"].shape == (2, 13, 32) and store["student.enc.block.1"].dtype == np.float64
+    assert store["student.enc.block.1"].shape == (2, 13, 32)
+    assert store["student.enc.block.1"].dtype == torch.float32  # kept, not widened
     assert store["student.dec.block.0"].shape == (2, 16, 32)
     for h in handles:
         h.remove()
@@ -607,6 +608,221 @@ def test_torch_tensors_in_write_exchange():
             assert f["inputs/mask"].dtype == np.int64
             assert f["losses/total"].dtype == np.float32
             assert f["grads/cls_token"].dtype == np.float32
+            assert f["grads/cls_token"].attrs["dtype"] == "bfloat16"  # exact bfloat16 values, tagged
+
+
+
+def test_torch_hooks_keep_dtype():
+    # A float32 model's block outputs stay float32 (widening them to float64 made a correct
+    # float32 run fail the float64 rule); bfloat16 stays bfloat16 up to the writer, which
+    # stores it as exact float32 values tagged dtype = "bfloat16".
+    torch = _torch()
+    torch.manual_seed(2)
+    x, c = torch.randn(2, 4, 8, 8), torch.randn(2, 32)
+    keep = torch.tensor([0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14])
+    for dt in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        net = tiny_torch_model(torch).to(dt)
+        store = {}
+        sx.register_sddit_hooks(net, store)
+        with torch.no_grad():
+            try:
+                net(x.to(dt), c.to(dt), keep)
+            except RuntimeError as e:  # an op without a CPU kernel in this dtype (old torch)
+                if dt in (torch.float16, torch.bfloat16):
+                    continue
+                raise
+        for name, t in store.items():
+            assert t.dtype == dt and t.device.type == "cpu" and not t.requires_grad, (name, t.dtype, dt)
+    net = tiny_torch_model(torch).to(torch.bfloat16)
+    store = {}
+    sx.register_sddit_hooks(net, store)
+    with torch.no_grad():
+        net(x.bfloat16(), c.bfloat16(), keep)
+    cfg, params, inputs, acts, losses, grads = full_run()
+    acts = {k: v for k, v in acts.items() if not k.startswith("student.enc.block.")}
+    acts.update({k: v for k, v in store.items() if k.startswith("student.enc.block.")})
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "bf16.h5")
+        sx.write_exchange(out, cfg, params, inputs=inputs, activations=acts, precision_mode="bf16-pure")
+        with h5py.File(out, "r") as f:
+            d = f["activations/student.enc.block.1"]
+            assert d.dtype == np.float32 and d.attrs["dtype"] == "bfloat16"
+            assert np.array_equal(d[()], store["student.enc.block.1"].float().numpy())  # exact
+            assert "dtype" not in f["activations/student.c"].attrs
+        assert sx.check_file(out) == []
+
+
+def test_write_keeps_each_result_dtype():
+    cfg, params, inputs, acts, losses, grads = full_run()
+    acts = dict(acts)
+    acts["student.c"] = acts["student.c"].astype(np.float16)
+    acts["student.F"] = acts["student.F"].astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "mixed.h5")
+        sx.write_exchange(out, cfg, params, inputs=inputs, activations=acts, grads=grads)
+        assert sx.check_file(out) == [], sx.check_file(out)
+        with h5py.File(out, "r") as f:
+            assert f["activations/student.c"].dtype == np.float16
+            assert f["activations/student.F"].dtype == np.float32
+            assert f["activations/student.D"].dtype == np.float64
+            assert f["params/cls_token"].dtype == np.float64
+
+
+def test_bf16_attribute_checked():
+    # numpy only: a float32 dataset tagged dtype = "bfloat16" must hold bfloat16 numbers.
+    cfg, params, inputs, acts, losses, grads = full_run()
+    bf = (acts["student.c"].astype(np.float32).view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "tag.h5")
+        sx.write_exchange(out, cfg, params, inputs=inputs, activations={"student.c": bf})
+        with h5py.File(out, "a") as f:
+            f["activations/student.c"].attrs["dtype"] = "bfloat16"
+        assert sx.check_file(out) == []
+        with h5py.File(out, "a") as f:
+            d = f["activations/student.c"]
+            d[0, 0] = np.float32(1.0) + np.float32(2.0 ** -20)
+        probs = sx.check_file(out)
+        assert any("not bfloat16 numbers" in p for p in probs), probs
+        with h5py.File(out, "a") as f:
+            f["activations/student.c"].attrs["dtype"] = "tf32"
+        assert any("only one known" in p for p in sx.check_file(out))
+
+
+def test_precision_mode_written_and_validated():
+    cfg, params, inputs, acts, losses, grads = full_run(result_dtype=np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "pm.h5")
+        e = raises(sx.ExchangeError, sx.write_exchange, out, cfg, params, precision_mode="amp")
+        assert "amp" in str(e) and all(m in str(e) for m in sx.PRECISION_MODES), str(e)
+        assert not os.path.exists(out)
+        sx.write_exchange(out, cfg, params, inputs=inputs, activations=acts, precision_mode="bf16-autocast")
+        with h5py.File(out, "r") as f:
+            assert f.attrs["precision_mode"] == "bf16-autocast"
+        rc, text = cli("check", out)
+        assert rc == 0 and text.strip().endswith(": ok (precision_mode bf16-autocast)"), (rc, text)
+        sx.write_exchange(out, cfg, params)
+        with h5py.File(out, "r") as f:
+            assert "precision_mode" not in f.attrs
+        with h5py.File(out, "a") as f:
+            f.attrs["precision_mode"] = "mixed"
+        probs = sx.check_file(out)
+        assert any("precision_mode" in p and "'mixed'" in p and "bf16-pure" in p for p in probs), probs
+        rc, text = cli("check", out)
+        assert rc == 1 and "precision_mode" in text, text
+
+
+def _after_step(cfg, params):
+    K = int(cfg["head_out_dim"])
+    return {"params": {k: v for k, v in params.items()},
+            "teacher": {k: params[k] for k in sx.param_shapes(cfg, "teacher")},
+            "center_cls": np.zeros(K), "center_patch": np.zeros(K)}
+
+
+def test_missing_lr_is_reported():
+    # The oracle reads lr, adam_*, weight_decay with SPEC defaults; a file recording an
+    # after_step without them would be judged under 1e-4 / 0 whatever the run used.
+    cfg, params, inputs, acts, losses, grads = full_run()
+    assert "lr" not in cfg
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "nolr.h5")
+        e = raises(sx.ExchangeError, sx.write_exchange, out, cfg, params, inputs=inputs,
+                   grads=grads, after_step=_after_step(cfg, params))
+        assert "'lr'" in str(e) and "0.0001" in str(e) and "weight_decay" in str(e), str(e)
+        assert not os.path.exists(out)
+        sx.write_exchange(out, cfg, params, inputs=inputs, grads=grads,
+                          after_step=_after_step(cfg, params), check=False)
+        probs = sx.check_file(out)
+        assert any("'lr'" in p and "after_step" in p for p in probs), probs
+        rc, text = cli("check", out)
+        assert rc == 1 and "'lr' is missing" in text and "0.0001" in text and ": ok" not in text, text
+        full = dict(cfg, lr=1e-2, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, weight_decay=0.0)
+        sx.write_exchange(out, full, params, inputs=inputs, grads=grads, after_step=_after_step(cfg, params))
+        rc, text = cli("check", out)
+        assert rc == 0 and text.strip().endswith(": ok"), text
+        # no after_step: lr is not used, nothing to say
+        sx.write_exchange(out, cfg, params, inputs=inputs, grads=grads)
+        assert sx.check_file(out) == []
+
+
+def test_missing_rho_warns():
+    cfg = dict(TINY)
+    rng = np.random.default_rng(3)
+    params = random_sd(cfg, seed=3)
+    smp = {"x_init": rng.standard_normal((1, 4, 8, 8)), "labels": np.array([2]),
+           "sigmas": np.array([80.0, 1.0, 0.0]), "x.0": np.zeros((1, 4, 8, 8)),
+           "x.1": np.zeros((1, 4, 8, 8)), "out": np.zeros((1, 4, 8, 8))}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "smp.h5")
+        import warnings
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            sx.write_exchange(out, cfg, params, sampler=smp)
+        assert any("'rho'" in str(x.message) for x in w), [str(x.message) for x in w]
+        notes = []
+        assert sx.check_file(out, warnings=notes) == [] and any("rho" in n and "7.0" in n for n in notes), notes
+        rc, text = cli("check", out)
+        assert rc == 0 and "warning:" in text and not text.strip().endswith(": ok"), text
+        rc, text = cli("check", "--strict", out)
+        assert rc == 1, text
+
+
+
+# ---- tools/independent_step.py (torch) ------------------------------------------------
+
+def test_independent_step_float64_matches_fixtures():
+    # The independent step in float64 against the fixtures (built from the official modules).
+    _torch()
+    import independent_step as st
+    for name in ("public_train_tiny.h5", "public_odd_shapes.h5"):
+        path = os.path.join(ROOT, "fixtures", name)
+        cfg, P, T, I = st.read_setup(path)
+        acts, losses, grads, after, _ = st.run_step(cfg, P, T, I, "float64")
+        with h5py.File(path, "r") as f:
+            for g, mine, tol in (("activations", acts, 1e-12), ("losses", losses, 1e-12),
+                                 ("grads", grads, 1e-12), ("after_step/teacher", after["teacher"], 1e-10)):
+                for k in f[g]:
+                    r, m = f[g][k][()], mine[k].numpy()
+                    assert m.dtype == np.float64 and m.shape == r.shape, (name, g, k)
+                    assert np.abs(m - r).max() <= tol * max(np.abs(r).max(), 1e-300), (name, g, k)
+            # after-step parameters in units of lr (the key-bias gradient is rounding noise)
+            for k in f["after_step/params"]:
+                d = np.abs(after["params"][k].numpy() - f["after_step/params"][k][()]).max()
+                assert d <= 1e-6 * cfg["lr"], (name, k, d)
+            for k in ("center_cls", "center_patch"):
+                assert np.abs(after[k].numpy() - f["after_step"][k][()]).max() <= 1e-15, (name, k)
+
+
+def test_independent_step_tf32_rounding():
+    torch = _torch()
+    import independent_step as st
+    u = 2.0 ** -10
+    x = torch.tensor([1 + u / 2, 1 + 1.5 * u, 1 + u / 2 + 2 ** -20, -(1 + 1.5 * u), float("inf"), 0.0])
+    assert st.round_tf32(x).tolist() == [1.0, 1 + 2 * u, 1 + u, -(1 + 2 * u), float("inf"), 0.0]
+    y = torch.randn(10000) * 100
+    m, e = np.frexp(y.double().numpy())
+    assert np.array_equal(st.round_tf32(y).double().numpy(), np.ldexp(np.round(m * 2 ** 11) / 2 ** 11, e))
+
+
+def test_independent_step_writes_modes_and_bugs():
+    _torch()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "bf16.h5")
+        p = subprocess.run([sys.executable, os.path.join(HERE, "independent_step.py"), "--setup", FIXTURE,
+                            "--mode", "bf16-autocast", "--bug", "gelu-exact:1", "--out", out],
+                           capture_output=True, text=True)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert sx.check_file(out) == []
+        with h5py.File(out, "r") as f:
+            assert f.attrs["precision_mode"] == "bf16-autocast" and f.attrs["planted_bugs"] == "gelu-exact:1"
+            assert f["activations/student.head.cls"].attrs.get("dtype") == "bfloat16"
+            assert f["grads/cls_token"].dtype == np.float32 and "dtype" not in f["grads/cls_token"].attrs
+            with h5py.File(FIXTURE, "r") as g:  # the setup is copied unchanged
+                assert np.array_equal(f["params/blocks.0.attn.qkv.weight"][()], g["params/blocks.0.attn.qkv.weight"][()])
+                assert np.array_equal(f["inputs/mask"][()], g["inputs/mask"][()])
+        p = subprocess.run([sys.executable, os.path.join(HERE, "independent_step.py"), "--setup", FIXTURE,
+                            "--mode", "float32", "--bug", "gelu-exact:7", "--out", out],
+                           capture_output=True, text=True)
+        assert p.returncode != 0 and "BLOCK < depth" in p.stdout + p.stderr, p.stdout + p.stderr
 
 
 def main():
