@@ -61,7 +61,7 @@ RESULT_GROUPS = ("activations", "losses", "grads", "after_step", "sampler")
 
 # Precision modes a run may declare (root attribute `precision_mode`, write_exchange's
 # precision_mode=): how the numbers in the file were computed.
-PRECISION_MODES = ("float64", "float32", "tf32", "fp16-autocast", "bf16-autocast", "fp16-pure", "bf16-pure")
+PRECISION_MODES = ("float64", "float32", "tf32", "tf32-conv", "fp16-autocast", "bf16-autocast", "fp16-pure", "bf16-pure")
 
 # Config keys the oracle reads with a default when absent (Sources/SDDiTCore/Config.swift,
 # SPEC sections 5 and 6), and the groups whose comparison depends on them. A file that records
@@ -456,10 +456,11 @@ def write_exchange(path, cfg, params, teacher=None, inputs=None, activations=Non
     dtype = "bfloat16"; anything else (Python floats, integers) becomes float64.
     precision="float32" stores every result as float32 (a float32 run whose losses came as
     Python floats); precision="float64" widens everything. The oracle picks its tolerances
-    from the stored type, so a float32 run stored as float64 is judged at float64 tolerances.
+    from the stored type (a float64 dataset holding only float32 values is recognized and judged
+    as float32, with a note; declare precision_mode all the same).
 
     precision_mode: how the run computed (one of PRECISION_MODES: float64, float32, tf32,
-    fp16-autocast, bf16-autocast, fp16-pure, bf16-pure); stored as the root attribute
+    tf32-conv, fp16-autocast, bf16-autocast, fp16-pure, bf16-pure); stored as the root attribute
     `precision_mode` when given.
 
     With check=True the written file is validated (check_file) before it replaces `path`;

@@ -76,7 +76,8 @@ public enum AfterStepRule {
             var tol = Tolerance(rtol: 1, atolAbs: 2 * ctx.lr,
                                 reason: "after-step: AdamW's first step (and the EMA) from " + how
                                     + "; 2 lr is the largest legitimate move difference (noise gradients)")
-            tol.label = "\(judgeA ? "a" : "b")'s Adam step from " + how
+            // "{a}" / "{b}": the side's label ("the file's", "the reference's") when printed
+            tol.label = (judgeA ? "{a}" : "{b}") + (isParams ? "'s AdamW step from " : "'s EMA teacher from ") + how
             var base: Tolerance? = nil
             if min(a.precision, b.precision) >= .float64 {
                 base = Tolerances.rule(for: "after_step", a.precision, b.precision, lr: ctx.lr)

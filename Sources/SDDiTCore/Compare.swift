@@ -20,8 +20,11 @@ public struct Tolerance: Sendable, Equatable, CustomStringConvertible {
 
     public func atol(scale: Double) -> Double { atolAbs + atolScale * scale }
 
-    public var description: String {
-        if let label { return label }
+    public var description: String { description(labelA: "a", labelB: "b") }
+
+    /// The rule as printed, the sides named by their labels where it names them.
+    public func description(labelA: String, labelB: String) -> String {
+        if let label { return label.replacingOccurrences(of: "{a}", with: labelA).replacingOccurrences(of: "{b}", with: labelB) }
         var s = String(format: "%.0e*|e|", rtol)
         if atolAbs > 0 { s = String(format: "%.0e + ", atolAbs) + s }
         if atolScale > 0 { s += String(format: " + %.0e*max|e|", atolScale) }
@@ -114,7 +117,7 @@ extension Comparison {
         }
         let p = min(precisionA, precisionB)
         var head = String(format: "%@ %@ %@  %@  rule %@  %d / %d bad", passed ? "ok  " : "FAIL", name, shape, sides,
-                          tolerance.description, bad, count)
+                          tolerance.description(labelA: labelA, labelB: labelB), bad, count)
         if let cal = calibration {
             head += String(format: "; %.1f bits; error x%.3g the %@ level %.2e (limit x%.0f)%@", bits, cal.ratio, cal.precision, cal.level, cal.limit,
                            calibrationFailed ? ": far above a correct \(cal.precision) run" : "")

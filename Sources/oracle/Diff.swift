@@ -8,7 +8,7 @@ struct Diff: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Compare two runs tensor by tensor and say where they part.",
         discussion: """
-        Each side is a backend (ref: float64 reference; ref80: the same code in Float80; fast, fast-fp16, fast-bf16, fast-fp16-pure, fast-bf16-pure, fast-tf32: the float32 / mixed-precision fast path) or an HDF5 file in the SPEC §7 layout. With a file on one side, the backend on the other side reruns that file's config, /params, /teacher, /inputs and /sampler setup, and every dataset recorded on both sides is compared: activations, losses, gradients, the state after one step, the sampler trajectory (and pos_embed tables against SPEC's formula). With two backends, both run a seeded random setup (--config, --seed, --batch, ...).
+        Each side is a backend (ref: float64 reference; ref80: the same code in Float80; fast, fast-fp16, fast-bf16, fast-fp16-pure, fast-bf16-pure, fast-tf32, fast-tf32-conv: the float32 / mixed-precision fast path) or an HDF5 file in the SPEC §7 layout. With a file on one side, the backend on the other side reruns that file's config, /params, /teacher, /inputs and /sampler setup, and every dataset recorded on both sides is compared: activations, losses, gradients, the state after one step, the sampler trajectory (and pos_embed tables against SPEC's formula). With two backends, both run a seeded random setup (--config, --seed, --batch, ...).
 
         Rule: a tensor passes when every element has
           |a - e| <= atol + rtol*|e|
@@ -17,7 +17,9 @@ struct Diff: ParsableCommand {
         Output is in forward-pass order (gradients in backward-pass order), so the first FAIL is the first place to look. The last line reads
           compared N, failed M, only-in-a X, only-in-b Y
           [; not recorded, not compared: GROUPS]
-        Exit status 0 only when something was compared, M is 0, and no dataset is missing on one side within the groups both record (unless --allow-missing); 1 on a mismatch; 2 on bad input. Groups a file does not record are listed, not compared. A float32 file is also judged against the fast path's error on its setup (x16 that level).
+        Exit status 0 only when something was compared, M is 0, and no dataset is missing on one side within the groups both record (unless --allow-missing); 1 on a mismatch; 2 on bad input. Groups a file does not record are listed, not compared.
+
+        Calibration: a file is judged in its precision mode (float32, tf32, tf32-conv, fp16-autocast, bf16-autocast, fp16-pure, bf16-pure), taken from --b fast-MODE, from the file's root attribute precision_mode, or from its values; each tensor's norm-wise error must stay within the mode's limit (x\(Int(Calibration.float32Limit)) float32, x\(Int(Calibration.halfLimit)) reduced modes, x\(Int(Calibration.halfGradientLimit)) half-precision gradients, x\(Int(Calibration.samplerLimit)) sampler states) of the fast path's error in that mode on the file's setup. A reduced mode's report states, per group, the least change a pass could have missed; a failing file gets a diagnosis naming the mode that explains its errors, or none. If the calibration cannot run (memory) the verdict fails unless --uncalibrated.
 
         Examples:
           oracle diff --a fixtures/public_train_tiny.h5 --b ref
@@ -26,7 +28,7 @@ struct Diff: ParsableCommand {
           oracle diff --a mine.h5 --b theirs.h5 --json
         """)
 
-    @Option(help: "Side a: a backend (ref, ref80, fast, fast-fp16, fast-bf16, fast-fp16-pure, fast-bf16-pure, fast-tf32) or an HDF5 file.") var a: String
+    @Option(help: "Side a: a backend (ref, ref80, fast, fast-fp16, fast-bf16, fast-fp16-pure, fast-bf16-pure, fast-tf32, fast-tf32-conv) or an HDF5 file.") var a: String
     @Option(help: "Side b: a backend or an HDF5 file.") var b: String
     @OptionGroup var setup: SetupOptions
     @Option(help: "Override the relative tolerance of every tensor.") var rtol: Double?
