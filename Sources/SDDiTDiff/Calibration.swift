@@ -296,5 +296,30 @@ extension Calibration {
         return ["detection floor: \(what) cannot see a change smaller than its limit times a correct \(mode.rawValue) run's error; for subtle numeric bugs dump a float32 step and compare it with --b ref"] + out
     }
 
+    /// The same for comparisons judged by a rule looser than float32's alone (two backends in
+    /// a reduced mode, --rtol): the rule's own floor, atol / max|e| + rtol of the tensor's
+    /// largest value.
+    static func ruleFloors(_ comparisons: [Comparison]) -> [String] {
+        let f32 = Tolerances.rule(for: "activations/x", .float32, .float64, lr: 1)
+        let loose = comparisons.filter { c in
+            c.calibration == nil && c.unitOfAbs == nil && !c.shapeMismatch && c.scale > 0
+                && c.tolerance.rtol + c.tolerance.atolScale > f32.rtol + f32.atolScale
+        }
+        guard !loose.isEmpty else { return [] }
+        var order: [String] = [], groups: [String: [(String, Double)]] = [:]
+        for c in loose {
+            let g = c.name.split(separator: "/").first.map(String.init) ?? ""
+            if groups[g] == nil { order.append(g) }
+            groups[g, default: []].append((String(c.name.dropFirst(g.count + 1)), c.effectiveAtol / c.scale + c.tolerance.rtol))
+        }
+        var out = ["detection floor: \(loose.count) tensors were judged by a rule looser than float32's alone (\(loose[0].tolerance.description)); a pass cannot see changes below these; for subtle numeric bugs compare a float32 step"]
+        for g in order {
+            let v = groups[g]!, lo = v.min { $0.1 < $1.1 }!, hi = v.max { $0.1 < $1.1 }!
+            out.append(String(format: "  floor %@: a pass cannot see changes below %@ (%@) to %@ (%@) of a tensor's largest value",
+                              g.padding(toLength: 12, withPad: " ", startingAt: 0), pct(lo.1), lo.0, pct(hi.1), hi.0))
+        }
+        return out
+    }
+
     static func pct(_ x: Double) -> String { String(format: "%.2g%%", 100 * x) }
 }

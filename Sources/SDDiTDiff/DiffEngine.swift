@@ -426,6 +426,7 @@ public enum DiffEngine {
             }
             if m != .float32 { r.floors = Calibration.floors(r.comparisons, mode: m, againstMode: againstMode) }
         }
+        if r.floors.isEmpty { r.floors = Calibration.ruleFloors(r.comparisons) }
         return r
     }
 
