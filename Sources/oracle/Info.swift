@@ -29,6 +29,10 @@ struct Info: ParsableCommand {
             for k in f.datasets.keys { groups[String(k.split(separator: "/").first!), default: 0] += 1 }
             for (g, n) in groups.sorted(by: { $0.key < $1.key }) { print("  /\(g): \(n)") }
             if let s = f.cfgScale { print("cfg_scale \(s)") }
+            print("precision_mode \(f.declaredMode.map { "\($0.rawValue) (declared)" } ?? "not declared (oracle diff infers it from the values)")")
+            if !f.defaultedConfigKeys.isEmpty {
+                print("config keys not in the file, defaults assumed: " + f.defaultedConfigKeys.map { k in "\(k) = \(f.config.value(ofOptionalKey: k).map { "\($0)" } ?? "?")" }.joined(separator: ", "))
+            }
         }
     }
 
