@@ -188,4 +188,23 @@ struct ModeCalibrationTests {
         let r = try Self.diff(nolr, .ref)
         #expect(r.notes.contains { $0.contains("no 'lr'") && $0.contains("after-step") }, "\(r.notes)")
     }
+
+    /// The after-step rules name the side whose step they judge ("the file's AdamW step",
+    /// "EMA teacher"), not "a" or "b".
+    @Test func afterStepRulesNameTheSide() throws {
+        let s = Self.setup(seed: 8)
+        var res = try FastBackend.run(s.fastSetup, precision: .fp32)
+        for spec in s.config.studentParameters where !spec.frozen {   // a step of lr/10
+            let p0 = s.student[spec.key].data, g = res["grads/" + spec.key]!.values
+            res["after_step/params/" + spec.key]!.values = zip(p0, g).map { Double(Float($0.0)) - s.config.lr / 10 * $0.1 / (abs($0.1) + 1e-8) }
+        }
+        let path = try Self.file(s, res, "lr10-named", declare: .float32)
+        let r = try Self.diff(path, .ref)
+        let lines = r.lines()
+        let step = lines.first { $0.hasPrefix("FAIL after_step/params/") } ?? ""
+        #expect(step.contains("rule lr10-named.h5's AdamW step from its own gradient"), "\(step)")
+        let teacher = r.comparisons.first { $0.name.hasPrefix("after_step/teacher/") }
+        #expect(teacher?.tolerance.description(labelA: "the file", labelB: "ref").contains("'s EMA teacher from") == true)
+        #expect(!lines.contains { $0.contains("a's Adam") || $0.contains("b's Adam") })
+    }
 }
