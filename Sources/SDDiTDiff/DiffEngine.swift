@@ -163,11 +163,14 @@ public enum Calibration {
     /// Which precision the errors from the first failing tensor on look like: the file's
     /// norm-wise error there against the levels of the fast path with TF32 operands and in
     /// bf16 autocast on the same setup (nearest within 4x), else a bug.
-    static func diagnose(_ first: Comparison, expected e: NamedTensor, setup: RunSetup) throws -> [String] {
+    static func diagnose(_ first: Comparison, expected e: NamedTensor, setup: RunSetup, memory: Double? = nil) throws -> [String] {
         let E = first.normwise
         var best: (Backend, Double, Double)? = nil
         for m in [Backend.fastTF32, .fastBF16] {
-            guard let f = try m.run(setup)[first.name], let j = judge(first, correct: f, expected: e) else { continue }
+            // the one tensor kept of each streamed run
+            var kept: NamedTensor? = nil
+            do { try m.stream(setup, memory: memory) { p, d in if p == first.name { kept = d } } } catch is ExchangeError { continue }   // does not fit
+            guard let f = kept, let j = judge(first, correct: f, expected: e) else { continue }
             let d = abs(log2(E / j.level))
             if best == nil || d < best!.1 { best = (m, d, j.level) }
         }
@@ -316,10 +319,26 @@ public enum DiffEngine {
         // of the fast path (a correct float32 implementation) on the same setup, run the first
         // time a comparison needs it; the side judged is the less precise one, when it is a file.
         let calibrates = o.calibrate && o.rtol == nil && o.atol == nil
-        var fast: [String: NamedTensor]? = nil, calibrationSkipped = false
+        var fast: CalibrationRun? = nil, calibrationSkipped = false
+        func calibration() throws -> CalibrationRun? {
+            if fast == nil, !calibrationSkipped {
+                do { fast = try CalibrationRun.run(.fast, try getSetup(), memory: o.memory) } catch let e as ExchangeError {
+                    calibrationSkipped = true
+                    r.notes.append("calibration skipped: \(e); float32 tensors judged by the float32 rule alone (README \"Tolerances\")")
+                }
+            }
+            return fast
+        }
         func actualIsA(_ c: Comparison) -> Bool? {
             if c.precisionA < c.precisionB { return fileA != nil ? true : nil }
             return c.precisionB < c.precisionA && fileB != nil ? false : nil
+        }
+        // Beside a streamed reference, a file with float32 results is calibrated: the fast run
+        // goes first and its model is released before the reference starts (the peak is the
+        // larger of the two, not their sum).
+        if calibrates, let be = streamed, be.fastPrecision == nil,
+           let f = streamsA ? fileB : fileA, f.index.contains(where: { !ExchangeFile.isSetup($0.key) && $0.value.precision == .float32 }) {
+            _ = try calibration()
         }
         var firstCalibrationFailure: (Comparison, NamedTensor)? = nil
         var comparisons: [Comparison] = []
@@ -328,14 +347,8 @@ public enum DiffEngine {
             let ctx = try context(p, x, y)
             var c = verdict(p, x, y, ctx, lr: cfg.lr, rtol: o.rtol, atol: o.atol)
             if calibrates, let aAct = actualIsA(c), Calibration.applies(c, actualIsA: aAct), !calibrationSkipped {
-                if fast == nil {
-                    do { fast = try Backend.fast.run(try getSetup(), memory: o.memory) } catch let e as ExchangeError {
-                        calibrationSkipped = true
-                        r.notes.append("calibration skipped: \(e); float32 tensors judged by the float32 rule alone (README \"Tolerances\")")
-                    }
-                }
                 let e = aAct ? y : x
-                if let f = fast?[p] {
+                if let f = try calibration()?.tensor(p) {
                     c.calibration = Calibration.judge(c, correct: f, expected: e)
                     if c.calibrationFailed, firstCalibrationFailure.map({ DatasetOrder.sortKey(p, cfg) < DatasetOrder.sortKey($0.0.name, cfg) }) ?? true {
                         firstCalibrationFailure = (c, e)
@@ -390,7 +403,8 @@ public enum DiffEngine {
             if !(inA && inB), trainsFixed(p) { r.fixedTrained.append(p) }
         }
         if let (first, e) = firstCalibrationFailure {
-            r.diagnosis = try Calibration.diagnose(first, expected: e, setup: try getSetup())
+            fast = nil   // its model is long gone; its file too, before the diagnosis's runs
+            r.diagnosis = try Calibration.diagnose(first, expected: e, setup: try getSetup(), memory: o.memory)
         }
         return r
     }

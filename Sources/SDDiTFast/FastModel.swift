@@ -93,6 +93,20 @@ public final class FastModel {
         for spec in cfg.teacherParameters { teacher[spec.key] = ws.get("teacher." + spec.key, spec.shape) }
     }
 
+    /// A model for the sampler only: the student in float32, no teacher, gradients or AdamW
+    /// moments. Buffers start at zero; `load` fills them one tensor at a time.
+    public init(_ cfg: ModelConfig, precision: FastPrecision, inferenceOnly: Void) {
+        self.cfg = cfg; self.prec = precision
+        _ = KernelPerturbation.warnOnce
+        k = Kernels(prec: precision, ws: ws)
+        scaler = LossScaler(enabled: precision.isFP16)
+        centerCls = Array(repeating: 0, count: cfg.headOutDim)
+        centerPatch = Array(repeating: 0, count: cfg.headOutDim)
+        monitor.minNormal = precision.halfMinNormal
+        hasOptimizer = false
+        for spec in cfg.studentParameters { student[spec.key] = ws.get("param." + spec.key, spec.shape) }
+    }
+
     /// Sets one student (or teacher) tensor from Double values (rounded as the model stores it).
     public func load(_ key: String, teacher toTeacher: Bool = false, _ v: [Double]) throws {
         guard let b = (toTeacher ? teacher : student)[key], b.count == v.count else {

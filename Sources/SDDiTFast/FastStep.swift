@@ -37,6 +37,15 @@ extension FastModel {
     /// skipped steps), at most `maxRetries` times; then update.
     public func trainStepFindingScale(_ I: FastStepInputs, maxRetries: Int = 24) throws -> FastStepResult {
         try requireOptimizer()
+        let r = try forwardBackwardFindingScale(I, maxRetries: maxRetries)
+        applyUpdate(step: !r.skipped, emaBeta: nil)
+        return r
+    }
+
+    /// `trainStepFindingScale` up to the update: forward and backward, backing off the loss
+    /// scale and redoing them while the gradients overflow (at most `maxRetries` times), then
+    /// GradScaler's decision; `skipped` in the result: no AdamW step is to be taken.
+    func forwardBackwardFindingScale(_ I: FastStepInputs, maxRetries: Int = 24) throws -> FastStepResult {
         var r = try forwardBackward(I, tauT: nil)
         var tries = 0
         while r.skipped && scaler.enabled && tries < maxRetries {
@@ -45,7 +54,6 @@ extension FastModel {
             tries += 1
         }
         r.skipped = !scaler.update(foundNonFinite: r.skipped)
-        applyUpdate(step: !r.skipped, emaBeta: nil)
         return r
     }
 
@@ -218,6 +226,11 @@ extension FastModel {
         precondition(hasOptimizer, "FastModel: a forward-and-backward-only model cannot take a training step")
         if step { adamW() }
         ema(Float(emaBeta ?? cfg.emaBeta))
+        updateCenters()
+    }
+
+    /// The centers' update with this step's teacher outputs.
+    func updateCenters() {
         let m = Float(cfg.centerMomentum)
         for j in 0..<cfg.headOutDim {
             centerCls[j] = m * centerCls[j] + (1 - m) * pendingCenters.cls[j]
