@@ -65,6 +65,7 @@ extension FastModel {
         let per = C * Hs * Hs, Tn = cfg.tokens
         let keep = try visibleTokens(I.mask, N: N), V = keep[0].count
         activations = [:]
+        try loadStreamedTeacher()
         for g in grads.values { g.zero() }
         // x = x0 + sigma n and D = c_skip x + c_out F(c_in x) in Double; D stored in float32
         let sd = cfg.sigmaData
@@ -117,6 +118,7 @@ extension FastModel {
             activations[ActivationName.headCls] = ([N, K], sc); activations[ActivationName.headPatch] = ([N, V, K], sp)
             activations[ActivationName.teacherHeadCls] = ([N, K], tc); activations[ActivationName.teacherHeadPatch] = ([N, V, K], tp)
         }
+        releaseStreamedTeacher()
         // DINO cross-entropy per row (float32 softmax / log-softmax, Double sums), and its gradient
         let tauS = Float(cfg.tauS), tT = Float(tauT ?? cfg.tauT), scale = scaler.scale
         let wD = discriminativeWeight, scaleD = scale * wD   // wD = 1: exactly `scale`

@@ -1,4 +1,5 @@
 import Glibc
+import COpenBLAS
 import SDDiTCore
 
 /// `FastBackend.run`'s results one at a time from a model that holds float32 only: the
@@ -19,7 +20,10 @@ extension FastBackend {
         func nt(_ shape: [Int], _ v: [Float]) -> NamedTensor { NamedTensor(shape: shape, values: v.map { Double($0) }, precision: label) }
         try emit("params/pos_embed", nt([1, 1 + cfg.tokens, cfg.hiddenSize], sinCos(width: cfg.hiddenSize, grid: cfg.grid, clsRow: true)))
         try emit("params/decoder_pos_embed", nt([1, cfg.tokens, cfg.decoderHiddenSize], sinCos(width: cfg.decoderHiddenSize, grid: cfg.grid, clsRow: false)))
-        if let I = s.inputs { try streamStep(s, I, precision: precision, variant: variant, emit: emit) }
+        if let I = s.inputs {
+            try streamStep(s, I, precision: precision, variant: variant, emit: emit)
+            malloc_trim(0)   // the model's memory back to the system before what runs next
+        }
         if let sm = s.sampler {
             let m = FastModel(cfg, precision: precision, inferenceOnly: ())
             for spec in cfg.studentParameters { try m.load(spec.key, s.student[spec.key]!.data) }
@@ -40,9 +44,10 @@ extension FastBackend {
         func named(_ t: FT) -> NamedTensor {
             NamedTensor(shape: t.shape, values: UnsafeBufferPointer(start: t.p, count: t.count).map { Double($0) }, precision: label)
         }
-        let m = FastModel(cfg, precision: precision, forwardBackwardOnly: ())
+        let m = FastModel(cfg, precision: precision, inferenceOnly: ())
         for spec in cfg.studentParameters { try m.load(spec.key, s.student[spec.key]!.data) }
-        for spec in cfg.teacherParameters { try m.load(spec.key, teacher: true, (s.teacher ?? s.student)[spec.key]!.data) }
+        let teacherSource = s.teacher ?? s.student
+        m.streamedTeacher = { teacherSource[$0]!.data }
         if let cc = s.centerCls { m.centerCls = cc.map { Float($0) } }
         if let cp = s.centerPatch { m.centerPatch = cp.map { Float($0) } }
         m.variant = variant
@@ -64,10 +69,8 @@ extension FastBackend {
             try emit(p, named(m.student[key]!))
         }
         let beta = Float(cfg.emaBeta)
-        for p in DatasetOrder.sorted(m.teacher.keys.map { "after_step/teacher/" + $0 }, cfg) {
-            let key = String(p.dropFirst(19))
-            m.ema(key, beta)
-            try emit(p, named(m.teacher[key]!))
+        for p in DatasetOrder.sorted(cfg.teacherParameters.map { "after_step/teacher/" + $0.key }, cfg) {
+            try emit(p, named(try m.streamedTeacherAfterEMA(String(p.dropFirst(19)), beta)))
         }
         m.updateCenters()
         try emit("after_step/center_cls", NamedTensor(shape: [cfg.headOutDim], values: m.centerCls.map { Double($0) }, precision: label))
@@ -108,12 +111,15 @@ extension FastModel {
 
 extension FastBackend {
     /// Bytes of `stream`'s run at batch N with V visible tokens in `precision`, roughly,
-    /// beyond the Double setup its caller holds: student, teacher and gradients in float32;
-    /// the workspace (every encoder and decoder block keeps its own forward buffers, the
-    /// student's and the decoder's their backward buffers too; the teacher's encoder runs over
-    /// all tokens; half modes add rounded operand copies of the largest matmul); the recorded
-    /// activations in float32; and one result at a time in Double while it is handed over.
-    /// The sampler's model (student only, every token visible, no backward) is smaller.
+    /// beyond the Double setup its caller holds. Two phases, the larger counts: up to the
+    /// teacher's head, the student and teacher in float32, the student's forward buffers and
+    /// the teacher's (every block keeps its own; the teacher's encoder runs over all tokens);
+    /// then the student and its gradients in float32 with the student's forward and backward
+    /// buffers (the teacher's released). Both with the recorded activations in float32, a
+    /// few Double tensors of the largest result while it is handed over, and in half modes
+    /// rounded operand copies of the largest matmul. An fp16 step that retries at a lower
+    /// loss scale keeps the student's backward buffers through the teacher's forward: its
+    /// first phase counts them. The sampler's model (student only, no backward) is smaller.
     public static func estimatedStreamBytes(_ cfg: ModelConfig, batch N: Int, visible V: Int, precision: FastPrecision) -> Double {
         let c = cfg.parameterCounts, n = Double(N)
         let total = Double(c.total), teacher = Double(c.encoder + c.head)
@@ -124,15 +130,20 @@ extension FastBackend {
         func forward(_ W: Double, _ M: Double, _ H: Double, _ L: Double) -> Double { L * (12 * W + 2 * M) + H * L * L + 4 * L + 6 * W }
         func backward(_ W: Double, _ M: Double, _ L: Double) -> Double { L * (10 * W + 2 * M) + 6 * W }
         let M = Double(cfg.mlpHidden), Md = Double(cfg.decoderMlpHidden), H = Double(cfg.numHeads), Hd = Double(cfg.decoderNumHeads)
-        let blocks = Double(cfg.depth) * (forward(D, M, H, 1 + v) + backward(D, M, 1 + v) + forward(D, M, H, 1 + T))
-            + Double(cfg.decoderDepth) * (forward(Dd, Md, Hd, T) + backward(Dd, Md, T))
-        let rest = 2 * T * (Pd + D) + (2 + v + T) * D + 2 * (1 + v) * D + T * D + 8 * T * Dd + 3 * T * Pd
-            + (1 + v) * (6 * Hh + 4 * B + 3 * K + D) + 8 * img
+        let head = (1 + v) * (6 * Hh + 4 * B + 3 * K + D)
+        let studentForward = n * (Double(cfg.depth) * forward(D, M, H, 1 + v) + Double(cfg.decoderDepth) * forward(Dd, Md, Hd, T)
+                                  + T * (Pd + D) + (1 + v) * D + 4 * T * Dd + 2 * T * Pd + head / 2 + 4 * img)
+        let studentBackward = n * (Double(cfg.depth) * backward(D, M, 1 + v) + Double(cfg.decoderDepth) * backward(Dd, Md, T)
+                                   + T * D + (1 + v) * D + 4 * T * Dd + T * Pd + head / 2 + 4 * img)
+        let teacherForward = n * (Double(cfg.depth) * forward(D, M, H, 1 + T) + T * (Pd + D) + (2 + T + v) * D + head / 2)
         let largestParameter = Double(cfg.studentParameters.map(\.count).max() ?? 0)
         let scratch = precision == .fp32 ? 0 : 3 * n * (1 + T) * max(M, Md, 3 * D) + largestParameter
         let recorded = recordedValues(cfg, batch: N, visible: V)
+        let retries = precision.isFP16 ? studentBackward : 0
+        let first = total + teacher + studentForward + retries + teacherForward
+        let second = total + trainable + studentForward + studentBackward
         let largestResult = max(largestParameter, n * (1 + T) * D, n * T * Dd)
-        return 4 * (total + trainable + teacher + n * (blocks + rest) + scratch + recorded) + 12 * largestResult
+        return 4 * (max(first, second) + scratch + recorded) + 24 * largestResult
     }
 
     /// Values of the activations a training step records (SPEC §7 /activations).

@@ -3,6 +3,7 @@ import Foundation
 import SDDiTCore
 import SDDiTDiff
 import SDDiTExchange
+import SDDiTFast
 import SDDiTReference
 
 struct Dump: ParsableCommand {
@@ -15,6 +16,8 @@ struct Dump: ParsableCommand {
           oracle dump --backend ref --config tiny --seed 1 --mask-ratio 0.5 \\
               --out tiny.h5
           oracle dump --backend ref --from fixtures/public_train_tiny.h5 --out again.h5
+
+        Planted bugs (a debugging aid, for files that must fail): with a fast backend, the environment variable SDDIT_ORACLE_VARIANT=layernorm-eps:BLOCK:EPS uses LayerNorm eps EPS in encoder block BLOCK, and SDDIT_ORACLE_VARIANT=exact-gelu:BLOCK the exact (erf) GELU there (FastVariant); the file's generator says so.
         """)
 
     @Option(help: "Backend that computes the results: \(Backend.allCases.map(\.rawValue).joined(separator: ", ")).") var backend: String = "ref"
@@ -51,7 +54,8 @@ struct Dump: ParsableCommand {
                                      sampleSteps: setup.sample, cfgScale: setup.cfgScale, init: mode)
             }
             // Written as computed: the setup first, then each result as the backend hands it over.
-            var extra: [String: Any] = ["generator": "sddit-oracle \(be.rawValue)", "seed": setup.seed]
+            let variant = try plantedVariant(be)
+            var extra: [String: Any] = ["generator": "sddit-oracle \(be.rawValue)" + (variant.map { " planted \($0.spec)" } ?? ""), "seed": setup.seed]
             if let sm = s.sampler { extra["num_steps"] = sm.steps }
             if let I = s.inputs { extra["batch_size"] = I.labels.count }
             try be.checkFits(s)
@@ -60,14 +64,31 @@ struct Dump: ParsableCommand {
             try w.write(datasets: floats, integers: ints, config: cfg)
             var count = floats.count + ints.count
             try withReferenceProgress {
-                try be.stream(s) { p, d in
+                func emit(_ p: String, _ d: NamedTensor) throws {
                     guard !(p == "params/pos_embed" || p == "params/decoder_pos_embed") else { return }   // the setup's are written
                     try w.write(p, d)
                     count += 1
+                }
+                if let v = variant, let prec = be.fastPrecision {
+                    try FastBackend.stream(s.fastSetup, precision: prec, variant: v.variant, emit: emit)
+                } else {
+                    try be.stream(s, emit: emit)
                 }
             }
             try w.finish(cfgScale: s.sampler?.cfgScale)
             print("wrote \(out): \(count) datasets (\(be.rawValue), config \(cfg.name))")
         }
     }
+}
+
+/// SDDIT_ORACLE_VARIANT (see `oracle dump --help`): a planted deviation for a fast backend.
+func plantedVariant(_ be: Backend) throws -> (spec: String, variant: FastVariant)? {
+    guard let spec = ProcessInfo.processInfo.environment["SDDIT_ORACLE_VARIANT"], !spec.isEmpty else { return nil }
+    guard be.fastPrecision != nil else { throw ValidationError("SDDIT_ORACLE_VARIANT=\(spec): planted variants need a fast backend, not \(be.rawValue)") }
+    let f = spec.split(separator: ":").map(String.init)
+    if f.count == 3, f[0] == "layernorm-eps", let b = Int(f[1]), b >= 0, let e = Float(f[2]), e > 0 {
+        return (spec, FastVariant(layerNormEpsBlock: b, layerNormEps: e))
+    }
+    if f.count == 2, f[0] == "exact-gelu", let b = Int(f[1]), b >= 0 { return (spec, FastVariant(exactGELUBlock: b)) }
+    throw ValidationError("SDDIT_ORACLE_VARIANT=\(spec): expected layernorm-eps:BLOCK:EPS or exact-gelu:BLOCK")
 }
