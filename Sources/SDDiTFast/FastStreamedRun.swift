@@ -112,8 +112,9 @@ extension FastModel {
 extension FastBackend {
     /// Bytes of `stream`'s run at batch N with V visible tokens in `precision`, roughly,
     /// beyond the Double setup its caller holds. Two phases, the larger counts: up to the
-    /// teacher's head, the student and teacher in float32, the student's forward buffers and
-    /// the teacher's (every block keeps its own; the teacher's encoder runs over all tokens);
+    /// teacher's head, the student and teacher in float32, the student's forward buffers
+    /// (every block keeps its own) and the teacher's (over all tokens; each block's output,
+    /// one block's buffers at a time: it has no backward);
     /// then the student and its gradients in float32 with the student's forward and backward
     /// buffers (the teacher's released). Both with the recorded activations in float32, a
     /// few Double tensors of the largest result while it is handed over, and in half modes
@@ -135,7 +136,8 @@ extension FastBackend {
                                   + T * (Pd + D) + (1 + v) * D + 4 * T * Dd + 2 * T * Pd + head / 2 + 4 * img)
         let studentBackward = n * (Double(cfg.depth) * backward(D, M, 1 + v) + Double(cfg.decoderDepth) * backward(Dd, Md, T)
                                    + T * D + (1 + v) * D + 4 * T * Dd + T * Pd + head / 2 + 4 * img)
-        let teacherForward = n * (Double(cfg.depth) * forward(D, M, H, 1 + T) + T * (Pd + D) + (2 + T + v) * D + head / 2)
+        // the teacher keeps each block's output and one block's buffers at a time
+        let teacherForward = n * (Double(cfg.depth) * (1 + T) * D + forward(D, M, H, 1 + T) + T * (Pd + D) + (2 + T + v) * D + head / 2)
         let largestParameter = Double(cfg.studentParameters.map(\.count).max() ?? 0)
         let scratch = precision == .fp32 ? 0 : 3 * n * (1 + T) * max(M, Md, 3 * D) + largestParameter
         let recorded = recordedValues(cfg, batch: N, visible: V)

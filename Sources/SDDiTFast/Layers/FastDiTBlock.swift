@@ -20,6 +20,10 @@ final class FastDiTBlock {
 
     init(name: String, key: String, heads: Int) { self.name = name; self.key = key; self.heads = heads }
 
+    /// Forgets the forward's buffers (a block with no backward to run: the streamed step's
+    /// teacher); with its workspace entries released, only the output y stays.
+    func dropSaved() { saved = nil }
+
     func forward(_ m: FastModel, _ P: [String: FT], _ x: FT, _ siluC: FT) throws -> FT {
         let k = m.k, ws = m.ws, B = ActivationName.Block.self
         let N = x.shape[0], L = x.shape[1], W = x.last, hm = P[key + "mlp.fc1.weight"]!.shape[0]

@@ -44,7 +44,12 @@ final class FastEncoder {
             }
         }
         var hs = [h0]
-        for b in blocks { hs.append(try b.forward(m, P, hs[hs.count - 1], siluC)) }
+        // the streamed step's teacher keeps each block's output only (it has no backward)
+        let transient = m.streamedTeacher != nil && branch == ActivationName.teacher
+        for b in blocks {
+            hs.append(try b.forward(m, P, hs[hs.count - 1], siluC))
+            if transient { b.dropSaved(); m.ws.release { $0.hasPrefix(b.name + ".") } }
+        }
         if branch == ActivationName.student { m.remember(ActivationName.tokens, tokens); m.remember(ActivationName.c, conditioning.c) }
         for (b, h) in zip(blocks, hs.dropFirst()) { m.remember(b.name, h) }
         saved = Saved(tokens: tokens, siluC: siluC, keep: keep, out: hs[cfg.depth])
