@@ -114,13 +114,14 @@ extension FastBackend {
     /// beyond the Double setup its caller holds. Two phases, the larger counts: up to the
     /// teacher's head, the student and teacher in float32, the student's forward buffers
     /// (every block keeps its own) and the teacher's (over all tokens; each block's output,
-    /// one block's buffers at a time: it has no backward);
-    /// then the student and its gradients in float32 with the student's forward and backward
-    /// buffers (the teacher's released). Both with the recorded activations in float32, a
-    /// few Double tensors of the largest result while it is handed over, and in half modes
-    /// rounded operand copies of the largest matmul. An fp16 step that retries at a lower
-    /// loss scale keeps the student's backward buffers through the teacher's forward: its
-    /// first phase counts them. The sampler's model (student only, no backward) is smaller.
+    /// one block's buffers at a time: it has no backward); then the student and its
+    /// gradients in float32, the student's forward buffers and one block's backward buffers
+    /// (the teacher's are released, and each block's once its backward is done). Both with
+    /// the recorded activations in float32, a few Double tensors of the largest result while
+    /// it is handed over, and in half modes rounded operand copies of the largest matmul. An
+    /// fp16 step that retries at a lower loss scale keeps the student's backward buffers
+    /// outside the blocks through the teacher's forward: its first phase counts them. The
+    /// sampler's model (student only, no backward) is smaller.
     public static func estimatedStreamBytes(_ cfg: ModelConfig, batch N: Int, visible V: Int, precision: FastPrecision) -> Double {
         let c = cfg.parameterCounts, n = Double(N)
         let total = Double(c.total), teacher = Double(c.encoder + c.head)
@@ -141,9 +142,12 @@ extension FastBackend {
         let largestParameter = Double(cfg.studentParameters.map(\.count).max() ?? 0)
         let scratch = precision == .fp32 ? 0 : 3 * n * (1 + T) * max(M, Md, 3 * D) + largestParameter
         let recorded = recordedValues(cfg, batch: N, visible: V)
-        let retries = precision.isFP16 ? studentBackward : 0
+        // each block's buffers are released once its backward is done: one block's backward at a time
+        let blocksBackward = n * (Double(cfg.depth) * backward(D, M, 1 + v) + Double(cfg.decoderDepth) * backward(Dd, Md, T))
+        let otherBackward = studentBackward - blocksBackward, blockBackward = n * max(backward(D, M, 1 + v), backward(Dd, Md, T))
+        let retries = precision.isFP16 ? otherBackward : 0
         let first = total + teacher + studentForward + retries + teacherForward
-        let second = total + trainable + studentForward + studentBackward
+        let second = total + trainable + studentForward + otherBackward + blockBackward
         let largestResult = max(largestParameter, n * (1 + T) * D, n * T * Dd)
         return 4 * (max(first, second) + scratch + recorded) + 24 * largestResult
     }

@@ -20,9 +20,13 @@ final class FastDiTBlock {
 
     init(name: String, key: String, heads: Int) { self.name = name; self.key = key; self.heads = heads }
 
-    /// Forgets the forward's buffers (a block with no backward to run: the streamed step's
-    /// teacher); with its workspace entries released, only the output y stays.
-    func dropSaved() { saved = nil }
+    /// The streamed step (`FastModel.streamedTeacher`) once this block is done (the
+    /// teacher's after its forward, the student's after its backward): its forward and
+    /// backward buffers go, only its output y (the next block's input) stays in the workspace.
+    func release(_ m: FastModel) {
+        saved = nil
+        m.ws.release { $0.hasPrefix(name + ".") || $0.hasPrefix("d." + name + ".") }
+    }
 
     func forward(_ m: FastModel, _ P: [String: FT], _ x: FT, _ siluC: FT) throws -> FT {
         let k = m.k, ws = m.ws, B = ActivationName.Block.self
