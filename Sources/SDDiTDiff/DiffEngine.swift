@@ -167,9 +167,12 @@ public enum Calibration {
         let E = first.normwise
         var best: (Backend, Double, Double)? = nil
         for m in [Backend.fastTF32, .fastBF16] {
-            // the one tensor kept of each streamed run
+            // the one tensor kept of each streamed run, which stops once it has it
+            struct Found: Error {}
             var kept: NamedTensor? = nil
-            do { try m.stream(setup, memory: memory) { p, d in if p == first.name { kept = d } } } catch is ExchangeError { continue }   // does not fit
+            do {
+                try m.stream(setup, memory: memory) { p, d in if p == first.name { kept = d; throw Found() } }
+            } catch is Found {} catch is ExchangeError { continue }   // does not fit
             guard let f = kept, let j = judge(first, correct: f, expected: e) else { continue }
             let d = abs(log2(E / j.level))
             if best == nil || d < best!.1 { best = (m, d, j.level) }
@@ -316,8 +319,9 @@ public enum DiffEngine {
         func trainsFixed(_ p: String) -> Bool { p.hasPrefix("grads/") && frozen.contains(String(p.dropFirst(6))) }
 
         // Calibration: a float32 file against a float64 side, each tensor's error against that
-        // of the fast path (a correct float32 implementation) on the same setup, run the first
-        // time a comparison needs it; the side judged is the less precise one, when it is a file.
+        // of the fast path (a correct float32 implementation) on the same setup (`CalibrationRun`),
+        // run the first time a comparison needs it, or before a streamed reference; the side
+        // judged is the less precise one, when it is a file.
         let calibrates = o.calibrate && o.rtol == nil && o.atol == nil
         var fast: CalibrationRun? = nil, calibrationSkipped = false
         func calibration() throws -> CalibrationRun? {

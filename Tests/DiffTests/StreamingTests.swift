@@ -102,20 +102,25 @@ struct StreamingTests {
 
     /// XL/2: the reference's streamed step at batch 2 fits this machine class (24 GiB, 80% of it)
     /// by its estimate, which counts the whole setup in Double, while a step that held every
-    /// gradient (or the fast path's float32 copies beside the Double setup) does not.
+    /// gradient does not. The fast path's streamed step (float32 student, teacher and
+    /// gradients never all at once, beside the Double setup) fits at batch 2 too; with its
+    /// results held as Double it does not (a calibration run then goes to a temporary file).
     @Test func xl2FitsTheReferenceEstimate() {
-        let xl = ModelConfig.xl2, gib = 1073741824.0
-        let ref = xl.estimatedReferenceStepBytes(batch: 2, visible: xl.visibleCount(maskRatio: 0.2), scalarBytes: 8)
+        let xl = ModelConfig.xl2, gib = 1073741824.0, V = xl.visibleCount(maskRatio: 0.2)
+        let ref = xl.estimatedReferenceStepBytes(batch: 2, visible: V, scalarBytes: 8)
         let setup = 8 * Double(xl.parameterCounts.total + xl.parameterCounts.encoder + xl.parameterCounts.head)
         #expect(ref > setup && ref < 0.8 * 24 * gib, "XL/2 batch 2: \(ref / gib) GiB")
         #expect(ref + 8 * Double(xl.parameterCounts.trainable) > 0.8 * 24 * gib)
-        #expect(Backend.fast.estimatedStepBytes(xl, batch: 1, visible: 204) > 0.8 * 24 * gib)
+        let fast = Backend.fast.estimatedStepBytes(xl, batch: 2, visible: V)
+        #expect(fast > setup + 4 * 2 * Double(xl.parameterCounts.total) && fast < 0.8 * 24 * gib, "XL/2 batch 2 fast: \(fast / gib) GiB")
+        let s = SeededSetup.make(.tiny, seed: 1, batch: 2, maskRatio: 0.2, sampleSteps: nil)
+        #expect(Backend.fast.estimatedResultsBytes(s) > 0 && FastBackend.estimatedResultsBytes(xl, batch: 2, visible: V, samplerSteps: nil) + fast > 0.8 * 24 * gib)
     }
 
-    /// Where the fast path does not fit beside the reference (XL/2 here), a float32 file is
-    /// judged by the float32 rule alone and the report says so; where the reference itself
-    /// does not fit, the diff refuses before allocating. Shown on tiny with the memory the
-    /// runs may use set between, and below, the two backends' estimates.
+    /// Where the fast path's step does not fit (a memory set below its estimate), a float32
+    /// file is judged by the float32 rule alone and the report says so; where the reference
+    /// itself does not fit, the diff refuses before allocating. Shown on tiny with the memory
+    /// the runs may use set between, and below, the two backends' estimates.
     @Test func calibrationThatDoesNotFitIsSkippedAndSaid() throws {
         let s = SeededSetup.make(.tiny, seed: 8, batch: 2, maskRatio: 0.25, sampleSteps: nil)
         let path = try writeExchangeFile(s, try Backend.fast.run(s), params: .float32, name: "skip-calibration")
