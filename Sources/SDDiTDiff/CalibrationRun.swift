@@ -8,18 +8,22 @@ import SDDiTExchange
 /// The run is the streamed fast step (`Backend.stream`: float32 model only, AdamW's first
 /// step and the EMA one tensor at a time). Its results are held as Double when they take at
 /// most a quarter of `memory`; larger ones (XL/2) are written as they come into a temporary
-/// exchange file in float32 (float64 where the run keeps float64: the sampler's sigmas) under
-/// the system's temporary directory, read back on demand, and the file is deleted with the
-/// run. Either way the fast model is gone when `run` returns: a reference streamed afterwards
+/// exchange file in float32 (float64 where the run keeps Double values: the losses, the
+/// sampler's states and sigmas) under the system's temporary directory, read back on demand
+/// with their precision labels, the same values as held; the file is deleted with the run. Either way the fast model is gone when `run` returns: a reference streamed afterwards
 /// needs its own peak, not the sum.
 public final class CalibrationRun {
     public let backend: Backend
     var held: [String: NamedTensor]
     /// The temporary file of a run too large to hold (nil: held).
     let file: ExchangeFile?, filePath: String?
+    /// Each result's precision label as the run gave it (the file stores float32 or float64).
+    let labels: [String: Precision]
 
-    init(backend: Backend, held: [String: NamedTensor]) { self.backend = backend; self.held = held; file = nil; filePath = nil }
-    init(backend: Backend, file: ExchangeFile, path: String) { self.backend = backend; held = [:]; self.file = file; filePath = path }
+    init(backend: Backend, held: [String: NamedTensor]) { self.backend = backend; self.held = held; file = nil; filePath = nil; labels = [:] }
+    init(backend: Backend, file: ExchangeFile, path: String, labels: [String: Precision]) {
+        self.backend = backend; held = [:]; self.file = file; filePath = path; self.labels = labels
+    }
     deinit { if let filePath { try? FileManager.default.removeItem(atPath: filePath) } }
 
     /// The fraction of `memory` the results may take held as Double; beyond it they go to a file.
@@ -38,9 +42,16 @@ public final class CalibrationRun {
         let path = (dir as NSString).appendingPathComponent("sddit-calibration-\(getpid())-\(UUID().uuidString).h5")
         do {
             let w = try ExchangeWriter.Stream(path, config: setup.config, configExtra: ["generator": "sddit-oracle \(backend.rawValue) (calibration)"])
-            try backend.stream(setup, memory: memory) { p, d in try w.write(p, d) }
+            var labels: [String: Precision] = [:]
+            try backend.stream(setup, memory: memory) { p, d in
+                labels[p] = d.precision
+                // values the run keeps in Double (losses, the sampler's x) are stored as float64
+                var stored = d
+                if d.precision != .float64, !d.values.allSatisfy({ Double(Float($0)) == $0 || $0.isNaN }) { stored.precision = .float64 }
+                try w.write(p, stored)
+            }
             try w.finish(cfgScale: setup.sampler?.cfgScale)
-            return CalibrationRun(backend: backend, file: try ExchangeFile.read(path, resultsOnDemand: true), path: path)
+            return CalibrationRun(backend: backend, file: try ExchangeFile.read(path, resultsOnDemand: true), path: path, labels: labels)
         } catch {
             try? FileManager.default.removeItem(atPath: path)
             throw error
@@ -51,8 +62,7 @@ public final class CalibrationRun {
     public func tensor(_ path: String) throws -> NamedTensor? {
         guard let file else { return held[path] }
         guard var d = try file.dataset(path) else { return nil }
-        // stored as float32: the mode's label back (the half types and TF32 are float32 on file)
-        if d.precision == .float32, let p = backend.fastPrecision { d.precision = p.label }
+        d.precision = labels[path] ?? d.precision   // the half types and TF32 are float32 on file
         return d
     }
 }
