@@ -41,29 +41,30 @@ public enum Backend: String, CaseIterable, Sendable {
     public var fastVariant: FastVariant { self == .fastTF32Conv ? FastVariant(tf32PatchEmbedding: true) : FastVariant() }
 
     /// `memory`: the bytes the run may use (default: this machine's), checked before it starts.
+    /// A fast mode's results are held as Double: its check counts them beside the step.
     /// `variant`: a planted deviation of the fast path (tests, `oracle dump --plant`).
     public func run(_ setup: RunSetup, memory: Double? = nil, variant: FastVariant? = nil) throws -> [String: NamedTensor] {
-        if let p = fastPrecision {
-            try checkFits(setup, memory: memory)
-            var v = variant ?? fastVariant
-            if self == .fastTF32Conv { v.tf32PatchEmbedding = true }
-            return try FastBackend.run(setup.fastSetup, precision: p, variant: v)
-        }
+        if fastPrecision != nil { try checkFits(setup, memory: memory, holdingResults: true) }
         var out: [String: NamedTensor] = [:]
-        try stream(setup, memory: memory) { out[$0] = $1 }
+        try stream(setup, memory: memory, checked: fastPrecision != nil, variant: variant) { out[$0] = $1 }
         return out
     }
 
-    /// `run`'s results one at a time: the reference hands each over as soon as it is final
-    /// and keeps none (`ReferenceBackend.stream`); the fast path runs whole, then hands its
-    /// results over in `DatasetOrder`.
+    /// `run`'s results one at a time, each as soon as it is final: the reference keeps none
+    /// (`ReferenceBackend.stream`); the fast path holds its float32 model only, with AdamW's
+    /// first step and the EMA applied one tensor at a time (`FastBackend.stream`, the numbers
+    /// of `FastBackend.run` bit for bit), in `DatasetOrder`.
     public func stream(_ setup: RunSetup, memory: Double? = nil, variant: FastVariant? = nil, emit: (String, NamedTensor) throws -> Void) throws {
-        if fastPrecision != nil {
-            let d = try run(setup, memory: memory, variant: variant)
-            for p in DatasetOrder.sorted(Array(d.keys), setup.config) { try emit(p, d[p]!) }
-            return
+        try stream(setup, memory: memory, checked: false, variant: variant, emit: emit)
+    }
+
+    func stream(_ setup: RunSetup, memory: Double?, checked: Bool, variant: FastVariant? = nil, emit: (String, NamedTensor) throws -> Void) throws {
+        if !checked { try checkFits(setup, memory: memory) }
+        if let p = fastPrecision {
+            var v = variant ?? fastVariant
+            if self == .fastTF32Conv { v.tf32PatchEmbedding = true }
+            return try FastBackend.stream(setup.fastSetup, precision: p, variant: v, emit: emit)
         }
-        try checkFits(setup, memory: memory)
         if variant != nil { throw ExchangeError("\(rawValue): planted variants are the fast path's (--plant needs a fast backend)") }
         if self == .ref { return try ReferenceBackend.stream(setup, as: Double.self, emit: emit) }
         #if arch(x86_64) || arch(i386)
@@ -73,24 +74,44 @@ public enum Backend: String, CaseIterable, Sendable {
         #endif
     }
 
-    /// Bytes a training step of this backend needs at batch N with V visible tokens, roughly.
+    /// Bytes a training step of this backend needs at batch N with V visible tokens, roughly,
+    /// streamed (its results handed over one at a time), the Double setup included.
     public func estimatedStepBytes(_ cfg: ModelConfig, batch N: Int, visible V: Int) -> Double {
         switch self {
         case .ref: return cfg.estimatedReferenceStepBytes(batch: N, visible: V, scalarBytes: 8)
         case .ref80: return cfg.estimatedReferenceStepBytes(batch: N, visible: V, scalarBytes: 16)
-        default: return cfg.estimatedStepBytes(batch: N)
+        default:
+            let c = cfg.parameterCounts
+            return 8 * Double(c.total + c.encoder + c.head)
+                + FastBackend.estimatedStreamBytes(cfg, batch: N, visible: V, precision: fastPrecision!)
         }
     }
 
-    /// Refuses, before allocating, a setup this backend cannot hold in this machine's memory.
-    public func checkFits(_ s: RunSetup, memory: Double? = nil) throws {
-        let N = max(s.inputs?.labels.count ?? 0, s.sampler?.labels.count ?? 0, 1)
-        let V = s.inputs.map { I in I.mask.first.map { m in m.filter { $0 == 0 }.count } ?? s.config.tokens } ?? s.config.tokens
-        let need = estimatedStepBytes(s.config, batch: N, visible: V)
+    /// Bytes of `run`'s results held as Double for `s` (what `stream` hands over, all of it).
+    public func estimatedResultsBytes(_ s: RunSetup) -> Double {
+        let (N, V) = s.batchAndVisible
+        return FastBackend.estimatedResultsBytes(s.config, batch: N, visible: V, samplerSteps: s.sampler?.steps)
+    }
+
+    /// Refuses, before allocating, a setup this backend cannot hold in this machine's memory
+    /// (`holdingResults`: with every result held as Double too, as `run` holds them).
+    public func checkFits(_ s: RunSetup, memory: Double? = nil, holdingResults: Bool = false) throws {
+        let (N, V) = s.batchAndVisible
+        var need = estimatedStepBytes(s.config, batch: N, visible: V)
+        if holdingResults { need += estimatedResultsBytes(s) }
         do {
-            try s.config.checkMemory(need: need, what: "\(rawValue): a training step at batch \(N)",
+            try s.config.checkMemory(need: need, what: "\(rawValue): a training step at batch \(N)" + (holdingResults ? " with its results held" : ""),
                                      available: memory ?? Double(ProcessInfo.processInfo.physicalMemory))
         } catch { throw ExchangeError("\(error)") }
+    }
+}
+
+extension RunSetup {
+    /// The batch (of the step or the sampler) and the step's visible tokens.
+    var batchAndVisible: (Int, Int) {
+        let N = max(inputs?.labels.count ?? 0, sampler?.labels.count ?? 0, 1)
+        let V = inputs.map { I in I.mask.first.map { m in m.filter { $0 == 0 }.count } ?? config.tokens } ?? config.tokens
+        return (N, V)
     }
 }
 

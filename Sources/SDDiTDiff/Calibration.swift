@@ -221,19 +221,25 @@ extension Calibration {
         }
         struct Fit { var mode: PrecisionMode; var ratioAtFirst: Double; var stillFails: [(String, Double)]; var tooPrecise: Int; var spread: Double }
         var fits: [Fit] = []
+        // Each candidate's run streams; only the level of each profiled tensor is kept. Where
+        // the calibration run did not fit in memory (XL/2), a candidate stops at `first`.
+        let stopEarly = calibrationRun.spilled
+        let profiled = Dictionary(uniqueKeysWithValues: profile.map { ($0.name, $0.level) })
+        struct Enough: Error {}
         for m in candidates {
             guard let be = m.backend else { continue }
-            let run: CalibrationRun
-            do { run = try CalibrationRun.run(be, setup, memory: memory) } catch let e as ExchangeError {
-                ruledOut.append("\(m.rawValue) not tried (\(e))"); continue
-            }
             let lim = limit(m, path: first)
             var levels: [String: Double] = [:]
-            for e in profile {
-                // that mode's level: its run against this mode's run (whose own error, e.level, is far smaller)
-                guard let x = try run.tensor(e.name), let y = try calibrationRun.tensor(e.name),
-                      let n = normwise(x.values, y.values) else { continue }
-                levels[e.name] = max(n, e.level)
+            do {
+                try be.stream(setup, memory: memory) { p, d in
+                    // that mode's level: its run against this mode's run (whose own error is far smaller)
+                    guard let own = profiled[p] else { return }
+                    if let y = try calibrationRun.tensor(p), let n = normwise(d.values, y.values) { levels[p] = max(n, own) }
+                    if stopEarly, p == first { throw Enough() }
+                }
+            } catch is Enough {
+            } catch let e as ExchangeError {
+                ruledOut.append("\(m.rawValue) not tried (\(e))"); continue
             }
             /// a product that mode rounds coarsely (level above 2^-16) agreeing far better (1/16) than it
             func tooPrecise(_ e: ProfileEntry, _ l: Double) -> Bool { l >= 0x1p-16 && e.error / l < 1.0 / 16 }

@@ -260,18 +260,29 @@ public enum DiffEngine {
 
         // The file judged by calibration (one file against a backend), and the mode it is
         // judged in: declared by the file, asked for (--b fast-bf16), or seen in its values.
+        // Two files: the float64 one is the truth the other is judged against, when the other
+        // is in a reduced mode.
         let calibrates = o.calibrate && o.rtol == nil && o.atol == nil
-        let judged: ExchangeFile? = (fileA == nil) != (fileB == nil) ? setupFile : nil
-        let fileIsA = fileA != nil
+        var judged: ExchangeFile? = (fileA == nil) != (fileB == nil) ? setupFile : nil
+        var fileIsA = fileA != nil
         let otherBackend = fileIsA ? backendB : backendA
         var evidence: ModeEvidence? = nil
+        var truthFile = false
         if calibrates, let f = judged, let ob = otherBackend {
             evidence = try ModeEvidence.infer(f, against: ob.mode == nil ? nil : ob)
-            if let e = evidence {
-                r.mode = e.mode.rawValue
-                r.modeSource = e.source
-                r.notes += e.notes
+        } else if calibrates, let fa = fileA, let fb = fileB {
+            let ea = try ModeEvidence.infer(fa, against: nil), eb = try ModeEvidence.infer(fb, against: nil)
+            if (ea == nil) != (eb == nil) {
+                evidence = ea ?? eb
+                judged = ea != nil ? fa : fb
+                fileIsA = ea != nil
+                truthFile = true
             }
+        }
+        if let e = evidence {
+            r.mode = e.mode.rawValue
+            r.modeSource = e.source
+            r.notes += e.notes
         }
         if let f = setupFile {
             // defaults the rules rely on are said, never taken silently
@@ -288,7 +299,7 @@ public enum DiffEngine {
         // Which side streams: a reference backend (float64 or Float80; b of two). A file
         // judged against a fast mode streams the reference beside both, as the truth.
         let refA = backendA.map { $0.mode == nil } ?? false, refB = backendB.map { $0.mode == nil } ?? false
-        let truthBeside = mode != nil && !(refA || refB)
+        let truthBeside = mode != nil && !(refA || refB) && !truthFile
         let streamed: Backend? = refB ? backendB : (refA ? backendA : (truthBeside ? .ref : nil))
         let streamsA = !refB && refA
 
@@ -390,7 +401,7 @@ public enum DiffEngine {
         // what no stream brought: every dataset both sides have, in order
         for p in DatasetOrder.sorted(Array(sideA.compared), cfg) where !done.contains(p) {
             guard let y = try sideB.forComparison(p), let x = try sideA.forComparison(p) else { continue }
-            try compare(p, x, y, truth: nil)
+            try compare(p, x, y, truth: truthFile ? (fileIsA ? y : x) : nil)
         }
         if let g = recordedGroups {   // what the backend computed in groups the file does not record
             let computed = fileA == nil ? sideA.full : sideB.full

@@ -42,6 +42,11 @@ public final class Workspace {
     public private(set) var bytes = 0
     public init() {}
 
+    /// Drops the entries whose names `drop` selects (their storage is freed once no FT refers to it).
+    public func release(where drop: (String) -> Bool) {
+        for (name, s) in store where drop(name) { bytes -= s.capacity * 4; store[name] = nil }
+    }
+
     public func get(_ name: String, _ shape: [Int], zero: Bool = false) -> FT {
         let n = Swift.max(shape.reduce(1, *), 1)
         if let s = store[name], s.capacity >= n {

@@ -93,6 +93,60 @@ public final class FastModel {
         for spec in cfg.teacherParameters { teacher[spec.key] = ws.get("teacher." + spec.key, spec.shape) }
     }
 
+    /// A model for the sampler only: the student in float32, no teacher, gradients or AdamW
+    /// moments. Buffers start at zero; `load` fills them one tensor at a time.
+    public init(_ cfg: ModelConfig, precision: FastPrecision, inferenceOnly: Void) {
+        self.cfg = cfg; self.prec = precision
+        _ = KernelPerturbation.warnOnce
+        k = Kernels(prec: precision, ws: ws)
+        scaler = LossScaler(enabled: precision.isFP16)
+        centerCls = Array(repeating: 0, count: cfg.headOutDim)
+        centerPatch = Array(repeating: 0, count: cfg.headOutDim)
+        monitor.minNormal = precision.halfMinNormal
+        hasOptimizer = false
+        for spec in cfg.studentParameters { student[spec.key] = ws.get("param." + spec.key, spec.shape) }
+    }
+
+    /// The streamed step's memory plan (`FastBackend.stream`, a model made `inferenceOnly`):
+    /// set, each forward loads the teacher from it (Double values by key) after dropping the
+    /// gradients, and once the teacher's head has run the teacher and its workspace are
+    /// released and the gradients allocated (zero). The student, the teacher and the
+    /// gradients are never all held at once; the numbers are the same.
+    var streamedTeacher: ((String) -> [Double])? = nil
+
+    func loadStreamedTeacher() throws {
+        guard let source = streamedTeacher else { return }
+        grads = [:]
+        ws.release { $0.hasPrefix("grad.") }
+        for spec in cfg.teacherParameters {
+            teacher[spec.key] = ws.get("teacher." + spec.key, spec.shape)
+            try load(spec.key, teacher: true, source(spec.key))
+        }
+    }
+
+    func releaseStreamedTeacher() {
+        guard streamedTeacher != nil else { return }
+        teacher = [:]
+        teacherEncoder = FastEncoder(branch: ActivationName.teacher, cfg)
+        teacherHead = FastProjectionHead(branch: ActivationName.teacher)
+        ws.release { $0.hasPrefix(ActivationName.teacher + ".") }
+        for spec in cfg.studentParameters where !spec.frozen { grads[spec.key] = ws.get("grad." + spec.key, spec.shape, zero: true) }
+    }
+
+    /// The streamed step's teacher tensor `key` after the EMA: loaded from `streamedTeacher`
+    /// (rounded as `load` rounds it), blended with the (updated) student, held by no one else.
+    func streamedTeacherAfterEMA(_ key: String, _ beta: Float) throws -> FT {
+        guard let source = streamedTeacher, let spec = cfg.teacherParameters.first(where: { $0.key == key }) else {
+            throw ConfigError("fast path: no streamed teacher tensor '\(key)'")
+        }
+        let b = ws.get("teacher." + key, spec.shape)
+        teacher[key] = b
+        defer { teacher[key] = nil; ws.release { $0 == "teacher." + key } }
+        try load(key, teacher: true, source(key))
+        ema(key, beta)
+        return b
+    }
+
     /// Sets one student (or teacher) tensor from Double values (rounded as the model stores it).
     public func load(_ key: String, teacher toTeacher: Bool = false, _ v: [Double]) throws {
         guard let b = (toTeacher ? teacher : student)[key], b.count == v.count else {
@@ -219,8 +273,8 @@ public struct FastVariant: Sendable {
             return b
         }
         switch parts.first ?? "" {
-        case "gelu-exact": exactGELUBlock = try block()
-        case "ln-eps":
+        case "gelu-exact", "exact-gelu": exactGELUBlock = try block()
+        case "ln-eps", "layernorm-eps":
             layerNormEpsBlock = try block()
             layerNormEps = parts.count > 2 ? (Float(parts[2]) ?? .nan) : 1e-5
             guard layerNormEps.isFinite, layerNormEps > 0 else { throw ConfigError("--plant \(s): eps must be a positive number") }

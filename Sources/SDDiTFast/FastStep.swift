@@ -37,6 +37,15 @@ extension FastModel {
     /// skipped steps), at most `maxRetries` times; then update.
     public func trainStepFindingScale(_ I: FastStepInputs, maxRetries: Int = 24) throws -> FastStepResult {
         try requireOptimizer()
+        let r = try forwardBackwardFindingScale(I, maxRetries: maxRetries)
+        applyUpdate(step: !r.skipped, emaBeta: nil)
+        return r
+    }
+
+    /// `trainStepFindingScale` up to the update: forward and backward, backing off the loss
+    /// scale and redoing them while the gradients overflow (at most `maxRetries` times), then
+    /// GradScaler's decision; `skipped` in the result: no AdamW step is to be taken.
+    func forwardBackwardFindingScale(_ I: FastStepInputs, maxRetries: Int = 24) throws -> FastStepResult {
         var r = try forwardBackward(I, tauT: nil)
         var tries = 0
         while r.skipped && scaler.enabled && tries < maxRetries {
@@ -45,7 +54,6 @@ extension FastModel {
             tries += 1
         }
         r.skipped = !scaler.update(foundNonFinite: r.skipped)
-        applyUpdate(step: !r.skipped, emaBeta: nil)
         return r
     }
 
@@ -57,6 +65,7 @@ extension FastModel {
         let per = C * Hs * Hs, Tn = cfg.tokens
         let keep = try visibleTokens(I.mask, N: N), V = keep[0].count
         activations = [:]
+        try loadStreamedTeacher()
         for g in grads.values { g.zero() }
         // x = x0 + sigma n and D = c_skip x + c_out F(c_in x) in Double; D stored in float32
         let sd = cfg.sigmaData
@@ -109,6 +118,7 @@ extension FastModel {
             activations[ActivationName.headCls] = ([N, K], sc); activations[ActivationName.headPatch] = ([N, V, K], sp)
             activations[ActivationName.teacherHeadCls] = ([N, K], tc); activations[ActivationName.teacherHeadPatch] = ([N, V, K], tp)
         }
+        releaseStreamedTeacher()
         // DINO cross-entropy per row (float32 softmax / log-softmax, Double sums), and its gradient
         var tauS = Float(cfg.tauS), tT = Float(tauT ?? cfg.tauT)
         if variant.swapTemperatures { swap(&tauS, &tT) }   // a planted bug
@@ -220,6 +230,11 @@ extension FastModel {
         precondition(hasOptimizer, "FastModel: a forward-and-backward-only model cannot take a training step")
         if step { adamW() }
         ema(Float(emaBeta ?? cfg.emaBeta))
+        updateCenters()
+    }
+
+    /// The centers' update with this step's teacher outputs.
+    func updateCenters() {
         let m = Float(cfg.centerMomentum)
         for j in 0..<cfg.headOutDim {
             centerCls[j] = m * centerCls[j] + (1 - m) * pendingCenters.cls[j]

@@ -16,6 +16,8 @@ struct Dump: ParsableCommand {
           oracle dump --backend ref --config tiny --seed 1 --mask-ratio 0.5 \\
               --out tiny.h5
           oracle dump --backend ref --from fixtures/public_train_tiny.h5 --out again.h5
+
+        Planted bugs (a debugging aid, for files that must fail): with a fast backend, --plant BUG (or the environment variable SDDIT_ORACLE_VARIANT=BUG) runs the fast path with one deliberate deviation (FastVariant): gelu-exact:BLOCK (exact erf GELU in encoder block BLOCK), ln-eps:BLOCK[:EPS] (LayerNorm eps EPS, default 1e-5, there), no-sqrt-d:BLOCK (attention logits without 1/sqrt(head_dim)), shift-scale:BLOCK (modulate's shift and scale swapped), tau-swap (the DINO temperatures swapped), tf32-conv (the patch embedding in TF32); the file's config says so (planted_bug).
         """)
 
     @Option(help: "Backend that computes the results: \(Backend.allCases.map(\.rawValue).joined(separator: ", ")).") var backend: String = "ref"
@@ -26,7 +28,7 @@ struct Dump: ParsableCommand {
     @Option(help: "Parameter init for seeded setups: random (every tensor non-zero) or dit (adaLN-Zero).")
     var initMode: String = "random"
 
-    @Option(help: ArgumentHelp("A planted bug in the fast path (test files): gelu-exact:B, ln-eps:B[:EPS], no-sqrt-d:B, shift-scale:B, tau-swap, tf32-conv.", visibility: .hidden))
+    @Option(help: "A planted bug in the fast path, for files that must fail (see above).")
     var plant: String?
 
     func validate() throws {
@@ -55,12 +57,16 @@ struct Dump: ParsableCommand {
                                      sampleSteps: setup.sample, cfgScale: setup.cfgScale, init: mode)
             }
             // Written as computed: the setup first, then each result as the backend hands it over.
-            var extra: [String: Any] = ["generator": "sddit-oracle \(be.rawValue)", "seed": setup.seed]
+            let bug = plant ?? ProcessInfo.processInfo.environment["SDDIT_ORACLE_VARIANT"].flatMap { $0.isEmpty ? nil : $0 }
+            if let bug, be.fastPrecision == nil { throw ValidationError("planted bug \(bug): planted bugs need a fast backend, not \(be.rawValue)") }
+            let variant = try bug.map { b in
+                do { return try FastVariant(planted: b) } catch { throw ValidationError("\(error)") }
+            }
+            var extra: [String: Any] = ["generator": "sddit-oracle \(be.rawValue)" + (bug.map { " planted \($0)" } ?? ""), "seed": setup.seed]
             if let sm = s.sampler { extra["num_steps"] = sm.steps }
             if let I = s.inputs { extra["batch_size"] = I.labels.count }
             try be.checkFits(s)
-            let variant = try plant.map { try FastVariant(planted: $0) }
-            if let p = plant { extra["planted_bug"] = p }
+            if let bug { extra["planted_bug"] = bug }
             let w = try ExchangeWriter.Stream(out, config: cfg, configExtra: extra, precisionMode: be.mode ?? .float64)
             let (floats, ints) = setupDatasets(s)
             try w.write(datasets: floats, integers: ints, config: cfg)

@@ -4,6 +4,7 @@ import TestSupport
 import SDDiTCore
 import SDDiTDiff
 import SDDiTExchange
+import SDDiTFast
 import SDDiTReference
 
 // The streamed reference (each part's gradients stepped and dropped once its backward is
@@ -102,29 +103,35 @@ struct StreamingTests {
 
     /// XL/2: the reference's streamed step at batch 2 fits this machine class (24 GiB, 80% of it)
     /// by its estimate, which counts the whole setup in Double, while a step that held every
-    /// gradient (or the fast path's float32 copies beside the Double setup) does not.
+    /// gradient does not. The fast path's streamed step (float32 student, teacher and
+    /// gradients never all at once, beside the Double setup) fits at batch 2 too; with its
+    /// results held as Double it does not (a calibration run then goes to a temporary file).
     @Test func xl2FitsTheReferenceEstimate() {
-        let xl = ModelConfig.xl2, gib = 1073741824.0
-        let ref = xl.estimatedReferenceStepBytes(batch: 2, visible: xl.visibleCount(maskRatio: 0.2), scalarBytes: 8)
+        let xl = ModelConfig.xl2, gib = 1073741824.0, V = xl.visibleCount(maskRatio: 0.2)
+        let ref = xl.estimatedReferenceStepBytes(batch: 2, visible: V, scalarBytes: 8)
         let setup = 8 * Double(xl.parameterCounts.total + xl.parameterCounts.encoder + xl.parameterCounts.head)
         #expect(ref > setup && ref < 0.8 * 24 * gib, "XL/2 batch 2: \(ref / gib) GiB")
         #expect(ref + 8 * Double(xl.parameterCounts.trainable) > 0.8 * 24 * gib)
-        #expect(Backend.fast.estimatedStepBytes(xl, batch: 1, visible: 204) > 0.8 * 24 * gib)
+        let fast = Backend.fast.estimatedStepBytes(xl, batch: 2, visible: V)
+        #expect(fast > setup + 4 * 2 * Double(xl.parameterCounts.total) && fast < 0.8 * 24 * gib, "XL/2 batch 2 fast: \(fast / gib) GiB")
+        let held: Double = FastBackend.estimatedResultsBytes(xl, batch: 2, visible: V, samplerSteps: nil)
+        #expect(held + fast > 0.8 * 24 * gib, "XL/2 batch 2 fast with its results held: \((held + fast) / gib) GiB")
     }
 
-    /// Where the fast path does not fit beside the reference (XL/2 here), a float32 file is
-    /// judged by the float32 rule alone and the report says so; where the reference itself
-    /// does not fit, the diff refuses before allocating. Shown on tiny with the memory the
-    /// runs may use set between, and below, the two backends' estimates.
+    /// Where the fast path's step does not fit (a memory set below its estimate), a float32
+    /// file is judged by the float32 rule alone and the report says so (shown against a
+    /// float64 file, the setup's: the streamed fast step needs less than the reference's at
+    /// tiny, so no memory refuses it and not the reference);
+    /// where the reference itself does not fit, the diff refuses before allocating.
     @Test func calibrationThatDoesNotFitIsSkippedAndSaid() throws {
         let s = SeededSetup.make(.tiny, seed: 8, batch: 2, maskRatio: 0.25, sampleSteps: nil)
         let path = try writeExchangeFile(s, try Backend.fast.run(s), params: .float32, name: "skip-calibration")
+        let refPath = try writeExchangeFile(s, try Backend.ref.run(s), params: nil, name: "skip-calibration-ref")   // the exact setup
         let V = s.inputs!.mask[0].filter { $0 == 0 }.count
         let ref = Backend.ref.estimatedStepBytes(.tiny, batch: 2, visible: V), fast = Backend.fast.estimatedStepBytes(.tiny, batch: 2, visible: V)
-        #expect(ref < fast)
         var o = DiffOptions()
-        o.memory = (ref + fast) / 2 / 0.8
-        let r = try DiffEngine.run(a: .file(path), b: .backend(.ref), options: o)
+        o.memory = fast / 2 / 0.8
+        let r = try DiffEngine.run(a: .file(refPath), b: .file(path), options: o)
         #expect(r.notes.count == 1 && r.notes[0].hasPrefix("calibration skipped: ") && r.notes[0].contains("fast"), "\(r.notes)")
         #expect(r.comparisons.allSatisfy { $0.calibration == nil } && r.comparisons.count > 100)
         #expect(r.lines().contains(r.notes[0]) && (r.json["notes"] as? [String]) == r.notes)
@@ -132,7 +139,7 @@ struct StreamingTests {
         #expect(!r.passed && r.uncalibrated, "\(r.summary)")
         #expect(r.lines().contains { $0.hasPrefix("FAIL the calibrated verdict could not run") })
         o.allowUncalibrated = true
-        let accepted = try DiffEngine.run(a: .file(path), b: .backend(.ref), options: o)
+        let accepted = try DiffEngine.run(a: .file(refPath), b: .file(path), options: o)
         #expect(accepted.passed, "--uncalibrated: \(accepted.summary)")
         o.allowUncalibrated = false
         let full = try DiffEngine.run(a: .file(path), b: .backend(.ref), options: DiffOptions())

@@ -26,7 +26,10 @@ final class FastDecoder {
     /// output's full gradient and dtokens; adds into `dsiluC`.
     func backward(_ m: FastModel, _ P: [String: FT], _ G: [String: FT], dOut: FT, dEncHead: FT, dsiluC: FT) throws -> (dEnc: FT, dTokens: FT) {
         var dz = try final.backward(m, P, G, dOut: dOut, dsiluC: dsiluC)
-        for b in blocks.reversed() { dz = try b.backward(m, P, G, dy: dz, dsiluC: dsiluC) }
+        for b in blocks.reversed() {
+            dz = try b.backward(m, P, G, dy: dz, dsiluC: dsiluC)
+            if m.streamedTeacher != nil { b.release(m) }   // the streamed step: done with this block
+        }
         return try layer.backward(m, P, G, dz: dz, dEncHead: dEncHead, dsiluC: dsiluC)
     }
 }

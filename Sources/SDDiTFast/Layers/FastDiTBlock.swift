@@ -20,6 +20,14 @@ final class FastDiTBlock {
 
     init(name: String, key: String, heads: Int) { self.name = name; self.key = key; self.heads = heads }
 
+    /// The streamed step (`FastModel.streamedTeacher`) once this block is done (the
+    /// teacher's after its forward, the student's after its backward): its forward and
+    /// backward buffers go, only its output y (the next block's input) stays in the workspace.
+    func release(_ m: FastModel) {
+        saved = nil
+        m.ws.release { $0.hasPrefix(name + ".") || $0.hasPrefix("d." + name + ".") }
+    }
+
     func forward(_ m: FastModel, _ P: [String: FT], _ x: FT, _ siluC: FT) throws -> FT {
         let k = m.k, ws = m.ws, B = ActivationName.Block.self
         let N = x.shape[0], L = x.shape[1], W = x.last, hm = P[key + "mlp.fc1.weight"]!.shape[0]

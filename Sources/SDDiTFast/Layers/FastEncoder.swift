@@ -44,7 +44,12 @@ final class FastEncoder {
             }
         }
         var hs = [h0]
-        for b in blocks { hs.append(try b.forward(m, P, hs[hs.count - 1], siluC)) }
+        // the streamed step's teacher keeps each block's output only (it has no backward)
+        let transient = m.streamedTeacher != nil && branch == ActivationName.teacher
+        for b in blocks {
+            hs.append(try b.forward(m, P, hs[hs.count - 1], siluC))
+            if transient { b.release(m) }
+        }
         if branch == ActivationName.student { m.remember(ActivationName.tokens, tokens); m.remember(ActivationName.c, conditioning.c) }
         for (b, h) in zip(blocks, hs.dropFirst()) { m.remember(b.name, h) }
         saved = Saved(tokens: tokens, siluC: siluC, keep: keep, out: hs[cfg.depth])
@@ -56,7 +61,10 @@ final class FastEncoder {
     func backward(_ m: FastModel, _ P: [String: FT], _ G: [String: FT], dOut: FT, dTokens: FT, dsiluC: FT) throws {
         let s = self.s, N = s.tokens.shape[0], Tn = s.tokens.shape[1], D = s.tokens.last, V = s.keep[0].count
         var dx = dOut
-        for b in blocks.reversed() { dx = try b.backward(m, P, G, dy: dx, dsiluC: dsiluC) }
+        for b in blocks.reversed() {
+            dx = try b.backward(m, P, G, dy: dx, dsiluC: dsiluC)
+            if m.streamedTeacher != nil { b.release(m) }   // the streamed step: done with this block
+        }
         let dcls = G["cls_token"]!
         for n in 0..<N {
             for i in 0..<D { dcls.p[i] += dx.p[n * (1 + V) * D + i] }
