@@ -89,6 +89,9 @@ struct ModeEvidence {
     static func infer(_ file: ExchangeFile, against other: Backend?) throws -> ModeEvidence? {
         let results = file.index.filter { !ExchangeFile.isSetup($0.key) && !$0.key.hasPrefix("params/") && $0.key != "sampler/sigmas" }
         let seen = try valuesMode(file, results: results)
+        // a float64 file is the more precise side: against a fast backend it is that backend
+        // which is judged (by the blanket rule of its precision), as before calibration
+        if file.declaredMode == .float64 || (file.declaredMode == nil && (seen == nil || seen?.mode == .float64)) { return nil }
         if let asked = other?.mode {
             var e = ModeEvidence(mode: asked, source: "as compared (--b \(other!.rawValue))")
             if let d = file.declaredMode, d != asked {
