@@ -73,11 +73,8 @@ public final class FastModel {
         for spec in cfg.teacherParameters { teacher[spec.key] = load("teacher." + spec.key, (t ?? s)[spec.key]!) }
     }
 
-    /// A model for forward and backward only (the headroom sweep): student, teacher and
-    /// gradients in float32 and no AdamW moments, so XL/2 fits where a training model would
-    /// not. Buffers start at zero; `load` fills them one tensor at a time (no Double copy of
-    /// the model is ever held).
-    public init(_ cfg: ModelConfig, precision: FastPrecision, forwardBackwardOnly: Void) {
+    /// A model with no buffers and no optimizer: the two below fill it.
+    init(_ cfg: ModelConfig, precision: FastPrecision, bare: Void) {
         self.cfg = cfg; self.prec = precision
         _ = KernelPerturbation.warnOnce
         k = Kernels(prec: precision, ws: ws)
@@ -86,6 +83,14 @@ public final class FastModel {
         centerPatch = Array(repeating: 0, count: cfg.headOutDim)
         monitor.minNormal = precision.halfMinNormal
         hasOptimizer = false
+    }
+
+    /// A model for forward and backward only (the headroom sweep): student, teacher and
+    /// gradients in float32 and no AdamW moments, so XL/2 fits where a training model would
+    /// not. Buffers start at zero; `load` fills them one tensor at a time (no Double copy of
+    /// the model is ever held).
+    public convenience init(_ cfg: ModelConfig, precision: FastPrecision, forwardBackwardOnly: Void) {
+        self.init(cfg, precision: precision, bare: ())
         for spec in cfg.studentParameters {
             student[spec.key] = ws.get("param." + spec.key, spec.shape)
             if !spec.frozen { grads[spec.key] = ws.get("grad." + spec.key, spec.shape, zero: true) }
@@ -95,15 +100,8 @@ public final class FastModel {
 
     /// A model for the sampler only: the student in float32, no teacher, gradients or AdamW
     /// moments. Buffers start at zero; `load` fills them one tensor at a time.
-    public init(_ cfg: ModelConfig, precision: FastPrecision, inferenceOnly: Void) {
-        self.cfg = cfg; self.prec = precision
-        _ = KernelPerturbation.warnOnce
-        k = Kernels(prec: precision, ws: ws)
-        scaler = LossScaler(enabled: precision.isFP16)
-        centerCls = Array(repeating: 0, count: cfg.headOutDim)
-        centerPatch = Array(repeating: 0, count: cfg.headOutDim)
-        monitor.minNormal = precision.halfMinNormal
-        hasOptimizer = false
+    public convenience init(_ cfg: ModelConfig, precision: FastPrecision, inferenceOnly: Void) {
+        self.init(cfg, precision: precision, bare: ())
         for spec in cfg.studentParameters { student[spec.key] = ws.get("param." + spec.key, spec.shape) }
     }
 
