@@ -16,7 +16,9 @@ public final class CalibrationRun {
     public let backend: Backend
     var held: [String: NamedTensor]
     /// The temporary file of a run too large to hold (nil: held).
-    let file: ExchangeFile?, filePath: String?
+    let file: ExchangeFile?
+    /// The temporary file's path (nil: held in memory).
+    public let filePath: String?
     /// Each result's precision label as the run gave it (the file stores float32 or float64).
     let labels: [String: Precision]
 

@@ -308,7 +308,7 @@ public enum RegressProvenance {
         let info = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
         let cpu = info.split(separator: "\n").first { $0.hasPrefix("model name") }
             .map { $0.split(separator: ":", maxSplits: 1).last.map { $0.trimmingCharacters(in: .whitespaces) } ?? "" } ?? "unknown"
-        return RegressMachine(hostname: ProcessInfo.processInfo.hostName, cpu: cpu ?? "unknown",
+        return RegressMachine(hostname: ProcessInfo.processInfo.hostName, cpu: cpu,
                               cores: ProcessInfo.processInfo.activeProcessorCount,
                               openblasCore: BLASInfo.coreName, threads: BLASInfo.threads, swift: compilerVersion)
     }

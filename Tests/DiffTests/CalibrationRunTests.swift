@@ -53,11 +53,6 @@ struct CalibrationRunTests {
         #expect(Set(a.keys) == Set(b.keys) && a.keys.allSatisfy { Self.same(a[$0]!, b[$0]!) })
     }
 
-    static func calibrationFiles() -> Set<String> {
-        let dir = FileManager.default.temporaryDirectory.path
-        return Set(((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasPrefix("sddit-calibration-\(getpid())-") })
-    }
-
     /// With `memory` so small that the results would take over a quarter of it (but the step
     /// fits), the run goes to a temporary file; it serves the same tensors (values, shapes,
     /// the mode's precision label, float64 sampler sigmas) as a held run, and the file is
@@ -70,10 +65,12 @@ struct CalibrationRunTests {
         let memory = step / 0.8 * 1.01
         #expect(results > 0.25 * memory, "results \(results) B, step \(step) B: no memory forces the file")
         let held = try FastBackend.run(s.fastSetup, precision: be.fastPrecision!)
-        let before = Self.calibrationFiles()
+        // this run's own file (tests run in parallel: other runs may have theirs meanwhile)
+        var path: String? = nil
         do {
             let run = try CalibrationRun.run(be, s, memory: memory)
-            #expect(Self.calibrationFiles().subtracting(before).count == 1, "no temporary file")
+            path = run.filePath
+            #expect(path.map { FileManager.default.fileExists(atPath: $0) } == true, "no temporary file")
             #expect(run.backend == be)
             for (p, d) in held {
                 let t = try run.tensor(p)
@@ -81,9 +78,9 @@ struct CalibrationRunTests {
             }
             #expect(try run.tensor("activations/no.such.tensor") == nil)
             let small = try CalibrationRun.run(be, s)   // this machine's memory: held
-            #expect(Self.calibrationFiles().subtracting(before).count == 1)
+            #expect(small.filePath == nil && !small.spilled)
             for (p, d) in held { #expect(try small.tensor(p).map { Self.same($0, d) } ?? false, "\(p)") }
         }
-        #expect(Self.calibrationFiles().subtracting(before).isEmpty, "temporary file left behind")
+        #expect(path.map { !FileManager.default.fileExists(atPath: $0) } == true, "temporary file left behind")
     }
 }
