@@ -6,10 +6,10 @@
 # Autocast modes twice: torch.autocast("cpu") as is ({mode}-s...) and with CUDA's float32
 # ops ({mode}-cuda-s..., --autocast-style cuda). Files that exist are kept (FORCE=1
 # rewrites them). The runs go through independent_step.py --plan, JOBS processes (default 2).
-#   tools/calib-corpus.sh [OUT_DIR (default /work/calib)] [ORACLE (default .build/release/oracle)]
+#   tools/calib-corpus.sh [OUT_DIR (default calib/ in the repository, git-ignored)] [ORACLE (default .build/release/oracle)]
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
-OUT="${1:-/work/calib}"
+OUT="${1:-$HERE/../calib}"
 ORACLE="${2:-$HERE/../.build/release/oracle}"
 JOBS="${JOBS:-2}"
 mkdir -p "$OUT/setups"

@@ -2,10 +2,10 @@
 # Runs `oracle diff` on every file of a calibration corpus (tools/calib-corpus.sh) against
 # the float64 reference and against the fast-path backend of the file's mode; full outputs in
 # DIR/diffs/, one line per file in DIR/diff-vs-ref.txt and DIR/diff-vs-fast.txt.
-#   tools/calib-diff.sh [DIR (default /work/calib)] [ORACLE (default .build/release/oracle)]
+#   tools/calib-diff.sh [DIR (default calib/ in the repository, git-ignored)] [ORACLE (default .build/release/oracle)]
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
-DIR="${1:-/work/calib}"
+DIR="${1:-$HERE/../calib}"
 O="${2:-$HERE/../.build/release/oracle}"
 cd "$DIR" || exit 2
 mkdir -p diffs

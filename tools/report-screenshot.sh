@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 store=${1:-regress}
 png=${2:-docs/regress-report.png}
-out=$(mktemp -d /tmp/regress-report.XXXXXX)
+out=$(mktemp -d -t regress-report.XXXXXX)
 
 if [ ! -x .build/release/oracle ]; then swift build -c release --product oracle; fi
 .build/release/oracle regress report --store "$store" --out "$out"
