@@ -83,8 +83,8 @@ extension Precision {
             let r: Double
             switch self {
             case .float32, .tfloat32: r = Double(Float(x))
-            case .bfloat16: r = Double(roundBF16Double(Float(x)))
-            case .float16: r = Double(Float(Float16(Float(x))))
+            case .bfloat16: r = Double(roundBF16(Float(x)))
+            case .float16: r = Double(roundFP16(Float(x)))
             default: return false
             }
             guard r == x else { return false }
@@ -97,12 +97,4 @@ extension Precision {
         }
         return nontrivial
     }
-}
-
-/// Rounds float32 to bfloat16 (nearest, ties to even).
-@inline(__always) func roundBF16Double(_ x: Float) -> Float {
-    if x.isNaN { return x }
-    let b = x.bitPattern
-    let r = b &+ 0x7FFF &+ ((b >> 16) & 1)
-    return Float(bitPattern: r & 0xFFFF_0000)
 }

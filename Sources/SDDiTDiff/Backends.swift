@@ -37,9 +37,6 @@ public enum Backend: String, CaseIterable, Sendable {
         }
     }
 
-    /// The fast path's deliberate deviation for this backend (the TF32 convolution).
-    public var fastVariant: FastVariant { self == .fastTF32Conv ? FastVariant(tf32PatchEmbedding: true) : FastVariant() }
-
     /// `memory`: the bytes the run may use (default: this machine's), checked before it starts.
     /// A fast mode's results are held as Double: its check counts them beside the step.
     /// `variant`: a planted deviation of the fast path (tests, `oracle dump --plant`).
@@ -61,8 +58,8 @@ public enum Backend: String, CaseIterable, Sendable {
     func stream(_ setup: RunSetup, memory: Double?, checked: Bool, variant: FastVariant? = nil, emit: (String, NamedTensor) throws -> Void) throws {
         if !checked { try checkFits(setup, memory: memory) }
         if let p = fastPrecision {
-            var v = variant ?? fastVariant
-            if self == .fastTF32Conv { v.tf32PatchEmbedding = true }
+            var v = variant ?? FastVariant()
+            if self == .fastTF32Conv { v.tf32PatchEmbedding = true }   // the TF32 convolution is this backend
             return try FastBackend.stream(setup.fastSetup, precision: p, variant: v, emit: emit)
         }
         if variant != nil { throw ExchangeError("\(rawValue): planted variants are the fast path's (--plant needs a fast backend)") }

@@ -78,6 +78,8 @@ struct ModeEvidence {
     var mode: PrecisionMode
     var source: String
     var notes: [String] = []
+    /// The half type the file's stored values show its products in (nil: none).
+    var seenHalf: Precision? = nil
 
     /// Product tensors whose stored values show the type a run kept them in (fp16 / bf16
     /// autocast stores every matmul's output in the half type; TF32 and float32 do not).
@@ -92,25 +94,26 @@ struct ModeEvidence {
         // a float64 file is the more precise side: against a fast backend it is that backend
         // which is judged (by the blanket rule of its precision), as before calibration
         if file.declaredMode == .float64 || (file.declaredMode == nil && (seen == nil || seen?.mode == .float64)) { return nil }
+        var e: ModeEvidence
         if let asked = other?.mode {
-            var e = ModeEvidence(mode: asked, source: "as compared (--b \(other!.rawValue))")
+            e = ModeEvidence(mode: asked, source: "as compared (--b \(other!.rawValue))")
             if let d = file.declaredMode, d != asked {
                 e.notes.append("note: the file declares precision_mode \(d.rawValue); judged as \(asked.rawValue), as asked")
             }
             if let s = seen, s.mode.storesHalf != asked.storesHalf, s.mode.storesHalf != nil {
                 e.notes.append("note: \(s.source); judged as \(asked.rawValue), as asked")
             }
-            return e
-        }
-        if let d = file.declaredMode {
-            var e = ModeEvidence(mode: d, source: "as the file declares (precision_mode)")
+        } else if let d = file.declaredMode {
+            e = ModeEvidence(mode: d, source: "as the file declares (precision_mode)")
             if let s = seen, s.mode.storesHalf != d.storesHalf, s.mode.storesHalf != nil || d.storesHalf != nil, s.mode != .float64 {
                 e.notes.append("note: the file declares \(d.rawValue), but \(s.source)")
             }
-            return d == .float64 ? nil : e
+        } else {
+            guard let s = seen else { return nil }
+            e = s
         }
-        guard let s = seen, s.mode != .float64 else { return nil }
-        return s
+        e.seenHalf = seen?.mode.storesHalf
+        return e
     }
 
     /// The mode a file's stored values show: half types by dataset type or exact half values
@@ -203,19 +206,14 @@ extension Calibration {
     /// in a half type. A mode is suggested only when it fits; what still fails under it is
     /// named, so the suggestion never hides a difference.
     static func diagnose(profile: [ProfileEntry], firstFailure first: String, current: PrecisionMode,
-                         file: ExchangeFile?, calibrationRun: CalibrationRun,
+                         seenHalf: Precision?, calibrationRun: CalibrationRun,
                          setup: RunSetup, memory: Double?) throws -> [String] {
         guard let fi = profile.firstIndex(where: { $0.name == first }) else { return [] }
         let upTo = profile[...fi], f = profile[fi]
         var candidates = PrecisionMode.allCases.filter { $0 != current && $0 != .float64 }
         var ruledOut: [String] = []
-        // stored values: products in a half type, or not
-        var halfSeen: Precision? = nil
-        if let file {
-            let results = file.index.filter { !ExchangeFile.isSetup($0.key) && !$0.key.hasPrefix("params/") }
-            if let s = try ModeEvidence.valuesMode(file, results: results) { halfSeen = s.mode.storesHalf }
-        }
-        if let h = halfSeen {
+        // stored values: products in a half type, or not (`ModeEvidence.seenHalf`)
+        if let h = seenHalf {
             candidates = candidates.filter { $0.storesHalf == h }
         } else {
             let removed = candidates.filter { $0.storesHalf != nil }

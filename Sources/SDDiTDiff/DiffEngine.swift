@@ -263,7 +263,7 @@ public enum DiffEngine {
         // Two files: the float64 one is the truth the other is judged against, when the other
         // is in a reduced mode.
         let calibrates = o.calibrate && o.rtol == nil && o.atol == nil
-        var judged: ExchangeFile? = (fileA == nil) != (fileB == nil) ? setupFile : nil
+        let judged: ExchangeFile? = (fileA == nil) != (fileB == nil) ? setupFile : nil
         var fileIsA = fileA != nil
         let otherBackend = fileIsA ? backendB : backendA
         var evidence: ModeEvidence? = nil
@@ -274,7 +274,6 @@ public enum DiffEngine {
             let ea = try ModeEvidence.infer(fa, against: nil), eb = try ModeEvidence.infer(fb, against: nil)
             if (ea == nil) != (eb == nil) {
                 evidence = ea ?? eb
-                judged = ea != nil ? fa : fb
                 fileIsA = ea != nil
                 truthFile = true
             }
@@ -359,8 +358,9 @@ public enum DiffEngine {
             let ctx = try context(p, x, y)
             var c = verdict(p, x, y, ctx, lr: cfg.lr, rtol: o.rtol, atol: o.atol)
             if judgedHere, let m = mode, let t = truth, let run = calRun, Calibration.applies(c, p), let f = try run.tensor(p) {
-                if let level = Calibration.level(correct: f, truth: t, storage: fileT.precision, mode: m),
-                   let error = Calibration.normwise(fileT.values, t.values) {
+                // the file's error against the truth: this comparison's own when the truth is its other side
+                let error = truthBeside ? Calibration.normwise(fileT.values, t.values) : c.normwise
+                if let level = Calibration.level(correct: f, truth: t, storage: fileT.precision, mode: m), let error {
                     let lim = Calibration.limit(m, path: p) + (againstMode ? 1 : 0)
                     c.calibration = (level, c.normwise / level, lim, m.rawValue)
                     profile.append(ProfileEntry(name: p, error: error, level: level, limit: lim, failed: c.calibrationFailed))
@@ -426,7 +426,7 @@ public enum DiffEngine {
         if let m = mode {
             profile.sort { rank[$0.name]! < rank[$1.name]! }
             if let first = profile.first(where: \.failed), let run = calRun {
-                r.diagnosis = try Calibration.diagnose(profile: profile, firstFailure: first.name, current: m, file: judged,
+                r.diagnosis = try Calibration.diagnose(profile: profile, firstFailure: first.name, current: m, seenHalf: evidence?.seenHalf,
                                                        calibrationRun: run, setup: try getSetup(), memory: o.memory)
             }
             // a run more precise than the mode it is judged in: the verdict is blind to what

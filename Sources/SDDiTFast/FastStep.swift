@@ -245,10 +245,21 @@ extension FastModel {
     /// PyTorch's AdamW in float32.
     func adamW() {
         adamStep += 1
+        for key in grads.keys { adamW(key, step: adamStep, keepingMoments: true) }
+    }
+
+    /// AdamW on the student tensor `key` at step t:
+    ///   p <- p (1 - lr wd);  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
+    ///   p <- p - lr / (1 - b1^t) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    /// with the model's moments, or (the streamed step, `keepingMoments` false: its first
+    /// step) from zero moments not kept, the same arithmetic; nothing for a fixed tensor.
+    func adamW(_ key: String, step: Int, keepingMoments: Bool) {
+        guard let g = grads[key] else { return }
         let lr = Float(cfg.lr), b1 = Float(cfg.adamBeta1), b2 = Float(cfg.adamBeta2), eps = Float(cfg.adamEps), wd = Float(cfg.weightDecay)
-        let bc1 = 1 - powf(b1, Float(adamStep)), bc2 = (1 - powf(b2, Float(adamStep))).squareRoot()
-        for (key, g) in grads {
-            let p = student[key]!.p, m = adamM[key]!.p, v = adamV[key]!.p, gp = g.p
+        let bc1 = 1 - powf(b1, Float(step)), bc2 = (1 - powf(b2, Float(step))).squareRoot()
+        let p = student[key]!.p, gp = g.p
+        if keepingMoments {
+            let m = adamM[key]!.p, v = adamV[key]!.p
             parallelRanges(g.count) { lo, hi in
                 for i in lo..<hi {
                     p[i] *= 1 - lr * wd
@@ -257,17 +268,30 @@ extension FastModel {
                     p[i] -= lr / bc1 * m[i] / (v[i].squareRoot() / bc2 + eps)
                 }
             }
-            if prec.isPure { prec.round(p, g.count) }
+        } else {
+            parallelRanges(g.count) { lo, hi in
+                for i in lo..<hi {
+                    let m0: Float = 0, v0: Float = 0
+                    p[i] *= 1 - lr * wd
+                    let m = b1 * m0 + (1 - b1) * gp[i]
+                    let v = b2 * v0 + (1 - b2) * gp[i] * gp[i]
+                    p[i] -= lr / bc1 * m / (v.squareRoot() / bc2 + eps)
+                }
+            }
         }
+        if prec.isPure { prec.round(p, g.count) }
     }
 
     /// teacher <- beta teacher + (1 - beta) student (encoder + head keys).
     func ema(_ beta: Float) {
-        for (key, t) in teacher {
-            let sp = student[key]!.p, tp = t.p
-            parallelRanges(t.count) { lo, hi in for i in lo..<hi { tp[i] = beta * tp[i] + (1 - beta) * sp[i] } }
-            if prec.isPure { prec.round(t.p, t.count) }
-        }
+        for key in teacher.keys { ema(key, beta) }
+    }
+
+    /// `ema(beta)` on the teacher tensor `key` alone.
+    func ema(_ key: String, _ beta: Float) {
+        let t = teacher[key]!, sp = student[key]!.p, tp = t.p
+        parallelRanges(t.count) { lo, hi in for i in lo..<hi { tp[i] = beta * tp[i] + (1 - beta) * sp[i] } }
+        if prec.isPure { prec.round(t.p, t.count) }
     }
 
     /// D(x; sigma, y) with every token visible; x, sigma and D in Double (EDM keeps the

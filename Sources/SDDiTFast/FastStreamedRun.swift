@@ -65,7 +65,7 @@ extension FastBackend {
         // AdamW's first step (unless GradScaler skipped it), then the EMA, one tensor at a time
         for p in DatasetOrder.sorted(m.student.keys.map { "after_step/params/" + $0 }, cfg) {
             let key = String(p.dropFirst(18))
-            if !r.skipped { m.firstAdamWStep(key) }
+            if !r.skipped { m.adamW(key, step: 1, keepingMoments: false) }
             try emit(p, named(m.student[key]!))
         }
         let beta = Float(cfg.emaBeta)
@@ -75,35 +75,6 @@ extension FastBackend {
         m.updateCenters()
         try emit("after_step/center_cls", NamedTensor(shape: [cfg.headOutDim], values: m.centerCls.map { Double($0) }, precision: label))
         try emit("after_step/center_patch", NamedTensor(shape: [cfg.headOutDim], values: m.centerPatch.map { Double($0) }, precision: label))
-    }
-}
-
-extension FastModel {
-    /// `adamW()`'s first step (from zero moments) on the student tensor `key` alone, element
-    /// for element the same arithmetic; nothing for a fixed tensor (no gradient).
-    func firstAdamWStep(_ key: String) {
-        guard let g = grads[key] else { return }
-        let lr = Float(cfg.lr), b1 = Float(cfg.adamBeta1), b2 = Float(cfg.adamBeta2), eps = Float(cfg.adamEps), wd = Float(cfg.weightDecay)
-        let step: Float = 1
-        let bc1 = 1 - powf(b1, step), bc2 = (1 - powf(b2, step)).squareRoot()
-        let p = student[key]!.p, gp = g.p
-        parallelRanges(g.count) { lo, hi in
-            for i in lo..<hi {
-                let m0: Float = 0, v0: Float = 0   // the moments before the first step
-                p[i] *= 1 - lr * wd
-                let m = b1 * m0 + (1 - b1) * gp[i]
-                let v = b2 * v0 + (1 - b2) * gp[i] * gp[i]
-                p[i] -= lr / bc1 * m / (v.squareRoot() / bc2 + eps)
-            }
-        }
-        if prec.isPure { prec.round(p, g.count) }
-    }
-
-    /// `ema(beta)` on the teacher tensor `key` alone.
-    func ema(_ key: String, _ beta: Float) {
-        let t = teacher[key]!, sp = student[key]!.p, tp = t.p
-        parallelRanges(t.count) { lo, hi in for i in lo..<hi { tp[i] = beta * tp[i] + (1 - beta) * sp[i] } }
-        if prec.isPure { prec.round(t.p, t.count) }
     }
 }
 

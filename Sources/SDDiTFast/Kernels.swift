@@ -1,3 +1,4 @@
+import SDDiTCore
 import COpenBLAS
 import Dispatch
 import Glibc

@@ -1,4 +1,5 @@
 import Foundation
+import SDDiTCore
 import SDDiTFast
 import Testing
 
