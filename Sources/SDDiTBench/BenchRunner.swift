@@ -71,13 +71,13 @@ public struct BenchRunner {
     }
 
     public mutating func runAll() throws {
-        BLASInfo.setThreads(o.threads)
+        FastThreads.setWorkers(o.threads)
         Product.threads = o.threads   // the reference's kernels on as many (the bits do not depend on it)
         let pk = BLASInfo.sgemmPeak(n: 2048, reps: 5)
         peak = pk.gflops
         let mode = ["sequential", "pthreads", "OpenMP"][min(max(BLASInfo.parallelMode, 0), 2)]
         say("oracle bench: SD-DiT-S/2, batch \(batch), mask ratio \(maskRatio); OpenBLAS \(BLASInfo.coreName) (\(mode)), "
-            + "\(BLASInfo.threads) threads; \(ProcessInfo.processInfo.activeProcessorCount) cpus")
+            + "\(FastThreads.workers) threads; \(ProcessInfo.processInfo.activeProcessorCount) cpus")
         for line in o.notes { say("note: " + line) }
         say(String(format: "sgemm peak: %.1f GFLOP/s (tiled sgemm 2048x2048x2048 float32, best of 5: %@ ms)",
                    peak, pk.seconds.map { String(format: "%.0f", $0 * 1000) }.joined(separator: ", ")))
@@ -139,7 +139,6 @@ public struct BenchRunner {
                                     noiseT: I.noiseT.data, mask: I.mask)
             try timed { if try m.trainStep(fi).skipped { skipped += 1 } }
             r.workspaceMB = Double(m.workspaceBytes) / 1_048_576
-            if skipped > 0 { r.notes.append("GradScaler skipped AdamW in \(skipped) of \(o.warmup + o.reps) steps (non-finite fp16 gradients)") }
         case "dit-s2-train":
             r.flops = FLOPCount.ditTrain(cfg, batch: batch).reduce(0) { $0 + $1.total }
             let I: StepInputs<Double> = Initialization.inputs(cfg, batch: batch, maskRatio: maskRatio, seed: o.seed &+ 2)
@@ -147,7 +146,6 @@ public struct BenchRunner {
             let di = FastDiTInputs(x0: I.x0.data, labels: I.labels, sigma: I.sigmaS, noise: I.noiseS.data)
             try timed { if try m.ditTrainStep(di).skipped { skipped += 1 } }
             r.workspaceMB = Double(m.workspaceBytes) / 1_048_576
-            if skipped > 0 { r.notes.append("GradScaler skipped AdamW in \(skipped) of \(o.warmup + o.reps) steps (non-finite fp16 gradients)") }
         case "sddit-s2-denoise":
             r.flops = FLOPCount.denoise(cfg, batch: batch).reduce(0) { $0 + $1.total }
             let (x, labels) = denoiseInputs()
@@ -165,6 +163,7 @@ public struct BenchRunner {
             r.notes.append("\(evals) denoiser evaluations, no guidance")
         default: break
         }
+        if skipped > 0 { r.notes.append("GradScaler skipped AdamW in \(skipped) of \(o.warmup + o.reps) steps (non-finite fp16 gradients)") }
     }
 
     mutating func measureRef(_ r: inout BenchResult) throws {
@@ -191,14 +190,13 @@ public struct BenchRunner {
         case "sddit-s2-train":
             r.flops = FLOPCount.sdditTrain(cfg, batch: batch, maskRatio: maskRatio).reduce(0) { $0 + $1.total }
             let I: StepInputs<Double> = Initialization.inputs(cfg, batch: batch, maskRatio: maskRatio, seed: o.seed &+ 2)
-            let teacher0 = P.subset(cfg.teacherParameters)
+            let state0 = TrainingState(cfg, student: P, centerCls: I.centerCls, centerPatch: I.centerPatch)
             r.runsMs = try timed("sddit-s2-train") {
-                // one training step from the same state each time: objective, AdamW, EMA
-                var student = P, teacher = teacher0
-                var opt = AdamW<Double>(cfg)
-                let res = try Objective.run(cfg, student: student, teacher: teacher, inputs: I, gradients: true, recordActivations: false)
-                opt.update(&student, grads: res.grads)
-                EMA.update(teacher: &teacher, student: student, beta: cfg.emaBeta)
+                // one training step from the same state each time, the step `oracle diff` runs
+                // (ReferenceBackend.stream: the same arithmetic, tensor by tensor): forward with
+                // SPEC's activations recorded, backward, AdamW, EMA, centers
+                var state = state0
+                _ = try state.step(cfg, inputs: I)
             }
         case "dit-s2-train":
             r.notApplicable = true
@@ -256,10 +254,10 @@ public struct BenchRunner {
             if e.group != group { group = e.group; say("    " + group + ":") }
             say("      " + pad(e.name, 58) + String(format: "%9.2f ms x %2d = %8.1f ms", e.ms, e.perStep, e.stepMs))
         }
-        let whole = entries.filter { $0.name.hasPrefix("whole") || $0.group == "DINO head" || $0.group == "optimizer" || $0.group.hasPrefix("FastStep") }
+        let whole = entries.filter { $0.name.hasPrefix("whole") || $0.group == "DINO head" || $0.group == "optimizer" || $0.group == "step loops" }
         let sum = whole.reduce(0) { $0 + $1.stepMs }
-        say(String(format: "    blocks (whole) + heads + optimizer + FastStep loops: %.0f ms of the measured %.0f ms median; the rest "
-                   + "(%.0f ms): embeddings, decoder_layer / final_layer, EDM loss, copies, center update, and cache effects", sum, measured, measured - sum))
+        say(String(format: "    blocks (whole) + heads + optimizer + step loops: %.0f ms of the measured %.0f ms median; the rest "
+                   + "(%.0f ms): embeddings, decoder_layer / final_layer, copies, center update, and cache effects", sum, measured, measured - sum))
         for (g, label) in [("fwd", "forward kernels"), ("bwd", "backward kernels")] {
             var cats: [String: Double] = [:]
             for e in entries where e.name.hasPrefix(g) {

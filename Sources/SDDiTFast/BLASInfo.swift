@@ -2,13 +2,9 @@ import COpenBLAS
 import Dispatch
 import Glibc
 
-/// OpenBLAS settings and this machine's sgemm peak (for `oracle bench`).
+/// OpenBLAS's kernel set and threading build, and this machine's sgemm / dgemm peak (for
+/// `oracle bench`). The fast path's worker count is `FastThreads.workers`.
 public enum BLASInfo {
-    /// The fast path's thread count (default OPENBLAS_NUM_THREADS, else the number of cores).
-    /// It may change at any time, even while models run: no result depends on it. OpenBLAS
-    /// itself always runs on one thread per call (`FastThreads`).
-    public static func setThreads(_ n: Int) { FastThreads.configure(n) }
-    public static var threads: Int { blasThreads() }
     /// The kernel set OpenBLAS picked for this CPU (e.g. SkylakeX, Haswell).
     public static var coreName: String { String(cString: openblas_get_corename()) }
     /// 0 sequential, 1 pthreads, 2 OpenMP.

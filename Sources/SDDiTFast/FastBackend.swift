@@ -14,6 +14,16 @@ public enum FastBackend {
         public init(config: ModelConfig, student: [String: Tensor<Double>], teacher: [String: Tensor<Double>]?) {
             self.config = config; self.student = student; self.teacher = teacher
         }
+        /// The student's tensor `key`, or one error line naming it.
+        func studentTensor(_ key: String) throws -> [Double] {
+            guard let t = student[key] else { throw ConfigError("fast path: the setup has no student tensor '\(key)'") }
+            return t.data
+        }
+        /// The teacher's tensor `key` (the student's when the setup has no teacher).
+        func teacherTensor(_ key: String) throws -> [Double] {
+            guard let t = (teacher ?? student)[key] else { throw ConfigError("fast path: the setup has no teacher tensor '\(key)'") }
+            return t.data
+        }
     }
 
     /// MAE's 2-D sin-cos table (SPEC §2.2, Core's `SinCosPosEmbed`) evaluated in float32, for

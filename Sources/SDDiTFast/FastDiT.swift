@@ -64,48 +64,44 @@ extension FastModel {
         FastModel(cfg, precision: precision, specs: PlainDiT.parameters(cfg), parameters: parameters)
     }
 
-    /// One plain-DiT training step: forward, EDM loss (mean of lambda(sigma) (D - x0)^2),
-    /// backward with the loss scale, unscale, GradScaler decision, AdamW.
-    /// The model must come from `plainDiT` (its parameters are the DiT keys).
+    /// One plain-DiT training step: forward, EDM loss (the SD-DiT step's layer,
+    /// Layers/FastEDMLoss.swift), backward with the loss scale, unscale, GradScaler decision,
+    /// AdamW. The model must come from `plainDiT` (its parameters are the DiT keys).
     public func ditTrainStep(_ I: FastDiTInputs) throws -> FastStepResult {
         try validate(I)
-        let N = I.labels.count, C = cfg.inChannels, Hs = cfg.inputSize, per = C * Hs * Hs
-        let Tn = cfg.tokens, D = cfg.hiddenSize, net = plainDiTNetwork, scale = scaler.scale
+        guard let adam else { preconditionFailure("FastModel: the plain DiT model has no optimizer") }
+        let N = I.labels.count, C = cfg.inChannels, Hs = cfg.inputSize, ws = ctx.ws
+        let net = plainDiTNetwork, scale = scaler.scale
         for t in grads.values { t.zero() }
-        let coef = I.sigma.map { EDMCoefficients<Double>(sigma: $0, sigmaData: cfg.sigmaData) }
         // x = x0 + sigma n; D = c_skip x + c_out F(c_in x), stored in float32
+        let coef = I.sigma.map { EDMCoefficients<Double>(sigma: $0, sigmaData: cfg.sigmaData) }
         let xS = EDMNoise.noised(x0: I.x0, sigma: I.sigma, noise: I.noise)
-        let denoised = try edmPrecond(xS, coef, xIn: ws.get("dit.x_in", [N, C, Hs, Hs])) { xIn, cNoise in
-            try net.forward(self, student, xIn: xIn, cNoise: cNoise, labels: I.labels)
+        let denoised = try FastEDMPrecond.forward(ctx, xS, coef, xIn: ws.get("dit.x_in", [N, C, Hs, Hs])) { xIn, cNoise in
+            try net.forward(ctx, xIn: xIn, cNoise: cNoise, labels: I.labels)
         }.D
         let Dt = ws.get("dit.D", [N, C, Hs, Hs])
-        for j in 0..<(N * per) { Dt.p[j] = Float(denoised[j]) }
-        if prec.isPure { prec.round(Dt.p, Dt.count) }
-        // EDM loss, lambda in float32 (autocast) or the half type (pure), as the SD-DiT step
-        let lam: [Float] = coef.map { e in prec.isPure ? prec.round(Float(e.lambda)) : Float(e.lambda) }
-        var loss = 0.0
-        let dD = ws.get("dit.dD", [N, C, Hs, Hs]), dOut = ws.get("d." + ActivationName.final(ActivationName.dit), [N, Tn, cfg.patchDim])
-        let numel = Float(N * per)
-        for n in 0..<N { for i in 0..<per {
-            let j = n * per + i
-            let e: Float = Dt.p[j] - Float(I.x0[j])
-            loss += Double(lam[n] * e * e)
-            dD.p[j] = scale * 2 * lam[n] * e / numel * Float(coef[n].cOut)
-        } }
-        loss /= Double(N * per)
-        unpatchify(dOut, dD, inverse: true)
-        let dsiluC = ws.get("d.dit.siluC", [N, D], zero: true)
-        try net.backward(self, student, grads, dOut: dOut, dsiluC: dsiluC)
+        FastEDMPrecond.store(ctx, denoised, Dt)
+        let lam = FastEDMLoss.weights(prec, coef)
+        let loss = FastEDMLoss.forward(D: Dt, x0: I.x0, lambda: lam)
+        // backward: dF = c_out dD (cast to the half type), the network
+        let dF = ws.get("dit.dD", [N, C, Hs, Hs])
+        FastEDMLoss.backward(D: Dt, x0: I.x0, lambda: lam, scale: scale, dD: dF)
+        try FastEDMPrecond.backward(ctx, coef, dF, F: "dit.F", scale: scale)
+        let dOut = ws.get("d." + ActivationName.final(ActivationName.dit), [N, cfg.tokens, cfg.patchDim])
+        FastUnpatchify.backward(cfg, dImage: dF, dTokens: dOut)
+        let dsiluC = ws.get("d.dit.siluC", [N, cfg.hiddenSize], zero: true)
+        try net.backward(ctx, dOut: dOut, dsiluC: dsiluC)
         // unscale, check, GradScaler, AdamW
-        let stepped = scaler.update(foundNonFinite: unscaleGradients(scale) != nil)
-        if stepped { adamW() }
-        return FastStepResult(losses: ["generative": loss, "total": loss], skipped: !stepped, lossScale: scale)
+        let bad = FastUnscale.apply(ctx, grads, keys: PlainDiT.parameters(cfg).map(\.key), scale: scale)
+        let stepped = scaler.update(foundNonFinite: bad != nil)
+        if stepped { adam.update(ctx, params: student, grads: grads) }
+        return FastStepResult(losses: [LossName.generative: loss, LossName.total: loss], skipped: !stepped, lossScale: scale)
     }
 }
 
 /// The plain DiT network by layer: patch embed + pos_embed [1, T, D] (no CLS), the
 /// conditioning, the encoder's adaLN-Zero blocks over all T tokens, final_layer, unpatchify.
-final class FastPlainDiT {
+final class FastPlainDiT: FastParameterized {
     let patchEmbed = FastPatchEmbed(branch: ActivationName.dit)
     let conditioning = FastConditioning(branch: ActivationName.dit)
     let blocks: [FastDiTBlock]
@@ -115,22 +111,27 @@ final class FastPlainDiT {
         blocks = (0..<cfg.depth).map { FastDiTBlock(name: ActivationName.ditBlock($0), key: "blocks.\($0).", heads: cfg.numHeads) }
     }
 
+    func bind(_ P: TensorTable, gradients G: TensorTable?) {
+        patchEmbed.bind(P, gradients: G); conditioning.bind(P, gradients: G); final.bind(P, gradients: G)
+        for b in blocks { b.bind(P, gradients: G) }
+    }
+
     /// F [N, C, H, W] from x_in.
-    func forward(_ m: FastModel, _ P: [String: FT], xIn: FT, cNoise: [Double], labels: [Int]) throws -> FT {
-        var h = try patchEmbed.forward(m, P, xIn: xIn)
-        let siluC = try conditioning.forward(m, P, cNoise: cNoise, labels: labels)
-        for b in blocks { h = try b.forward(m, P, h, siluC) }
-        let o = try final.forward(m, P, h, siluC)
-        let F = m.ws.get("dit.F", xIn.shape)
-        m.unpatchify(o, F)
+    func forward(_ ctx: FastContext, xIn: FT, cNoise: [Double], labels: [Int]) throws -> FT {
+        var h = try patchEmbed.forward(ctx, xIn: xIn)
+        let siluC = try conditioning.forward(ctx, cNoise: cNoise, labels: labels)
+        for b in blocks { h = try b.forward(ctx, h, siluC) }
+        let o = try final.forward(ctx, h, siluC)
+        let F = ctx.ws.get("dit.F", xIn.shape)
+        FastUnpatchify.forward(ctx.cfg, o, F)
         return F
     }
 
     /// From dout [N, T, p p C] (the gradient of F's tokens): every parameter gradient.
-    func backward(_ m: FastModel, _ P: [String: FT], _ G: [String: FT], dOut: FT, dsiluC: FT) throws {
-        var dz = try final.backward(m, P, G, dOut: dOut, dsiluC: dsiluC)
-        for b in blocks.reversed() { dz = try b.backward(m, P, G, dy: dz, dsiluC: dsiluC) }
-        patchEmbed.backward(m, P, G, dTokens: dz)
-        try conditioning.backward(m, P, G, dsiluC: dsiluC)
+    func backward(_ ctx: FastContext, dOut: FT, dsiluC: FT) throws {
+        var dz = try final.backward(ctx, dOut: dOut, dsiluC: dsiluC)
+        for b in blocks.reversed() { dz = try b.backward(ctx, dy: dz, dsiluC: dsiluC) }
+        patchEmbed.backward(ctx, dTokens: dz)
+        try conditioning.backward(ctx, dsiluC: dsiluC)
     }
 }

@@ -2,9 +2,11 @@ import Glibc
 import SDDiTCore
 
 /// Where the fast SD-DiT training step spends its time (`oracle bench --profile`): each
-/// building block and kernel timed alone at the shapes of the step (best of `reps`), and
-/// multiplied by how often one step runs it. Runs on its own model's buffers ("prof.*");
-/// its AdamW / EMA calls change that model's parameters (not a model being benchmarked).
+/// layer and each of a block's kernel steps timed alone at the shapes of the step (best of
+/// `reps`), and multiplied by how often one step runs it. The blocks' kernels are the
+/// blocks' own step lists (`FastDiTBlock.forwardSteps` / `backwardSteps`), not a copy. Runs on
+/// its own layers and buffers ("prof.*"); its AdamW and EMA calls change this model's
+/// parameters (not a model being benchmarked).
 public struct ProfileEntry: Sendable {
     public var group: String, name: String
     /// Best time of one call (ms) and calls per training step.
@@ -15,6 +17,7 @@ public struct ProfileEntry: Sendable {
 extension FastModel {
     public func profileTrainStep(batch N: Int, maskRatio: Double, reps: Int = 3) throws -> [ProfileEntry] {
         let D = cfg.hiddenSize, Dd = cfg.decoderHiddenSize, V = cfg.visibleCount(maskRatio: maskRatio), T = cfg.tokens
+        let ws = ctx.ws
         var out: [ProfileEntry] = []
         var seed: UInt32 = 12345
         func fill(_ t: FT, _ a: Float = 1) {
@@ -30,83 +33,66 @@ extension FastModel {
             }
             return b
         }
+        func entry(_ group: String, _ name: String, _ perStep: Int, _ body: () throws -> Void) rethrows {
+            out.append(ProfileEntry(group: group, name: name, ms: try best(body), perStep: perStep))
+        }
         let siluC = ws.get("prof.siluC", [N, D]); fill(siluC)
         let dsiluC = ws.get("prof.dsiluC", [N, D], zero: true)
-        // one block of each kind: whole forward / backward, then its kernels one by one
-        // group, parameter key, L, W, heads, MLP hidden, calls per step
-        let kinds: [(String, String, Int, Int, Int, Int, Int)] = [
-            ("student encoder block", "blocks.0.", 1 + V, D, cfg.numHeads, cfg.mlpHidden, cfg.depth),
-            ("decoder block", "decoder_blocks.0.", T, Dd, cfg.decoderNumHeads, cfg.decoderMlpHidden, cfg.decoderDepth),
-            ("teacher encoder block", "blocks.0.", 1 + T, D, cfg.numHeads, cfg.mlpHidden, cfg.depth),
+        // one block of each kind: whole forward / backward, then its kernel steps one by one
+        // (group, parameter key, tokens L, width W, heads, calls per step)
+        let kinds: [(String, String, Int, Int, Int, Int)] = [
+            ("student encoder block", "blocks.0.", 1 + V, D, cfg.numHeads, cfg.depth),
+            ("decoder block", "decoder_blocks.0.", T, Dd, cfg.decoderNumHeads, cfg.decoderDepth),
+            ("teacher encoder block", "blocks.0.", 1 + T, D, cfg.numHeads, cfg.depth),
         ]
-        for (group, key, L, W, H, hm, count) in kinds {
+        for (group, key, L, W, H, count) in kinds {
             let name = "prof." + group
             let x = ws.get(name + ".in", [N, L, W]); fill(x)
             let block = FastDiTBlock(name: name, key: key, heads: H)
-            out.append(ProfileEntry(group: group, name: "whole block forward", ms: try best { _ = try block.forward(self, student, x, siluC) }, perStep: count))
+            block.bind(student, gradients: grads)
+            try entry(group, "whole block forward", count) { _ = try block.forward(ctx, x, siluC) }
             let backward = group != "teacher encoder block"
-            if backward {
-                let dy = ws.get(name + ".dy", [N, L, W]); fill(dy, 1e-3)
-                out.append(ProfileEntry(group: group, name: "whole block backward", ms: try best {
-                    _ = try block.backward(self, student, grads, dy: dy, dsiluC: dsiluC) }, perStep: count))
-            }
-            // kernels of the block, forward (on the buffers its forward left)
-            guard let sv = block.saved else { fatalError("profile: the block's forward left no buffers") }
-            let (mod, m1, mean1, rstd1, qkv, probs) = (sv.mod, sv.m1, sv.mean1, sv.rstd1, sv.qkv, sv.probs)
-            let (a, proj, x1, f1, gl, f2) = (sv.a, sv.proj, sv.x1, sv.f1, sv.gl, sv.f2)
-            let P = student
-            func e(_ n: String, _ c: Int = count, _ body: () -> Void) { out.append(ProfileEntry(group: group, name: n, ms: best(body), perStep: c)) }
-            e("fwd adaLN Linear") { k.linear(siluC, P[key + "adaLN_modulation.1.weight"]!, P[key + "adaLN_modulation.1.bias"]!, mod) }
-            e("fwd LN + modulate", 2 * count) { k.lnModulate(x, mod, shiftChunk: 0, scaleChunk: 1, chunks: 6, m1, mean: mean1, rstd: rstd1) }
-            e("fwd qkv Linear") { k.linear(m1, P[key + "attn.qkv.weight"]!, P[key + "attn.qkv.bias"]!, qkv) }
-            e("fwd attention q k^T (sgemm per sample, head)") { k.attentionLogits(qkv, heads: H, probs) }
-            let saved = ws.get(name + ".probs.saved", [N, H, L, L]); saved.p.update(from: probs.p, count: probs.count)
-            e("fwd softmax") { probs.p.update(from: saved.p, count: saved.count); k.softmaxRows(probs) }
-            e("fwd attention P v (sgemm per sample, head)") { k.attentionOutput(qkv, heads: H, probs, a) }
-            e("fwd proj Linear") { k.linear(a, P[key + "attn.proj.weight"]!, P[key + "attn.proj.bias"]!, proj) }
-            e("fwd gated residual", 2 * count) { k.gatedResidual(x, mod, chunk: 2, chunks: 6, proj, x1) }
-            e("fwd fc1 Linear") { k.linear(m1, P[key + "mlp.fc1.weight"]!, P[key + "mlp.fc1.bias"]!, f1) }
-            e("fwd GELU tanh") { k.geluTanh(f1, gl) }
-            e("fwd fc2 Linear") { k.linear(gl, P[key + "mlp.fc2.weight"]!, P[key + "mlp.fc2.bias"]!, f2) }
+            let dy = ws.get(name + ".dy", [N, L, W]); fill(dy, 1e-3)
+            if backward { try entry(group, "whole block backward", count) { _ = try block.backward(ctx, dy: dy, dsiluC: dsiluC) } }
+            // the kernel steps, on the buffers the whole forward (backward) left
+            for s in block.forwardSteps(ctx, x, siluC).steps { try entry(group, s.name, count, s.run) }
             guard backward else { continue }
-            let g = grads
-            let dW = ws.get(name + ".dW", [N, L, W]); fill(dW, 1e-3)
-            let dH = ws.get(name + ".dH", [N, L, hm]); fill(dH, 1e-3)
-            let d3 = ws.get(name + ".d3", [N, L, 3 * W]); fill(d3, 1e-3)
-            let dx = ws.get(name + ".dx", [N, L, W]), dxh = ws.get(name + ".dxh", [N, L, hm])
-            let dmod = ws.get(name + ".dmod", [N, 6 * W]), dqkv = ws.get(name + ".dqkv", [N, L, 3 * W])
-            e("bwd fc2 Linear (dx, dW, db)") { k.linearBackward(dW, gl, P[key + "mlp.fc2.weight"]!, dx: dxh, dw: g[key + "mlp.fc2.weight"], db: g[key + "mlp.fc2.bias"]) }
-            e("bwd GELU tanh") { k.geluTanhBackward(dH, f1, dxh) }
-            e("bwd fc1 Linear") { k.linearBackward(dH, m1, P[key + "mlp.fc1.weight"]!, dx: dx, dw: g[key + "mlp.fc1.weight"], db: g[key + "mlp.fc1.bias"]) }
-            e("bwd LN + modulate", 2 * count) { k.lnModulateBackward(dW, x, mod, shiftChunk: 0, scaleChunk: 1, chunks: 6, mean: mean1, rstd: rstd1, dx: dx, dmod: dmod) }
-            e("bwd gated residual", 2 * count) { k.gatedResidualBackward(dW, mod, chunk: 2, chunks: 6, proj, dh: dx, dmod: dmod) }
-            e("bwd proj Linear") { k.linearBackward(dW, a, P[key + "attn.proj.weight"]!, dx: dx, dw: g[key + "attn.proj.weight"], db: g[key + "attn.proj.bias"]) }
-            e("bwd attention (4 sgemm per sample, head + softmax bwd)") { k.attentionBackward(dW, qkv, heads: H, probs, dqkv: dqkv) }
-            e("bwd qkv Linear") { k.linearBackward(d3, m1, P[key + "attn.qkv.weight"]!, dx: dx, dw: g[key + "attn.qkv.weight"], db: g[key + "attn.qkv.bias"]) }
-            e("bwd adaLN Linear") { k.linearBackward(dmod, siluC, P[key + "adaLN_modulation.1.weight"]!, dx: dsiluC, dw: g[key + "adaLN_modulation.1.weight"], db: g[key + "adaLN_modulation.1.bias"]) }
+            for s in block.backwardSteps(ctx, dy: dy, dsiluC: dsiluC).steps { try entry(group, s.name, count, s.run) }
         }
         // heads (student rows = teacher rows = N (1 + V))
         let hx = ws.get("prof.head.x", [N * (1 + V), D]); fill(hx)
         let head = FastProjectionHead(branch: "prof")
-        out.append(ProfileEntry(group: "DINO head", name: "forward", ms: try best { _ = try head.forward(self, student, hx) }, perStep: 2))
+        head.bind(student, gradients: grads)
+        try entry("DINO head", "forward", 2) { _ = try head.forward(ctx, hx) }
         let dOut = ws.get("prof.head.dout", [N * (1 + V), cfg.headOutDim]); fill(dOut, 1e-4)
-        out.append(ProfileEntry(group: "DINO head", name: "backward", ms: try best { _ = try head.backward(self, student, grads, dOut: dOut) }, perStep: 1))
-        out.append(ProfileEntry(group: "optimizer", name: "AdamW (all student parameters)", ms: best { adamW() }, perStep: 1))
-        out.append(ProfileEntry(group: "optimizer", name: "EMA (teacher)", ms: best { ema(0.996) }, perStep: 1))
-        // FastStep's own loops, timed alone on this model's buffers (the functions the step calls)
+        try entry("DINO head", "backward", 1) { _ = try head.backward(ctx, dOut: dOut) }
+        // the step's parts (Step/, Layers/FastEDMLoss.swift, Layers/FastDINOLoss.swift)
+        if let adam { entry("optimizer", "AdamW (all student parameters)", 1) { adam.update(ctx, params: student, grads: grads) } }
+        entry("optimizer", "EMA (teacher)", 1) {
+            for (key, t) in teacher { FastEMA.blend(ctx, teacher: t, student: student.tensor(key), beta: 0.996) }
+        }
         let gtot = grads.values.reduce(0) { $0 + $1.count }
-        out.append(ProfileEntry(group: "FastStep loops", name: "zero all \(gtot) gradient entries", ms: best {
-            for g in grads.values { g.zero() } }, perStep: 1))
-        out.append(ProfileEntry(group: "FastStep loops", name: "unscale (skipped at scale 1) + finite check of the gradients", ms: best {
-            if unscaleGradients(1) != nil { print("non-finite") } }, perStep: 1))
+        entry("step loops", "zero all \(gtot) gradient entries", 1) { for g in grads.values { g.zero() } }
+        let keys = cfg.studentParameters.map(\.key)
+        entry("step loops", "unscale (skipped at scale 1) + finite check of the gradients", 1) {
+            if FastUnscale.apply(ctx, grads, keys: keys, scale: 1) != nil { print("non-finite") }
+        }
+        let img = ws.get("prof.D", [N, cfg.inChannels, cfg.inputSize, cfg.inputSize]); fill(img)
+        let dImg = ws.get("prof.dD", img.shape), x0 = [Double](repeating: 0.1, count: img.count)
+        let lam = [Float](repeating: 1, count: N)
+        entry("step loops", "EDM loss + gradient", 1) {
+            if FastEDMLoss.forward(D: img, x0: x0, lambda: lam).isNaN { print("nan") }
+            FastEDMLoss.backward(D: img, x0: x0, lambda: lam, scale: 1, dD: dImg)
+        }
         let K = cfg.headOutDim, R = N * (1 + V)
         let tOut = ws.get("prof.dino.t", [R, K]), sOut = ws.get("prof.dino.s", [R, K]); fill(tOut, 0.2); fill(sOut, 0.2)
         let dHead = ws.get("prof.dino.d", [R, K])
-        if centerCls.isEmpty { centerCls = Array(repeating: 0, count: K); centerPatch = centerCls }
-        out.append(ProfileEntry(group: "FastStep loops", name: "DINO cross-entropy + gradient, \(R) rows x \(K)", ms: best {
-            let h = dinoRows(t: tOut.p, s: sOut.p, N: N, V: V, K: K, tauT: Float(cfg.tauT), tauS: Float(cfg.tauS), gradScale: 1, dOut: dHead.p)
-            if h[0].isNaN { print("nan") }
-        }, perStep: 1))
+        let centers = FastCenters(cls: Array(repeating: 0, count: K), patch: Array(repeating: 0, count: K))
+        entry("step loops", "DINO cross-entropy + gradient, \(R) rows x \(K)", 1) {
+            let r = FastDINOLoss.forwardBackward(t: tOut, s: sOut, N: N, V: V, centers: centers, tauT: Float(cfg.tauT), tauS: Float(cfg.tauS),
+                                                 gradScale: 1, dOut: dHead)
+            if r.cls.isNaN { print("nan") }
+        }
         return out
     }
 }

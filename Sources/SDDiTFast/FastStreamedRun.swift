@@ -26,7 +26,7 @@ extension FastBackend {
         }
         if let sm = s.sampler {
             let m = FastModel(cfg, precision: precision, inferenceOnly: ())
-            for spec in cfg.studentParameters { try m.load(spec.key, s.student[spec.key]!.data) }
+            for spec in cfg.studentParameters { try m.load(spec.key, try s.studentTensor(spec.key)) }
             m.variant = variant
             let sig = HeunSampler.sigmas(steps: sm.steps, sigmaMin: cfg.sigmaMin, sigmaMax: cfg.sigmaMax, rho: cfg.rho)
             let traj = try m.sample(xInit: sm.xInit.data, labels: sm.labels, sigmas: sig, cfgScale: sm.cfgScale)
@@ -45,34 +45,35 @@ extension FastBackend {
             NamedTensor(shape: t.shape, values: UnsafeBufferPointer(start: t.p, count: t.count).map { Double($0) }, precision: label)
         }
         let m = FastModel(cfg, precision: precision, inferenceOnly: ())
-        for spec in cfg.studentParameters { try m.load(spec.key, s.student[spec.key]!.data) }
-        let teacherSource = s.teacher ?? s.student
-        m.streamedTeacher = { teacherSource[$0]!.data }
+        for spec in cfg.studentParameters { try m.load(spec.key, try s.studentTensor(spec.key)) }
+        for spec in cfg.teacherParameters { _ = try s.teacherTensor(spec.key) }   // every key present before the step
+        m.streamedTeacher = { (try? s.teacherTensor($0)) ?? [] }
         if let cc = s.centerCls { m.centerCls = cc.map { Float($0) } }
         if let cp = s.centerPatch { m.centerPatch = cp.map { Float($0) } }
         m.variant = variant
         m.record = true
         let r = try m.forwardBackwardFindingScale(I)
         for p in DatasetOrder.sorted(m.activations.keys.map { "activations/" + $0 }, cfg) {
-            let k = String(p.dropFirst(12)), v = m.activations[k]!
-            m.activations[k] = nil
+            let k = String(p.dropFirst(12))
+            guard let v = m.activations.removeValue(forKey: k) else { continue }
             try emit(p, NamedTensor(shape: v.shape, values: v.values.map { Double($0) }, precision: label))
         }
         for p in DatasetOrder.sorted(r.losses.keys.map { "losses/" + $0 }, cfg) {
-            try emit(p, NamedTensor(shape: [], values: [r.losses[String(p.dropFirst(7))]!], precision: label))
+            try emit(p, NamedTensor(shape: [], values: [r.losses[String(p.dropFirst(7)), default: .nan]], precision: label))
         }
-        for p in DatasetOrder.sorted(m.grads.keys.map { "grads/" + $0 }, cfg) { try emit(p, named(m.grads[String(p.dropFirst(6))]!)) }
+        for p in DatasetOrder.sorted(m.grads.keys.map { "grads/" + $0 }, cfg) { try emit(p, named(m.grads.tensor(String(p.dropFirst(6))))) }
         // AdamW's first step (unless GradScaler skipped it), then the EMA, one tensor at a time
+        let adam = FastAdamW(cfg)
         for p in DatasetOrder.sorted(m.student.keys.map { "after_step/params/" + $0 }, cfg) {
-            let key = String(p.dropFirst(18))
-            if !r.skipped { m.adamW(key, step: 1, keepingMoments: false) }
-            try emit(p, named(m.student[key]!))
+            let key = String(p.dropFirst(18)), param = m.student.tensor(key)
+            if !r.skipped, let g = m.grads[key] { adam.apply(m.ctx, param, g, step: 1, moments: nil) }
+            try emit(p, named(param))
         }
         let beta = Float(cfg.emaBeta)
         for p in DatasetOrder.sorted(cfg.teacherParameters.map { "after_step/teacher/" + $0.key }, cfg) {
             try emit(p, named(try m.streamedTeacherAfterEMA(String(p.dropFirst(19)), beta)))
         }
-        m.updateCenters()
+        m.centers.update(momentum: cfg.centerMomentum)
         try emit("after_step/center_cls", NamedTensor(shape: [cfg.headOutDim], values: m.centerCls.map { Double($0) }, precision: label))
         try emit("after_step/center_patch", NamedTensor(shape: [cfg.headOutDim], values: m.centerPatch.map { Double($0) }, precision: label))
     }

@@ -41,7 +41,7 @@ public enum RegressBattery {
         guard RegressBatteryOptions.batteries.contains(o.battery) else {
             throw RegressError("unknown battery '\(o.battery)'; expected one of: \(RegressBatteryOptions.batteries.joined(separator: ", "))")
         }
-        BLASInfo.setThreads(o.threads)
+        FastThreads.setWorkers(o.threads)
         var r = RegressBatteryResult()
         if let raw = KernelPerturbation.rawValue {
             guard let p = KernelPerturbation.setting else {
@@ -222,14 +222,10 @@ public enum RegressBattery {
             let den = FastModel(cfg, precision: prec, student: P.tensors, teacher: nil)
             m["timing/tiny/\(b.rawValue)/denoise_ms"] = .timing(try time(reps: o.reps, warmup: 3, inner: 50) { _ = try den.denoise(x, sigma: 2, labels: I.labels) })
         }
-        // the float64 reference: one training step (forward, backward, AdamW, EMA), batch 8
-        var student = P, teacher = P.subset(cfg.teacherParameters)
-        var opt = AdamW<Double>(cfg)
-        m["timing/tiny/ref/train_step_ms"] = .timing(try time(reps: max(3, o.reps / 2), warmup: 1) {
-            let res = try Objective.run(cfg, student: student, teacher: teacher, inputs: I, gradients: true, recordActivations: false)
-            opt.update(&student, grads: res.grads)
-            EMA.update(teacher: &teacher, student: student, beta: cfg.emaBeta)
-        })
+        // the float64 reference: one training step as `oracle diff` runs it (forward with SPEC's
+        // activations recorded, backward, AdamW, EMA, centers), batch 8, the state carried on
+        var state = TrainingState(cfg, student: P, centerCls: I.centerCls, centerPatch: I.centerPatch)
+        m["timing/tiny/ref/train_step_ms"] = .timing(try time(reps: max(3, o.reps / 2), warmup: 1) { _ = try state.step(cfg, inputs: I) })
     }
 
     static func s2Timings(_ o: RegressBatteryOptions, into m: inout [String: RegressMetric]) throws {

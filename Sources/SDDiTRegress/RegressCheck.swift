@@ -136,17 +136,22 @@ public struct RegressCheckResult: Sendable {
         }
     }
 
-    /// One entry per group with a regression, in forward / comparison order of the groups.
-    public func groupSummaries() -> [GroupSummary] {
+    /// The groups with a regressed or missing metric, in forward / comparison order: each
+    /// with its metrics compared and the bad ones.
+    func regressedGroups() -> [(key: String, value: (rank: [Int], all: Int, bad: [RegressFinding]))] {
         var groups: [String: (rank: [Int], all: Int, bad: [RegressFinding])] = [:]
         for f in findings {
             let g = Self.group(f.metric)
             groups[g.key, default: (g.rank, 0, [])].all += 1
-            if f.verdict == .regressed || f.verdict == .missing { groups[g.key]!.bad.append(f) }
+            if f.verdict == .regressed || f.verdict == .missing { groups[g.key, default: (g.rank, 0, [])].bad.append(f) }
         }
         return groups.filter { !$0.value.bad.isEmpty }
             .sorted { ($0.value.rank.lexicographicallyPrecedes($1.value.rank)) || ($0.value.rank == $1.value.rank && $0.key < $1.key) }
-            .map { k, v in
+    }
+
+    /// One entry per group with a regression, in forward / comparison order of the groups.
+    public func groupSummaries() -> [GroupSummary] {
+        regressedGroups().map { k, v in
                 GroupSummary(group: k, regressed: v.bad.count, compared: v.all,
                              first: v.bad.min { ($0.old?.order ?? $0.new?.order ?? 0) < ($1.old?.order ?? $1.new?.order ?? 0) }!,
                              worst: v.bad.max { ($0.ratio ?? .infinity) < ($1.ratio ?? .infinity) }!)
@@ -159,13 +164,7 @@ public struct RegressCheckResult: Sendable {
     public func lines(verbose: Bool = false, perGroup: Int = 8) -> [String] {
         var out = ["oracle regress check: latest \(latest) against baseline \(baseline)"]
         out += notes.map { "note: " + $0 }
-        var groups: [String: (rank: [Int], all: Int, bad: [RegressFinding])] = [:]
-        for f in findings {
-            let g = Self.group(f.metric)
-            groups[g.key, default: (g.rank, 0, [])].all += 1
-            if f.verdict == .regressed || f.verdict == .missing { groups[g.key]!.bad.append(f) }
-        }
-        let badGroups = groups.filter { !$0.value.bad.isEmpty }.sorted { ($0.value.rank.lexicographicallyPrecedes($1.value.rank)) || ($0.value.rank == $1.value.rank && $0.key < $1.key) }
+        let badGroups = regressedGroups()
         if !badGroups.isEmpty {
             out.append("regressed, by group (first = earliest in forward / comparison order):")
             out += groupSummaries().map { "  " + $0.line }

@@ -310,7 +310,7 @@ public enum RegressProvenance {
             .map { $0.split(separator: ":", maxSplits: 1).last.map { $0.trimmingCharacters(in: .whitespaces) } ?? "" } ?? "unknown"
         return RegressMachine(hostname: ProcessInfo.processInfo.hostName, cpu: cpu,
                               cores: ProcessInfo.processInfo.activeProcessorCount,
-                              openblasCore: BLASInfo.coreName, threads: BLASInfo.threads, swift: compilerVersion)
+                              openblasCore: BLASInfo.coreName, threads: FastThreads.workers, swift: compilerVersion)
     }
 
     static var compilerVersion: String {

@@ -66,11 +66,11 @@ struct DeterminismTests {
     /// bit-identical (before, OpenBLAS's own threading changed the sums' bits).
     @Test(arguments: [FastPrecision.fp32, .fp16])
     func trainingStepSameBitsAt1To3Threads(_ p: FastPrecision) throws {
-        let saved = BLASInfo.threads
-        defer { BLASInfo.setThreads(saved) }
+        let saved = FastThreads.workers
+        defer { FastThreads.setWorkers(saved) }
         var runs: [[String: [UInt64]]] = []
         for n in [1, 2, 3] {
-            BLASInfo.setThreads(n)
+            FastThreads.setWorkers(n)
             runs.append(try Self.fingerprint(Self.options(p)))
         }
         #expect(runs[0].count > 100)
@@ -86,8 +86,8 @@ struct DeterminismTests {
     /// own serial run bit for bit.
     @Test func concurrentModelsUnderMixedSettings() throws {
         let settings = [Self.options(.fp32), Self.options(.fp16), Self.options(.bf16), Self.options(.fp32, seed: 7)]
-        let saved = BLASInfo.threads
-        defer { BLASInfo.setThreads(saved) }
+        let saved = FastThreads.workers
+        defer { FastThreads.setWorkers(saved) }
         let serial = try settings.map { try Self.fingerprint($0) }
         let results = Mutex<[Int: [String: [UInt64]]]>([:])
         let done = Atomic<Int>(0)
@@ -96,7 +96,7 @@ struct DeterminismTests {
             if i == settings.count {   // the thread setting changes while the models run
                 var n = 0
                 while done.load(ordering: .acquiring) < settings.count {
-                    BLASInfo.setThreads(1 + n % 3); n += 1
+                    FastThreads.setWorkers(1 + n % 3); n += 1
                     usleep(200)
                 }
                 return

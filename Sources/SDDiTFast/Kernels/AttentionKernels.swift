@@ -25,7 +25,7 @@ extension Kernels {
     public func attentionLogits(_ qkv: FT, heads H: Int, _ P: FT, unscaled: Bool = false) {
         let N = qkv.shape[0], L = qkv.shape[1], W = qkv.last / 3, hd = W / H
         let scale = unscaled ? 1 : 1 / Float(hd).squareRoot()
-        let names = attentionScratch(L: L, hd: hd, workers: blasThreads())
+        let names = attentionScratch(L: L, hd: hd, workers: FastThreads.workers)
         parallelTasks(N * H, workers: names.count) { w, lo, hi in
             for t in lo..<hi {
                 let n = t / H, h = t % H
@@ -51,7 +51,7 @@ extension Kernels {
 
     public func attentionOutput(_ qkv: FT, heads H: Int, _ P: FT, _ out: FT) {
         let N = qkv.shape[0], L = qkv.shape[1], W = qkv.last / 3, hd = W / H
-        let names = attentionScratch(L: L, hd: hd, workers: blasThreads())
+        let names = attentionScratch(L: L, hd: hd, workers: FastThreads.workers)
         parallelTasks(N * H, workers: names.count) { w, lo, hi in
             for t in lo..<hi {
                 let n = t / H, h = t % H
@@ -67,7 +67,7 @@ extension Kernels {
     public func attentionBackward(_ dout: FT, _ qkv: FT, heads H: Int, _ P: FT, dqkv: FT, unscaled: Bool = false) {
         let N = qkv.shape[0], L = qkv.shape[1], W = qkv.last / 3, hd = W / H
         let scale = unscaled ? 1 : 1 / Float(hd).squareRoot()
-        let names = attentionScratch(L: L, hd: hd, workers: blasThreads())
+        let names = attentionScratch(L: L, hd: hd, workers: FastThreads.workers)
         let dSs = names.map { ws.get($0 + ".dS", [L, L]) }
         parallelTasks(N * H, workers: names.count) { w, lo, hi in
             let dS = dSs[w]

@@ -1,0 +1,76 @@
+import Glibc
+import SDDiTCore
+
+// PyTorch's AdamW in float32 (SPEC §5; the reference's AdamW), on student tensor p with
+// gradient g at step t:
+//   p <- p (1 - lr wd);  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
+//   p <- p - lr / (1 - b1^t) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+// rounded to the half type in pure modes. The moments are float32 buffers in the model's
+// workspace, one pair per trainable tensor.
+final class FastAdamW {
+    let lr: Float, b1: Float, b2: Float, eps: Float, wd: Float
+    private(set) var m: TensorTable = [:], v: TensorTable = [:]
+    var step = 0
+
+    init(_ cfg: ModelConfig) {
+        lr = Float(cfg.lr); b1 = Float(cfg.adamBeta1); b2 = Float(cfg.adamBeta2); eps = Float(cfg.adamEps); wd = Float(cfg.weightDecay)
+    }
+
+    /// Zero moments for the trainable tensor `key` of `shape`.
+    func addMoments(_ key: String, _ shape: [Int], _ ws: Workspace) {
+        m[key] = ws.get("adam.m." + key, shape, zero: true)
+        v[key] = ws.get("adam.v." + key, shape, zero: true)
+    }
+
+    /// One step over every tensor with a gradient.
+    func update(_ ctx: FastContext, params: TensorTable, grads: TensorTable) {
+        step += 1
+        for (key, g) in grads { apply(ctx, params.tensor(key), g, step: step, moments: (m.tensor(key), v.tensor(key))) }
+    }
+
+    /// The update of one tensor at step t, with the given moments (updated in place), or
+    /// (nil: the streamed step's first step) from zero moments not kept: the same arithmetic.
+    func apply(_ ctx: FastContext, _ param: FT, _ grad: FT, step t: Int, moments: (m: FT, v: FT)?) {
+        let lr = lr, b1 = b1, b2 = b2, eps = eps, wd = wd
+        let bc1 = 1 - powf(b1, Float(t)), bc2 = (1 - powf(b2, Float(t))).squareRoot()
+        let p = param.p, gp = grad.p
+        if let (mt, vt) = moments {
+            let m = mt.p, v = vt.p
+            parallelRanges(grad.count) { lo, hi in
+                for i in lo..<hi {
+                    p[i] *= 1 - lr * wd
+                    m[i] = b1 * m[i] + (1 - b1) * gp[i]
+                    v[i] = b2 * v[i] + (1 - b2) * gp[i] * gp[i]
+                    p[i] -= lr / bc1 * m[i] / (v[i].squareRoot() / bc2 + eps)
+                }
+            }
+        } else {
+            parallelRanges(grad.count) { lo, hi in
+                for i in lo..<hi {
+                    let m0: Float = 0, v0: Float = 0
+                    p[i] *= 1 - lr * wd
+                    let m = b1 * m0 + (1 - b1) * gp[i]
+                    let v = b2 * v0 + (1 - b2) * gp[i] * gp[i]
+                    p[i] -= lr / bc1 * m / (v.squareRoot() / bc2 + eps)
+                }
+            }
+        }
+        if ctx.prec.isPure { ctx.prec.round(p, grad.count) }
+    }
+
+    /// The moments as arrays, for checkpoints.
+    func state() -> (m: [String: [Float]], v: [String: [Float]], step: Int) {
+        (m.mapValues { $0.array() }, v.mapValues { $0.array() }, step)
+    }
+
+    /// Restores the moments and step count; every key must be present with its size.
+    func restore(m mIn: [String: [Float]], v vIn: [String: [Float]], step s: Int) throws {
+        for (key, b) in m {
+            guard let mv = mIn[key], let vv = vIn[key], mv.count == b.count, vv.count == b.count else {
+                throw ConfigError("optimizer state: moments of '\(key)' are missing or have the wrong size (expected \(b.count) values)")
+            }
+            b.copy(from: mv); v.tensor(key).copy(from: vv)
+        }
+        step = s
+    }
+}
