@@ -159,12 +159,7 @@ extension Compare {
         var c = Comparison(name: name, shapeA: a.shape, shapeB: b.shape, precisionA: a.precision,
                            precisionB: b.precision, tolerance: tol)
         c.count = act.values.count
-        for (side, vals) in [("a", a.values), ("b", b.values)] {
-            if let i = vals.firstIndex(where: { !$0.isFinite }) {
-                c.nonFinite = (side, unravel(i, a.shape), vals[i])
-                return c
-            }
-        }
+        if let bad = Compare.firstNonFinite(a, b) { c.nonFinite = bad; return c }
         c.scale = exp.values.reduce(0) { max($0, abs($1)) }
         c.unitOfAbs = (lr, "lr")
         let baseAtol = base?.atol(scale: c.scale) ?? 0

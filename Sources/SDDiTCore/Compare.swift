@@ -67,6 +67,14 @@ public struct Comparison: Sendable {
 }
 
 public enum Compare {
+    /// The first non-finite value of a, else of b: its side ("a" or "b"), index and value.
+    static func firstNonFinite(_ a: NamedTensor, _ b: NamedTensor) -> (String, [Int], Double)? {
+        for (side, vals) in [("a", a.values), ("b", b.values)] {
+            if let i = vals.firstIndex(where: { !$0.isFinite }) { return (side, unravel(i, a.shape), vals[i]) }
+        }
+        return nil
+    }
+
     /// Compares a against b element-wise under `tol`; the expected side is the more precise one.
     public static func tensors(_ name: String, _ a: NamedTensor, _ b: NamedTensor, tolerance tol: Tolerance) -> Comparison {
         var c = Comparison(name: name, shapeA: a.shape, shapeB: b.shape, precisionA: a.precision,
@@ -75,12 +83,7 @@ public enum Compare {
         let expectA = a.precision > b.precision
         let act = expectA ? b.values : a.values, exp = expectA ? a.values : b.values
         c.count = exp.count
-        for (side, vals) in [("a", a.values), ("b", b.values)] {
-            if let i = vals.firstIndex(where: { !$0.isFinite }) {
-                c.nonFinite = (side, unravel(i, a.shape), vals[i])
-                return c
-            }
-        }
+        if let bad = Compare.firstNonFinite(a, b) { c.nonFinite = bad; return c }
         c.scale = exp.reduce(0) { max($0, abs($1)) }
         let atol = tol.atol(scale: c.scale)
         c.effectiveAtol = atol
