@@ -9,6 +9,10 @@ import SDDiTExchange
 public let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .deletingLastPathComponent()
 
+/// The shared directory beside the repository (`../shared`: SPEC.md, the PyTorch fixtures, the
+/// peer benchmark); it may be absent where only the repository was checked out.
+public let sharedDir = repoRoot.deletingLastPathComponent().appendingPathComponent("shared")
+
 public func fixture(_ name: String) -> String { repoRoot.appendingPathComponent("fixtures/\(name)").path }
 
 /// The PyTorch fixtures (../shared/fixtures, copied): every one must be reproduced.
