@@ -28,7 +28,7 @@ struct Float80Tests {
             lines.append(String(format: "%-48@ %10.2e %10.2e %6.0f", p, c.maxRel, c.normwise, c.normwise / Double.ulpOfOne))
             if c.normwise > worstNormwise { worstNormwise = c.normwise; worstName = p }
             // Tolerance: norm-wise error within 1e-13 (~450 eps): the step composes ~100
-            // layers over O(10^2)-long sums (measured worst: ~30 eps, sampler states).
+            // layers over O(10^2)-long sums (measured: README "Tolerances").
             // After-step parameters are judged in units of lr (SPEC hazard 2: Adam turns a
             // noise gradient g into a move of lr g/eps): within 1e-7 lr as in Tolerances.rule
             // (measured worst 4.9e-9 lr, blocks.0.attn.qkv.bias).
