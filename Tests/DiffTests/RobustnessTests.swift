@@ -188,8 +188,9 @@ struct RobustnessTests {
         Report.add("robustness.txt", ["kill -9 during oracle dump: 12 runs, \(killed) killed, previous file intact \(oldSeen), complete new file \(newSeen), half files 0"])
     }
 
-    /// The reference is single-threaded: bit-identical results run to run and whatever
-    /// OpenBLAS's thread count (it does not call BLAS).
+    /// The reference: bit-identical results run to run and whatever OpenBLAS's thread count
+    /// (it calls no BLAS; its own kernels split work over the cores by a fixed partition, so
+    /// their thread count changes no bit either: `KernelTests`).
     @Test func referenceDeterminism() throws {
         let s = SeededSetup.make(.tiny, seed: 12, batch: 2, maskRatio: 0.5, sampleSteps: 3)
         let a = try Backend.ref.run(s), b = try Backend.ref.run(s)
