@@ -101,7 +101,7 @@ struct AfterStepTests {
     }
 
     /// Each planted optimizer bug fails, in float32 and in float64, at an after-step tensor
-    /// (the blanket float32 rule of before passed all four: max |a - e| 0.82-1.00 lr).
+    /// (the blanket float32 rule of before passed all four: README "After-step parameters").
     @Test(arguments: [Bug.eps1e6, .weightDecay, .finalLayerNotOptimized, .lrTenth])
     func optimizerBugsFail(_ bug: Bug) throws {
         for f32 in [true, false] {

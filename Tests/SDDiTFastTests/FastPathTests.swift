@@ -121,8 +121,8 @@ struct FastPathTests {
         }
     }
 
-    /// XL/2 at batch 1: the sweep's estimate fits a 24 GiB machine (measured: 10.3 GiB peak RSS,
-    /// README), where a training model's does not; a batch that does not fit is refused in one line.
+    /// XL/2 at batch 1: the sweep's estimate fits a 24 GiB machine (measured peak RSS:
+    /// README's headroom table), where a training model's does not; a batch that does not fit is refused in one line.
     @Test func xl2SweepFitsIn24GiB() throws {
         let xl = try #require(ModelConfig.named("XL/2"))
         let gib = 1073741824.0
