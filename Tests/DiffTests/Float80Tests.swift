@@ -17,7 +17,7 @@ struct Float80Tests {
         let setup = SeededSetup.make(.tiny, seed: 5, batch: 2, maskRatio: maskRatio, sampleSteps: 5, cfgScale: 1.5)
         let d = try ReferenceBackend.run(setup, as: Double.self)
         let e = try ReferenceBackend.run(setup, as: Float80.self)
-        #expect(d.keys.sorted() == e.keys.sorted())
+        #expect(d.keys.sorted() == e.keys.sorted(), "Double and Float80 runs made different datasets")
         var lines = [String(format: "Double vs Float80, tiny config, seed 5, batch 2, mask ratio %.2f, 5 Heun steps (cfg 1.5)", maskRatio),
                      "max rel = max |d - e| / (|e| + 1e-3 max|e|) element-wise; normwise = max |d - e| / max |e|",
                      String(format: "%-48@ %10@ %10@ %6@", "tensor", "max rel", "normwise", "/eps")]
@@ -61,13 +61,13 @@ struct Float80Tests {
         func verdict(_ name: String, _ a: NamedTensor) -> String? {
             Self.problem(Compare.tensors(name, a, e, tolerance: Tolerance(rtol: 1, atolScale: 1e-3)), lr: 1e-2)
         }
-        #expect(verdict("activations/x", t) == nil)
+        #expect(verdict("activations/x", t) == nil, "the verdict fails a tensor equal to its Float80 side")
         var nan = t; nan.values[1] = .nan
-        #expect(verdict("activations/x", nan) != nil)
+        #expect(verdict("activations/x", nan) != nil, "the verdict passes a NaN")
         var inf = t; inf.values[2] = .infinity
-        #expect(verdict("after_step/params/w", inf) != nil)
-        #expect(verdict("activations/x", NamedTensor(shape: [3, 1], values: [1, 2, 3], precision: .float64)) != nil)
+        #expect(verdict("after_step/params/w", inf) != nil, "the verdict passes an infinite after-step parameter")
+        #expect(verdict("activations/x", NamedTensor(shape: [3, 1], values: [1, 2, 3], precision: .float64)) != nil, "the verdict passes a shape mismatch")
         var off = t; off.values[0] += 1e-12
-        #expect(verdict("activations/x", off) != nil)
+        #expect(verdict("activations/x", off) != nil, "the verdict passes a difference of 1e-12 (far above 1e-13 norm-wise)")
     }
 }

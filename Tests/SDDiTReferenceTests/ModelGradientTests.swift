@@ -91,8 +91,8 @@ struct ParameterCountTests {
         let n = ModelConfig.xl2.parameterCounts
         let rel = abs(Double(n.total) - 740.6e6) / 740.6e6
         #expect(rel < 5e-3, "XL/2 student \(n.total) parameters, \(rel * 100)% from the paper's 740.6M")
-        #expect(n.total == n.encoder + n.decoder + n.head)
+        #expect(n.total == n.encoder + n.decoder + n.head, "XL/2's parts do not add up to its total")
         // the teacher is the student's encoder + head
-        #expect(ModelConfig.xl2.teacherParameters.reduce(0) { $0 + $1.count } == n.encoder + n.head)
+        #expect(ModelConfig.xl2.teacherParameters.reduce(0) { $0 + $1.count } == n.encoder + n.head, "XL/2's teacher is not the student's encoder + head")
     }
 }
