@@ -60,7 +60,10 @@ public struct Comparison: Sendable {
     /// Calibrated verdict (`Calibration`): the norm-wise error as a multiple of the error of a
     /// known-correct implementation in the precision this side claims (`level`), and the limit.
     public var calibration: (level: Double, ratio: Double, limit: Double, precision: String)?
-    /// Bits of agreement with the other side: -log2 of the norm-wise error (53 when equal).
+    /// Bits of agreement with the other side: -log2 of the norm-wise error, at most 64, and 64
+    /// when the sides are equal (not 53: a difference on an element far below max|e| puts the
+    /// norm-wise error of two float64 tensors below 2^-53, and equal must never read as less
+    /// agreement than nearly equal).
     public var bits: Double { normwise > 0 ? min(-log2(normwise), 64) : 64 }
     public var calibrationFailed: Bool { calibration.map { !($0.ratio <= $0.limit) } ?? false }
     public var passed: Bool { !shapeMismatch && nonFinite == nil && bad == 0 && !calibrationFailed }

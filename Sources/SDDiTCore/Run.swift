@@ -34,7 +34,8 @@ public struct NamedTensor: Sendable {
     }
 }
 
-/// What a backend needs to reproduce a file: config, parameters, inputs, sampler setup.
+/// The sampler's setup (SPEC §6, the file's /sampler group): the initial state x_init, the
+/// labels, the number of Heun steps, and the guidance scale (nil: no guidance).
 public struct SamplerSetup: Sendable {
     public var xInit: Tensor<Double>
     public var labels: [Int]
@@ -45,7 +46,8 @@ public struct SamplerSetup: Sendable {
     }
 }
 
-/// Config, parameters and inputs of one run, as read from a file or made from a seed.
+/// What a backend needs to reproduce a run: config, parameters (student, and the teacher for a
+/// training step), step inputs and sampler setup, as read from a file or made from a seed.
 public struct RunSetup: Sendable {
     public var config: ModelConfig
     public var student: Parameters<Double>

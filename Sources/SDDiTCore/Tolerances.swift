@@ -1,5 +1,5 @@
 // Comparison tolerances, keyed by the pair of precisions and the kind of tensor. Each value
-// states its reason and the worst error measured (README "Tolerances" repeats this table).
+// states its reason; the errors measured against it are in README "Tolerances" (one home).
 public enum Tolerances {
     /// The rule for dataset `path` when a side in precision `a` meets one in `b`.
     /// `lr` is the learning rate of the step (after-step parameters are judged in units of lr).
@@ -9,10 +9,9 @@ public enum Tolerances {
         switch low {
         case .float64, .float80, .integer:
             // Two float64 computations of the same math in a different order: rounding errors
-            // of O(depth * eps * condition). Measured against the five PyTorch fixtures:
-            // max rel 1.4e-15 (activations), 4.3e-16 (losses), 5.3e-15 (grads), 5.5e-15
-            // (sampler states), 2.2e-13 (teacher after EMA). 1e-9 is the fixture contract of
-            // SPEC / the issue: 5 orders of margin, still far below any real bug. The scale term
+            // of O(depth * eps * condition), measured on the five PyTorch fixtures (README
+            // "Tolerances"). 1e-9 is the fixture contract of SPEC / the issue: orders of
+            // magnitude of margin, still far below any real bug. The scale term
             // (1e-9 * max|e| of the tensor) judges entries that are exact zeros in exact
             // arithmetic, such as the key third of d attn.qkv.bias (SPEC hazard 1), against
             // the scale of their tensor instead of element-wise.
@@ -27,10 +26,9 @@ public enum Tolerances {
             }
             return t
         case .float32:
-            // float32 (u = 6e-8) against float64. Measured norm-wise on the fixtures: activations
-            // <= 8.1e-7, losses <= 1.7e-7, gradients <= 4.2e-6 (~70u: long reductions and the
-            // 1/tau = 10 sharpening of the DINO softmax). rtol 1e-4 / atol 1e-5 + 1e-4 max|e|
-            // (STYLE's starting point) leaves >= 20x margin.
+            // float32 (u = 6e-8) against float64: long reductions and the 1/tau = 10 sharpening
+            // of the DINO softmax (measured norm-wise on the fixtures: README "Tolerances").
+            // rtol 1e-4 / atol 1e-5 + 1e-4 max|e| (STYLE's starting point) leaves >= 20x margin.
             var t = Tolerance(rtol: 1e-4, atolAbs: 1e-5, atolScale: 1e-4,
                               reason: "float32 vs float64: unit roundoff 6e-8 times depth and conditioning")
             if afterParams {
@@ -46,9 +44,8 @@ public enum Tolerances {
             return t
         case .float16, .bfloat16, .tfloat32:
             // Half-precision matmul operands / storage: tolerances in units of the half type's
-            // unit roundoff u (fp16 4.9e-4, bf16 3.9e-3): rtol 20u, atol 20u + 40u max|e|.
-            // Measured norm-wise (fixtures, golden dumps): fp16 activations 1.9e-3 (4u),
-            // gradients 1.4e-2 (29u); bf16 activations 2.3e-2 (6u), gradients 8.6e-2 (22u).
+            // unit roundoff u (fp16 4.9e-4, bf16 3.9e-3): rtol 20u, atol 20u + 40u max|e|
+            // (measured norm-wise on the fixtures and golden dumps: README "Tolerances").
             // TF32 (operands only, u = 2^-11 as fp16): the same rule.
             let u = low.unitRoundoff
             var t = Tolerance(rtol: 20 * u, atolAbs: 20 * u, atolScale: 40 * u,

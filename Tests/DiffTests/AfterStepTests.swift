@@ -86,8 +86,8 @@ struct AfterStepTests {
                 Issue.record(Comment(rawValue: "seed \(seed) float\(f32 ? 32 : 64): " + c.lines(labelA: r.labelA, labelB: r.labelB).joined(separator: "\n")))
             }
             #expect(r.passed, "seed \(seed) float\(f32 ? 32 : 64): \(r.summary)")
-            let worst = r.comparisons.filter { $0.name.hasPrefix("after_step/") && $0.tolerance.label != nil }.map(\.maxRel).max() ?? -1
-            #expect(worst >= 0 && worst < 1)
+            let worst = maxOrNaN(r.comparisons.filter { $0.name.hasPrefix("after_step/") && $0.tolerance.label != nil }.map(\.maxRel), empty: -1)
+            #expect(worst >= 0 && worst < 1, "seed \(seed) float\(f32 ? 32 : 64): worst use of an after-step interval \(worst), expected in [0, 1) (-1: no after-step tensor judged by the interval rule)")
             print("after-step rule, clean float\(f32 ? 32 : 64) seed \(seed): worst use of an interval \(worst)")
         }
         // the fast path's own step (not recomputed) passes too
@@ -101,7 +101,7 @@ struct AfterStepTests {
     }
 
     /// Each planted optimizer bug fails, in float32 and in float64, at an after-step tensor
-    /// (the blanket float32 rule of before passed all four: max |a - e| 0.82-1.00 lr).
+    /// (the blanket float32 rule of before passed all four: README "After-step parameters").
     @Test(arguments: [Bug.eps1e6, .weightDecay, .finalLayerNotOptimized, .lrTenth])
     func optimizerBugsFail(_ bug: Bug) throws {
         for f32 in [true, false] {
@@ -112,7 +112,7 @@ struct AfterStepTests {
                 #expect(failed.allSatisfy { $0.name.hasPrefix("after_step/") },
                         "\(bug.rawValue): failures outside after_step: \(failed.map(\.name).prefix(3))")
                 if bug == .finalLayerNotOptimized {
-                    #expect(failed.first?.name.hasPrefix("after_step/params/final_layer.") == true, "\(failed.first?.name ?? "none")")
+                    #expect(failed.first?.name.hasPrefix("after_step/params/final_layer.") == true, "\(bug.rawValue): the first failure is not the final layer's: \(failed.first?.name ?? "none")")
                 }
                 if let c = failed.first { print("\(bug.rawValue) float\(f32 ? 32 : 64) seed \(seed): \(failed.count) failed; " + c.lines(labelA: r.labelA, labelB: r.labelB).joined(separator: " | ")) }
             }
@@ -123,7 +123,7 @@ struct AfterStepTests {
     /// float32 gradient bound: steps of the wrong size or missing still fail; a clean step passes.
     @Test func withoutRecordedGradients() throws {
         let clean = try Self.diff(try Self.file(seed: 5, bug: .none, float32: true, grads: false), allowMissing: true)
-        #expect(clean.failed == 0, "\(clean.summary)")
+        #expect(clean.failed == 0, "a clean float32 file without gradients fails: \(clean.summary)")
         for bug in [Bug.lrTenth, .finalLayerNotOptimized] {
             let r = try Self.diff(try Self.file(seed: 5, bug: bug, float32: true, grads: false), allowMissing: true)
             #expect(r.failed > 0, "\(bug.rawValue) without gradients: \(r.summary)")
@@ -143,13 +143,13 @@ struct AfterStepTests {
         let ctx = AfterStepContext(lr: lr, weightDecay: 0, eps: 1e-8, emaBeta: 0.996, before: before,
                                    sideA: ["grads/w": gA], sideB: ["grads/w": gE])
         let c = AfterStepRule.compare("after_step/params/w", good, e, ctx)!
-        #expect(c.passed, "\(c.lines(labelA: "a", labelB: "b"))")
+        #expect(c.passed, "a step within its interval fails: \(c.lines(labelA: "a", labelB: "b"))")
         var short = good
         short.values[0] = 0.5 - 0.99 * lr
         let c2 = AfterStepRule.compare("after_step/params/w", short, e, ctx)!
-        #expect(!c2.passed && c2.bad == 1 && c2.outside?.index == [0])
+        #expect(!c2.passed && c2.bad == 1 && c2.outside?.index == [0], "a step 0.99 lr short at [0] passes or fails elsewhere: passed \(c2.passed), bad \(c2.bad), first outside \(String(describing: c2.outside?.index))")
         // unmoved parameter
         let still = t([0.5, 0.5, 0.0], .float32)
-        #expect(AfterStepRule.compare("after_step/params/w", still, e, ctx)!.bad == 3)
+        #expect(AfterStepRule.compare("after_step/params/w", still, e, ctx)!.bad == 3, "a parameter left unmoved (no step taken) is not caught at all 3 entries")
     }
 }

@@ -38,7 +38,7 @@ struct CalibrationRunTests {
                     streamed[p] = d; order.append(p)
                 }
                 #expect(Set(streamed.keys) == Set(whole.keys), "\(be.rawValue) seed \(seed): \(Set(streamed.keys).symmetricDifference(whole.keys).sorted().prefix(5))")
-                #expect(order == DatasetOrder.sorted(order, .tiny))
+                #expect(order == DatasetOrder.sorted(order, .tiny), "\(be.rawValue) seed \(seed): the streamed run's datasets are not in DatasetOrder")
                 let bad = whole.keys.filter { k in streamed[k].map { !Self.same($0, whole[k]!) } ?? true }.sorted()
                 #expect(bad.isEmpty, "\(be.rawValue) seed \(seed) variant \(v.layerNormEpsBlock != nil): \(bad.prefix(5))")
             }
@@ -50,7 +50,7 @@ struct CalibrationRunTests {
     @Test func backendRunIsTheStreamedStep() throws {
         let s = SeededSetup.make(.tiny, seed: 4, batch: 2, maskRatio: 0.25, sampleSteps: 3)
         let a = try Backend.fastBF16.run(s), b = try FastBackend.run(s.fastSetup, precision: .bf16)
-        #expect(Set(a.keys) == Set(b.keys) && a.keys.allSatisfy { Self.same(a[$0]!, b[$0]!) })
+        #expect(Set(a.keys) == Set(b.keys) && a.keys.allSatisfy { Self.same(a[$0]!, b[$0]!) }, "Backend.fastBF16.run differs from FastBackend.run in bf16 (keys or values)")
     }
 
     /// With `memory` so small that the results would take over a quarter of it (but the step
@@ -71,15 +71,15 @@ struct CalibrationRunTests {
             let run = try CalibrationRun.run(be, s, memory: memory)
             path = run.filePath
             #expect(path.map { FileManager.default.fileExists(atPath: $0) } == true, "no temporary file")
-            #expect(run.backend == be)
+            #expect(run.backend == be, "the calibration run names backend \(run.backend.rawValue), not \(be.rawValue)")
             for (p, d) in held {
                 let t = try run.tensor(p)
                 #expect(t.map { Self.same($0, d) } ?? false, "\(be.rawValue) \(p): \(String(describing: t?.precision)) vs \(d.precision)")
             }
-            #expect(try run.tensor("activations/no.such.tensor") == nil)
+            #expect(try run.tensor("activations/no.such.tensor") == nil, "\(be.rawValue): a dataset the run never made is not nil")
             let small = try CalibrationRun.run(be, s)   // this machine's memory: held
-            #expect(small.filePath == nil && !small.spilled)
-            for (p, d) in held { #expect(try small.tensor(p).map { Self.same($0, d) } ?? false, "\(p)") }
+            #expect(small.filePath == nil && !small.spilled, "a run that fits this machine's memory was written to a file (\(String(describing: small.filePath)))")
+            for (p, d) in held { #expect(try small.tensor(p).map { Self.same($0, d) } ?? false, "the held run serves another \(p) than the direct run") }
         }
         #expect(path.map { !FileManager.default.fileExists(atPath: $0) } == true, "temporary file left behind")
     }

@@ -57,3 +57,22 @@ struct ConformanceTests {
         #expect(first?.maxAbsIndex == unravel(5, ds[target]!.shape), "worst index \(first?.maxAbsIndex ?? [])")
     }
 }
+
+/// `Comparison.bits`, the precision fingerprint of `oracle diff`'s group lines: -log2 of the
+/// norm-wise error, capped at 64, and 64 for equal sides.
+@Suite("Bits of agreement")
+struct BitsOfAgreementTests {
+    static func bits(_ a: [Double], _ b: [Double]) -> Double {
+        Compare.tensors("t", NamedTensor(shape: [a.count], values: a, precision: .float64),
+                        NamedTensor(shape: [b.count], values: b, precision: .float64),
+                        tolerance: Tolerance(rtol: 1e-9)).bits
+    }
+
+    @Test func bitsFromTheNormwiseError() {
+        #expect(Self.bits([1, 2, 4], [1, 2, 4]) == 64, "equal sides do not give 64 bits")
+        #expect(Self.bits([1, 2, 4 + 0x1p-18], [1, 2, 4]) == 20, "an error of 2^-20 of max|e| does not give 20 bits")
+        // a last-bit difference on a small element: the norm-wise error is below 2^-53
+        #expect(Self.bits([0x1p-20 + 0x1p-60, 1], [0x1p-20, 1]) == 60, "a difference of 2^-60 against max|e| 1 does not give 60 bits")
+        #expect(Self.bits([0x1p-1000, 1], [0, 1]) == 64, "bits are not capped at 64")
+    }
+}

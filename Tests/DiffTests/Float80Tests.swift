@@ -17,7 +17,7 @@ struct Float80Tests {
         let setup = SeededSetup.make(.tiny, seed: 5, batch: 2, maskRatio: maskRatio, sampleSteps: 5, cfgScale: 1.5)
         let d = try ReferenceBackend.run(setup, as: Double.self)
         let e = try ReferenceBackend.run(setup, as: Float80.self)
-        #expect(d.keys.sorted() == e.keys.sorted())
+        #expect(d.keys.sorted() == e.keys.sorted(), "Double and Float80 runs made different datasets")
         var lines = [String(format: "Double vs Float80, tiny config, seed 5, batch 2, mask ratio %.2f, 5 Heun steps (cfg 1.5)", maskRatio),
                      "max rel = max |d - e| / (|e| + 1e-3 max|e|) element-wise; normwise = max |d - e| / max |e|",
                      String(format: "%-48@ %10@ %10@ %6@", "tensor", "max rel", "normwise", "/eps")]
@@ -28,7 +28,7 @@ struct Float80Tests {
             lines.append(String(format: "%-48@ %10.2e %10.2e %6.0f", p, c.maxRel, c.normwise, c.normwise / Double.ulpOfOne))
             if c.normwise > worstNormwise { worstNormwise = c.normwise; worstName = p }
             // Tolerance: norm-wise error within 1e-13 (~450 eps): the step composes ~100
-            // layers over O(10^2)-long sums (measured worst: ~30 eps, sampler states).
+            // layers over O(10^2)-long sums (measured: README "Tolerances").
             // After-step parameters are judged in units of lr (SPEC hazard 2: Adam turns a
             // noise gradient g into a move of lr g/eps): within 1e-7 lr as in Tolerances.rule
             // (measured worst 4.9e-9 lr, blocks.0.attn.qkv.bias).
@@ -61,13 +61,13 @@ struct Float80Tests {
         func verdict(_ name: String, _ a: NamedTensor) -> String? {
             Self.problem(Compare.tensors(name, a, e, tolerance: Tolerance(rtol: 1, atolScale: 1e-3)), lr: 1e-2)
         }
-        #expect(verdict("activations/x", t) == nil)
+        #expect(verdict("activations/x", t) == nil, "the verdict fails a tensor equal to its Float80 side")
         var nan = t; nan.values[1] = .nan
-        #expect(verdict("activations/x", nan) != nil)
+        #expect(verdict("activations/x", nan) != nil, "the verdict passes a NaN")
         var inf = t; inf.values[2] = .infinity
-        #expect(verdict("after_step/params/w", inf) != nil)
-        #expect(verdict("activations/x", NamedTensor(shape: [3, 1], values: [1, 2, 3], precision: .float64)) != nil)
+        #expect(verdict("after_step/params/w", inf) != nil, "the verdict passes an infinite after-step parameter")
+        #expect(verdict("activations/x", NamedTensor(shape: [3, 1], values: [1, 2, 3], precision: .float64)) != nil, "the verdict passes a shape mismatch")
         var off = t; off.values[0] += 1e-12
-        #expect(verdict("activations/x", off) != nil)
+        #expect(verdict("activations/x", off) != nil, "the verdict passes a difference of 1e-12 (far above 1e-13 norm-wise)")
     }
 }

@@ -84,7 +84,7 @@ struct ModeCalibrationTests {
         let r = try Self.diff(path, .ref)
         #expect(r.mode == mode.rawValue, "\(mode): judged as \(r.mode ?? "nothing") (\(r.modeSource ?? ""))")
         let ok = r.passed
-        #expect(ok, "\(r.summary)\n\(Self.failures(r))")
+        #expect(ok, "\(mode): an undeclared clean twin fails:\n\(r.summary)\n\(Self.failures(r))")
     }
 
     /// Planted bugs in each mode, against the reference and against the mode's backend: a
@@ -153,10 +153,10 @@ struct ModeCalibrationTests {
         let s = Self.setup(seed: 5)
         let tf32 = try Self.file(s, try Self.twin(s, .tf32, seed: 5), "diag-tf32", declare: nil)
         let r = try Self.diff(tf32, .ref), bad = !r.passed
-        #expect(bad && r.diagnosis.first?.contains("--b fast-tf32,") == true, "\(r.diagnosis)")
+        #expect(bad && r.diagnosis.first?.contains("--b fast-tf32,") == true, "a TF32 file passes or is not diagnosed with --b fast-tf32: \(r.diagnosis)")
         let conv = try Self.file(s, try Self.twin(s, .tf32Conv, seed: 5), "diag-tf32conv", declare: nil)
         let c = try Self.diff(conv, .ref), cbad = !c.passed
-        #expect(cbad && c.diagnosis.first?.contains("--b fast-tf32-conv") == true, "\(c.diagnosis)")
+        #expect(cbad && c.diagnosis.first?.contains("--b fast-tf32-conv") == true, "a TF32-convolution file passes or is not diagnosed with --b fast-tf32-conv: \(c.diagnosis)")
     }
 
     /// A float32 run stored as float64 (hooks that call .double()) is judged as float32 and said.
@@ -165,28 +165,28 @@ struct ModeCalibrationTests {
         var res = try FastBackend.run(s.fastSetup, precision: .fp32)
         for k in res.keys where k.hasPrefix("activations/student.enc") { res[k]!.precision = .float64 }
         let r = try Self.diff(try Self.file(s, res, "stored-wide", declare: nil), .ref), ok = r.passed
-        #expect(ok, "\(r.summary)\n\(Self.failures(r))")
-        #expect(r.notes.contains { $0.contains("hold float32 values only") }, "\(r.notes)")
-        #expect(r.comparisons.first { $0.name == "activations/student.enc.block.0" }?.precisionA == .float32)
+        #expect(ok, "a float32 run stored as float64 fails:\n\(r.summary)\n\(Self.failures(r))")
+        #expect(r.notes.contains { $0.contains("hold float32 values only") }, "no note says the float64 datasets hold float32 values: \(r.notes)")
+        #expect(r.comparisons.first { $0.name == "activations/student.enc.block.0" }?.precisionA == .float32, "activations/student.enc.block.0 stored as float64 is not judged as float32")
     }
 
     /// A declared mode the oracle does not know is one clear error; a config without lr is said.
     @Test func declaredModeAndDefaultsAreChecked() throws {
-        #expect(PrecisionMode(declared: "fast-bf16") == .bf16Autocast && PrecisionMode(declared: "tf32-conv") == .tf32Conv)
-        #expect(PrecisionMode(declared: "int8") == nil)
+        #expect(PrecisionMode(declared: "fast-bf16") == .bf16Autocast && PrecisionMode(declared: "tf32-conv") == .tf32Conv, "fast-bf16 / tf32-conv do not parse as bf16-autocast / tf32-conv")
+        #expect(PrecisionMode(declared: "int8") == nil, "an unknown mode name (int8) parses")
         let s = Self.setup(seed: 7)
         let res = try FastBackend.run(s.fastSetup, precision: .fp32)
         let (ds, ints) = exchangeDatasets(s, res, params: .float32)
         let bad = tempDir().appendingPathComponent("bad-mode.h5").path
         try ExchangeWriter.write(bad, config: s.config, configExtra: ["precision_mode": "int8"], datasets: ds, integers: ints)
-        #expect { _ = try Self.diff(bad, .ref) } throws: { "\($0)".contains("precision_mode \"int8\"") }
+        #expect("an unknown precision_mode is not one error naming it") { _ = try Self.diff(bad, .ref) } throws: { "\($0)".contains("precision_mode \"int8\"") }
         var o = s.config.jsonObject
         o.removeValue(forKey: "lr")
         let json = String(data: try JSONSerialization.data(withJSONObject: o), encoding: .utf8)!
         let nolr = tempDir().appendingPathComponent("no-lr.h5").path
         try ExchangeWriter.write(nolr, config: s.config, datasets: ds, integers: ints, rawConfigJSON: json)
         let r = try Self.diff(nolr, .ref)
-        #expect(r.notes.contains { $0.contains("no 'lr'") && $0.contains("after-step") }, "\(r.notes)")
+        #expect(r.notes.contains { $0.contains("no 'lr'") && $0.contains("after-step") }, "no note names the missing lr the after-step rule assumed: \(r.notes)")
     }
 
     /// The after-step rules name the side whose step they judge ("the file's AdamW step",
@@ -202,9 +202,9 @@ struct ModeCalibrationTests {
         let r = try Self.diff(path, .ref)
         let lines = r.lines()
         let step = lines.first { $0.hasPrefix("FAIL after_step/params/") } ?? ""
-        #expect(step.contains("rule lr10-named.h5's AdamW step from its own gradient"), "\(step)")
+        #expect(step.contains("rule lr10-named.h5's AdamW step from its own gradient"), "the lr/10 failure's rule does not name the file's own AdamW step: \(step)")
         let teacher = r.comparisons.first { $0.name.hasPrefix("after_step/teacher/") }
-        #expect(teacher?.tolerance.description(labelA: "the file", labelB: "ref").contains("'s EMA teacher from") == true)
-        #expect(!lines.contains { $0.contains("a's Adam") || $0.contains("b's Adam") })
+        #expect(teacher?.tolerance.description(labelA: "the file", labelB: "ref").contains("'s EMA teacher from") == true, "the after-step teacher's rule does not name the side's own EMA: \(String(describing: teacher?.tolerance.description(labelA: "the file", labelB: "ref")))")
+        #expect(!lines.contains { $0.contains("a's Adam") || $0.contains("b's Adam") }, "a report line names a side as a or b instead of by its label")
     }
 }

@@ -52,15 +52,15 @@ struct StreamingTests {
         for f in ["public_train_tiny.h5", "public_sampler_cfg_tiny.h5", "golden_tiny.h5"] {
             let path = fixture(f)
             let whole = try ExchangeFile.read(path), lazy = try ExchangeFile.read(path, resultsOnDemand: true)
-            #expect(Set(lazy.index.keys) == Set(whole.datasets.keys))
-            #expect(lazy.datasets.keys.allSatisfy { ExchangeFile.isSetup($0) || $0.hasPrefix("params/") || $0 == "sampler/sigmas" || lazy.integers[$0] != nil })
-            #expect(lazy.datasets.count < whole.datasets.count)
+            #expect(Set(lazy.index.keys) == Set(whole.datasets.keys), "\(f): the on-demand index and the whole read name different datasets")
+            #expect(lazy.datasets.keys.allSatisfy { ExchangeFile.isSetup($0) || $0.hasPrefix("params/") || $0 == "sampler/sigmas" || lazy.integers[$0] != nil }, "\(f): the on-demand read holds a result dataset in memory")
+            #expect(lazy.datasets.count < whole.datasets.count, "\(f): the on-demand read holds every dataset in memory")
             for (p, d) in whole.datasets {
-                let l = try #require(try lazy.dataset(p))
-                #expect(l.shape == d.shape && l.precision == d.precision && Self.bits(l) == Self.bits(d), "\(f) /\(p)")
-                #expect(lazy.index[p]!.shape == d.shape)
+                let l = try #require(try lazy.dataset(p), "\(f): /\(p) is missing from the on-demand read")
+                #expect(l.shape == d.shape && l.precision == d.precision && Self.bits(l) == Self.bits(d), "\(f): /\(p) read on demand differs from the whole read (shape, precision or bits)")
+                #expect(lazy.index[p]!.shape == d.shape, "\(f): the index's shape of /\(p) differs from the dataset's")
             }
-            #expect(try lazy.dataset("activations/no.such") == nil)
+            #expect(try lazy.dataset("activations/no.such") == nil, "\(f): a dataset the file does not have is not nil")
         }
     }
 
@@ -88,14 +88,14 @@ struct StreamingTests {
             if p.hasPrefix("params/") { x.precision = min(x.precision, tablesAs) }
             expected[p] = DiffEngine.verdict(p, x, y, ctx, lr: file.config.lr)
         }
-        #expect(report.comparisons.map(\.name) == DatasetOrder.sorted(Array(expected.keys), file.config))
+        #expect(report.comparisons.map(\.name) == DatasetOrder.sorted(Array(expected.keys), file.config), "\(kind): the streamed diff compares other datasets, or in another order, than the whole-side verdicts")
         for c in report.comparisons {
-            let e = try #require(expected[c.name])
+            let e = try #require(expected[c.name], "\(kind): \(c.name) has no whole-side verdict")
             #expect(c.passed == e.passed && c.maxAbs.bitPattern == e.maxAbs.bitPattern && c.maxRel.bitPattern == e.maxRel.bitPattern
                     && c.bad == e.bad && c.tolerance.description == e.tolerance.description, "\(kind): \(c.name) differs from the whole-side verdict")
         }
         let computedGroups = Set(full.keys.map { String($0.split(separator: "/")[0]) })
-        #expect(report.notRecorded == ["activations", "losses", "grads", "after_step", "sampler"].filter { computedGroups.contains($0) && !groups.contains($0) })
+        #expect(report.notRecorded == ["activations", "losses", "grads", "after_step", "sampler"].filter { computedGroups.contains($0) && !groups.contains($0) }, "\(kind): the groups said not recorded are \(report.notRecorded)")
         let passed = report.passed
         #expect(passed, "\(kind): a correct run failed: \(report.lines().suffix(4))")
         if kind != "ref" { #expect(report.comparisons.contains { $0.calibration != nil }, "a float32 file was not calibrated") }
@@ -111,7 +111,7 @@ struct StreamingTests {
         let ref = xl.estimatedReferenceStepBytes(batch: 2, visible: V, scalarBytes: 8)
         let setup = 8 * Double(xl.parameterCounts.total + xl.parameterCounts.encoder + xl.parameterCounts.head)
         #expect(ref > setup && ref < 0.8 * 24 * gib, "XL/2 batch 2: \(ref / gib) GiB")
-        #expect(ref + 8 * Double(xl.parameterCounts.trainable) > 0.8 * 24 * gib)
+        #expect(ref + 8 * Double(xl.parameterCounts.trainable) > 0.8 * 24 * gib, "XL/2 batch 2 holding every gradient fits by the estimate: \((ref + 8 * Double(xl.parameterCounts.trainable)) / gib) GiB")
         let fast = Backend.fast.estimatedStepBytes(xl, batch: 2, visible: V)
         #expect(fast > setup + 4 * 2 * Double(xl.parameterCounts.total) && fast < 0.8 * 24 * gib, "XL/2 batch 2 fast: \(fast / gib) GiB")
         let held: Double = FastBackend.estimatedResultsBytes(xl, batch: 2, visible: V, samplerSteps: nil)
@@ -132,20 +132,20 @@ struct StreamingTests {
         var o = DiffOptions()
         o.memory = fast / 2 / 0.8
         let r = try DiffEngine.run(a: .file(refPath), b: .file(path), options: o)
-        #expect(r.notes.count == 1 && r.notes[0].hasPrefix("calibration skipped: ") && r.notes[0].contains("fast"), "\(r.notes)")
-        #expect(r.comparisons.allSatisfy { $0.calibration == nil } && r.comparisons.count > 100)
-        #expect(r.lines().contains(r.notes[0]) && (r.json["notes"] as? [String]) == r.notes)
+        #expect(r.notes.count == 1 && r.notes[0].hasPrefix("calibration skipped: ") && r.notes[0].contains("fast"), "the skipped calibration is not said in one note naming the fast path: \(r.notes)")
+        #expect(r.comparisons.allSatisfy { $0.calibration == nil } && r.comparisons.count > 100, "calibrated tensors or too few comparisons where the calibration was skipped (\(r.comparisons.count) compared)")
+        #expect(r.lines().contains(r.notes[0]) && (r.json["notes"] as? [String]) == r.notes, "the skipped-calibration note is missing from the report lines or the JSON")
         // an uncalibrated verdict fails unless accepted (--uncalibrated)
-        #expect(!r.passed && r.uncalibrated, "\(r.summary)")
-        #expect(r.lines().contains { $0.hasPrefix("FAIL the calibrated verdict could not run") })
+        #expect(!r.passed && r.uncalibrated, "an uncalibrated verdict passes or is not marked uncalibrated: \(r.summary)")
+        #expect(r.lines().contains { $0.hasPrefix("FAIL the calibrated verdict could not run") }, "the report does not fail the uncalibrated verdict in a line of its own")
         o.allowUncalibrated = true
         let accepted = try DiffEngine.run(a: .file(refPath), b: .file(path), options: o)
         #expect(accepted.passed, "--uncalibrated: \(accepted.summary)")
         o.allowUncalibrated = false
         let full = try DiffEngine.run(a: .file(path), b: .backend(.ref), options: DiffOptions())
-        #expect(full.notes.isEmpty && full.comparisons.contains { $0.calibration != nil })
+        #expect(full.notes.isEmpty && full.comparisons.contains { $0.calibration != nil }, "with memory enough the float32 file is not calibrated, or has notes: \(full.notes)")
         o.memory = ref / 2 / 0.8
-        #expect { _ = try DiffEngine.run(a: .file(path), b: .backend(.ref), options: o) } throws: { e in
+        #expect("where the reference does not fit, the diff does not refuse before allocating") { _ = try DiffEngine.run(a: .file(path), b: .backend(.ref), options: o) } throws: { e in
             "\(e)".contains("ref: a training step at batch 2") && "\(e)".contains("refusing before allocating")
         }
     }

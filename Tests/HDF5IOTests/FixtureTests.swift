@@ -13,9 +13,9 @@ import HDF5IO
         #expect(try file.datasetPaths() == [
             "be_f64", "be_i32", "bools", "compound", "empty", "f16", "f32", "f64", "grp/sub/x",
             "i16", "i32", "i64", "i8", "scalar", "str_fixed", "str_vlen", "u16", "u32", "u64", "u64big", "u8",
-        ])
-        #expect(try file.groupPaths() == ["grp", "grp/sub"])
-        #expect(file.exists("soft"))
+        ], "the fixture's dataset listing differs (the soft link must not be listed)")
+        #expect(try file.groupPaths() == ["grp", "grp/sub"], "the fixture's group listing differs")
+        #expect(file.exists("soft"), "the soft link \"soft\" does not exist")
     }
 
     @Test func floats() throws {
@@ -54,17 +54,17 @@ import HDF5IO
         #expect(grid.shape == [2, 2] && grid.ints == [1, 2, 3, 4], "dataset grp/sub/x: \(grid)")
         // uint64 beyond Int64.max: no exact Int64 values, Double still available.
         let big = try file.read("u64big")
-        #expect(big.elementType == .uint64 && big.ints == nil && big.doubles == [18_446_744_073_709_551_615.0])
+        #expect(big.elementType == .uint64 && big.ints == nil && big.doubles == [18_446_744_073_709_551_615.0], "uint64 beyond Int64.max: \(big.elementType), ints \(String(describing: big.ints)), doubles \(big.doubles)")
     }
 
     @Test func attributes() throws {
-        #expect(try file.stringAttribute("title") == "héllo wörld ✓")
-        #expect(try file.stringAttribute("ascii_fixed") == "fixed")
-        #expect(try file.stringAttribute("utf8_fixed") == "grüße")
-        #expect(try file.stringAttribute("spacepad") == "abc")
-        #expect(try file.stringAttribute("note", of: "grp") == "group note")
-        #expect(try file.doubleAttribute("lr") == 0.001)
-        #expect(try file.doubleAttribute("steps") == 1000)
+        #expect(try file.stringAttribute("title") == "héllo wörld ✓", "the UTF-8 variable-length attribute title reads wrong")
+        #expect(try file.stringAttribute("ascii_fixed") == "fixed", "the fixed-length ASCII attribute reads wrong")
+        #expect(try file.stringAttribute("utf8_fixed") == "grüße", "the fixed-length UTF-8 attribute reads wrong")
+        #expect(try file.stringAttribute("spacepad") == "abc", "the space-padded fixed-length attribute does not read as abc (padding kept?)")
+        #expect(try file.stringAttribute("note", of: "grp") == "group note", "the group attribute grp:note reads wrong")
+        #expect(try file.doubleAttribute("lr") == 0.001, "the float attribute lr reads wrong")
+        #expect(try file.doubleAttribute("steps") == 1000, "the integer attribute steps does not read as 1000.0")
         expectHDF5Error(["'flag'", "enum", "expected a number"]) { _ = try file.doubleAttribute("flag") }
         expectHDF5Error(["'list'", "3 elements", "expected a scalar"]) { _ = try file.doubleAttribute("list") }
     }

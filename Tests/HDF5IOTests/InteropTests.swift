@@ -58,8 +58,8 @@ private func python(_ script: String, _ args: [String]) -> Bool {
                 """
             guard python(script, [path, json.path]) else { return }
             let root = try loadJSON(json)
-            let datasets = try #require(root["datasets"] as? [String: [String: Any]])
-            #expect(datasets.keys.sorted() == ["ids", "opt/m/a/b/deep", "params/blocks.0.attn.qkv.weight", "params/embed", "step"])
+            let datasets = try #require(root["datasets"] as? [String: [String: Any]], "h5py's JSON has no datasets object")
+            #expect(datasets.keys.sorted() == ["ids", "opt/m/a/b/deep", "params/blocks.0.attn.qkv.weight", "params/embed", "step"], "h5py lists other datasets than we wrote")
 
             let expected: [(String, [Int], String, [Double])] = [
                 ("params/blocks.0.attn.qkv.weight", [2, 3, 2], "<f4", weight.map { Double($0) }),
@@ -74,14 +74,14 @@ private func python(_ script: String, _ args: [String]) -> Bool {
                 #expect(numbers(d?["values"]) == values, "dataset \(name): ours vs h5py values")
             }
             #expect(ints(datasets["ids"]?["values"]) == ids, "dataset ids: ours vs h5py values")
-            #expect(datasets["ids"]?["dtype"] as? String == "<i8")
+            #expect(datasets["ids"]?["dtype"] as? String == "<i8", "h5py sees dataset ids as \(String(describing: datasets["ids"]?["dtype"])), not little-endian int64")
 
-            let attrs = try #require(root["attrs"] as? [String: [Any]])
+            let attrs = try #require(root["attrs"] as? [String: [Any]], "h5py's JSON has no attrs object")
             #expect(attrs["/:title"]?.first as? String == "str", "title must come back as str: \(String(describing: attrs["/:title"]))")
-            #expect(attrs["/:title"]?.last as? String == "tiny GPT — ünïcode ✓")
-            #expect(attrs["params:note"]?.last as? String == "params group")
-            #expect(attrs["/:lr"]?.first as? String == "float64")
-            #expect((attrs["/:lr"]?.last as? String).flatMap { Double($0) } == 3e-4)
+            #expect(attrs["/:title"]?.last as? String == "tiny GPT — ünïcode ✓", "h5py reads the title attribute differently: \(String(describing: attrs["/:title"]))")
+            #expect(attrs["params:note"]?.last as? String == "params group", "h5py reads params:note differently: \(String(describing: attrs["params:note"]))")
+            #expect(attrs["/:lr"]?.first as? String == "float64", "h5py does not see lr as float64: \(String(describing: attrs["/:lr"]))")
+            #expect((attrs["/:lr"]?.last as? String).flatMap { Double($0) } == 3e-4, "h5py reads lr as another value: \(String(describing: attrs["/:lr"]))")
         }
     }
 
@@ -115,10 +115,10 @@ private func python(_ script: String, _ args: [String]) -> Bool {
                 json.dump(out, open(sys.argv[2], "w"))
                 """
             guard python(script, [path, json.path]) else { return }
-            let expected = try #require(try loadJSON(json) as? [String: [String: Any]])
+            let expected = try #require(try loadJSON(json) as? [String: [String: Any]], "h5py's JSON of its own file does not parse as datasets")
 
             let file = try HDF5File.open(path)
-            #expect(try file.datasetPaths() == ["f16", "f64", "flags", "i32", "model/f32", "model/layers.0/i64", "scalar", "u8"])
+            #expect(try file.datasetPaths() == ["f16", "f64", "flags", "i32", "model/f32", "model/layers.0/i64", "scalar", "u8"], "we list other datasets than h5py wrote")
             let types: [String: HDF5ElementType] = [
                 "f64": .float64, "model/f32": .float32, "model/layers.0/i64": .int64, "u8": .uint8,
                 "scalar": .float64, "f16": .float16, "i32": .int32,
@@ -134,9 +134,9 @@ private func python(_ script: String, _ args: [String]) -> Bool {
                 }
             }
             expectHDF5Error(["theirs.h5", "'flags'", "enum"]) { _ = try file.read("flags") }
-            #expect(try file.stringAttribute("name") == "модель ✓")
-            #expect(try file.doubleAttribute("lr") == 3e-4)
-            #expect(try file.doubleAttribute("epochs", of: "model") == 7)
+            #expect(try file.stringAttribute("name") == "модель ✓", "h5py's UTF-8 string attribute reads wrong")
+            #expect(try file.doubleAttribute("lr") == 3e-4, "h5py's float attribute lr reads wrong")
+            #expect(try file.doubleAttribute("epochs", of: "model") == 7, "h5py's integer group attribute model:epochs reads wrong")
         }
     }
 

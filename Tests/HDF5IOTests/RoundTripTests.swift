@@ -46,7 +46,7 @@ let roundTripShapes: [[Int]] = [[], [5], [2, 3], [2, 3, 4], [2, 1, 3, 2], [0], [
             try file.write("step", int64s: [42], shape: [])
             try file.write("opt/m/deep/er/x", doubles: [7], shape: [1])
             // Listing works on a file that is still being written.
-            #expect(try file.datasetPaths().count == 5)
+            #expect(try file.datasetPaths().count == 5, "a file being written does not list its 5 datasets")
             try file.close()
 
             let reader = try HDF5File.open(path)
@@ -56,14 +56,14 @@ let roundTripShapes: [[Int]] = [[], [5], [2, 3], [2, 3, 4], [2, 1, 3, 2], [0], [
                 "params/blocks.0.attn.qkv.weight",
                 "params/embed/tok",
                 "step",
-            ])
-            #expect(try reader.groupPaths() == ["opt", "opt/m", "opt/m/deep", "opt/m/deep/er", "params", "params/embed"])
-            #expect(reader.exists("params/blocks.0.attn.qkv.weight"))
-            #expect(reader.exists("/params/embed/"))
-            #expect(reader.exists("/"))
-            #expect(!reader.exists("params/nope"))
-            #expect(!reader.exists("nope/deeper/still"))
-            #expect(!reader.exists("step/below-a-dataset"))
+            ], "the written datasets read back in another list")
+            #expect(try reader.groupPaths() == ["opt", "opt/m", "opt/m/deep", "opt/m/deep/er", "params", "params/embed"], "the implied groups read back in another list")
+            #expect(reader.exists("params/blocks.0.attn.qkv.weight"), "a written dataset does not exist")
+            #expect(reader.exists("/params/embed/"), "a group given with leading and trailing slashes does not exist")
+            #expect(reader.exists("/"), "the root group does not exist")
+            #expect(!reader.exists("params/nope"), "a path never written exists")
+            #expect(!reader.exists("nope/deeper/still"), "a path under a missing group exists")
+            #expect(!reader.exists("step/below-a-dataset"), "a path below a dataset exists")
             let w = try reader.read("params/blocks.0.attn.qkv.weight")
             #expect(w.shape == [2, 3] && w.doubles == [1, 2, 3, 4, 5, 6], "dataset params/blocks.0.attn.qkv.weight: \(w)")
             let step = try reader.read("step")
@@ -91,13 +91,13 @@ let roundTripShapes: [[Int]] = [[], [5], [2, 3], [2, 3, 4], [2, 1, 3, 2], [0], [
             try file.close()
 
             let reader = try HDF5File.open(path)
-            #expect(try reader.stringAttribute("title") == "héllo wörld ✓ \"quoted\"")
-            #expect(try reader.stringAttribute("empty") == "")
-            #expect(try reader.doubleAttribute("lr") == 1e-3)
-            #expect(try reader.stringAttribute("note", of: "g") == "on a group")
-            #expect(try reader.doubleAttribute("scale", of: "g/w") == -2.5)
-            #expect(try reader.stringAttribute("absent") == nil)
-            #expect(try reader.doubleAttribute("absent", of: "g") == nil)
+            #expect(try reader.stringAttribute("title") == "héllo wörld ✓ \"quoted\"", "a string attribute with quotes and non-ASCII does not round-trip")
+            #expect(try reader.stringAttribute("empty") == "", "an empty string attribute does not round-trip")
+            #expect(try reader.doubleAttribute("lr") == 1e-3, "a float attribute does not round-trip")
+            #expect(try reader.stringAttribute("note", of: "g") == "on a group", "a string attribute on a group does not round-trip")
+            #expect(try reader.doubleAttribute("scale", of: "g/w") == -2.5, "a float attribute on a dataset does not round-trip")
+            #expect(try reader.stringAttribute("absent") == nil, "a missing string attribute is not nil")
+            #expect(try reader.doubleAttribute("absent", of: "g") == nil, "a missing float attribute on a group is not nil")
             expectHDF5Error(["'lr'", "64-bit float", "expected a string"]) { _ = try reader.stringAttribute("lr") }
             expectHDF5Error(["'title'", "string", "expected a number"]) { _ = try reader.doubleAttribute("title") }
             expectHDF5Error(["'nope'", "no such object"]) { _ = try reader.stringAttribute("x", of: "nope") }
@@ -115,37 +115,37 @@ let roundTripShapes: [[Int]] = [[], [5], [2, 3], [2, 3, 4], [2, 1, 3, 2], [0], [
                 let file = try HDF5File.create(path)
                 try file.write("x", doubles: [1, 2], shape: [2])
                 #expect(try listing(dir).count == 1, "a temporary file exists while writing")
-                #expect(!FileManager.default.fileExists(atPath: path))
+                #expect(!FileManager.default.fileExists(atPath: path), "the final file exists before close()")
             }
-            #expect(try listing(dir) == [])
+            #expect(try listing(dir) == [], "a file dropped without close() left something behind")
 
             // discard() likewise.
             let discarded = try HDF5File.create(path)
             try discarded.write("x", doubles: [1], shape: [1])
             discarded.discard()
-            #expect(try listing(dir) == [])
+            #expect(try listing(dir) == [], "a discarded file left something behind")
             expectHDF5Error(["closed"]) { _ = try discarded.read("x") }
 
             // close() renames into place.
             let first = try HDF5File.create(path)
             try first.write("version", int64s: [1], shape: [])
             try first.close()
-            #expect(try listing(dir) == ["out.h5"])
+            #expect(try listing(dir) == ["out.h5"], "close() did not leave exactly out.h5")
 
             // An existing file is untouched until the replacement is closed, and kept if it is dropped.
             do {
                 let second = try HDF5File.create(path)
                 try second.write("version", int64s: [2], shape: [])
-                #expect(try HDF5File.open(path).read("version").ints == [1])
+                #expect(try HDF5File.open(path).read("version").ints == [1], "the existing file changed before its replacement was closed")
             }
-            #expect(try listing(dir) == ["out.h5"])
-            #expect(try HDF5File.open(path).read("version").ints == [1])
+            #expect(try listing(dir) == ["out.h5"], "a dropped replacement left something besides out.h5")
+            #expect(try HDF5File.open(path).read("version").ints == [1], "a dropped replacement changed the existing file")
 
             let third = try HDF5File.create(path)
             try third.write("version", int64s: [3], shape: [])
             try third.close()
-            #expect(try listing(dir) == ["out.h5"])
-            #expect(try HDF5File.open(path).read("version").ints == [3])
+            #expect(try listing(dir) == ["out.h5"], "a closed replacement did not leave exactly out.h5")
+            #expect(try HDF5File.open(path).read("version").ints == [3], "a closed replacement is not what was read back")
         }
     }
 
@@ -163,7 +163,7 @@ let roundTripShapes: [[Int]] = [[], [5], [2, 3], [2, 3, 4], [2, 1, 3, 2], [0], [
             try file.write("w", doubles: [1], shape: [1])
             expectHDF5Error(["'w'", "already exists"]) { try file.write("w", doubles: [1], shape: [1]) }
             expectHDF5Error(["'w/below'", "'w' exists and is not a group"]) { try file.write("w/below", doubles: [1], shape: [1]) }
-            #expect(try file.datasetPaths() == ["w"])
+            #expect(try file.datasetPaths() == ["w"], "a refused write changed the file's datasets")
         }
     }
 
@@ -185,14 +185,14 @@ let roundTripShapes: [[Int]] = [[], [5], [2, 3], [2, 3, 4], [2, 1, 3, 2], [0], [
                         try file.close()
                         let back = try HDF5File.open(path)
                         #expect(try back.read("g/x").doubles == values, "dataset g/x in c\(i).h5")
-                        #expect(try back.doubleAttribute("i") == Double(i))
-                        #expect(try shared.read("i64").ints == [Int64.min, Int64.max, 9_007_199_254_740_993])
+                        #expect(try back.doubleAttribute("i") == Double(i), "attribute i in c\(i).h5 reads wrong")
+                        #expect(try shared.read("i64").ints == [Int64.min, Int64.max, 9_007_199_254_740_993], "a file read while others are written reads wrong")
                     }
                 }
             }
             try await group.waitForAll()
         }
-        #expect(try listing(dir) == (0..<8).map { "c\($0).h5" }.sorted())
+        #expect(try listing(dir) == (0..<8).map { "c\($0).h5" }.sorted(), "concurrent writers left other files than c0.h5 ... c7.h5")
     }
 
     @Test func createInMissingDirectoryThrows() {

@@ -37,8 +37,8 @@ struct CLITests {
         let tty = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         p.waitUntilExit()
         let updates = tty.split(separator: "\r").filter { $0.hasPrefix("ref: ") }
-        #expect(updates.contains { $0.contains("student.enc block 1/2 backward") }, "\(tty)")
-        #expect(updates.contains { $0.contains("teacher.enc block 2/2 forward") })
+        #expect(updates.contains { $0.contains("student.enc block 1/2 backward") }, "no progress line for the student's encoder backward:\n\(tty)")
+        #expect(updates.contains { $0.contains("teacher.enc block 2/2 forward") }, "no progress line for the teacher's last encoder block:\n\(tty)")
         #expect(updates.last.map { $0.contains(", 100%") } == true, "last update: \(updates.last ?? "none")")
         let (code, _, err) = try runOracle(Array(cmd.dropFirst()))
         #expect(code == 0 && err.isEmpty, "stderr without a terminal: \(err)")
@@ -46,10 +46,10 @@ struct CLITests {
 
     @Test func helpListsCommands() throws {
         let (code, out, _) = try runOracle(["--help"])
-        #expect(code == 0)
+        #expect(code == 0, "oracle --help exited \(code)")
         for cmd in ["diff", "dump", "info"] { #expect(out.contains(cmd), "--help does not mention \(cmd):\n\(out)") }
         let (c2, diffHelp, _) = try runOracle(["diff", "--help"])
-        #expect(c2 == 0)
+        #expect(c2 == 0, "oracle diff --help exited \(c2)")
         #expect(diffHelp.contains("compared N, failed M, only-in-a X, only-in-b Y"), "diff --help lacks the summary format")
         #expect(diffHelp.contains("|a - e| <= atol + rtol*|e|"), "diff --help lacks the pass rule")
     }
@@ -88,7 +88,7 @@ struct CLITests {
     @Test func backendsAgainstEachOther() throws {
         let (code, out, err) = try runOracle(["diff", "--a", "ref80", "--b", "ref", "--config", "tiny", "--seed", "4"])
         #expect(code == 0, "ref80 vs ref: \(out)\(err)")
-        #expect(out.contains("only-in-a 0, only-in-b 0"))
+        #expect(out.contains("only-in-a 0, only-in-b 0"), "ref80 vs ref: a dataset is on one side only:\n\(out)")
     }
 
     @Test(arguments: [
@@ -119,7 +119,7 @@ struct CLITests {
                                            "--batch", "3", "--sample", "3", "--out", p])
         #expect(c == 0, "dump: \(out)\(err)")
         let f = try ExchangeFile.read(p)
-        #expect(f.datasets["activations/student.enc.block.1"]?.shape == [3, 9, 32])
+        #expect(f.datasets["activations/student.enc.block.1"]?.shape == [3, 9, 32], "student.enc.block.1 of the dump has shape \(String(describing: f.datasets["activations/student.enc.block.1"]?.shape))")
         let (c2, out2, _) = try runOracle(["diff", "--a", p, "--b", "ref"])
         #expect(c2 == 0, "dumped file vs ref:\n\(out2)")
         // h5py reads the same values back, when Python with h5py is here.

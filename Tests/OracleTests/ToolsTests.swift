@@ -37,7 +37,7 @@ struct ToolsTests {
 
 
     @Test func pythonToolSuitePasses() throws {
-        let r = try #require(Self.python([Self.tools.appendingPathComponent("test_sddit_h5.py").path]))
+        let r = try #require(Self.python([Self.tools.appendingPathComponent("test_sddit_h5.py").path]), "python3 could not run test_sddit_h5.py")
         #expect(r.0 == 0, "python3 tools/test_sddit_h5.py exited \(r.0):\n\(r.1)")
         #expect(r.1.contains(" passed, 0 failed"), "no clean summary line:\n\(r.1)")
     }
@@ -65,21 +65,21 @@ struct ToolsTests {
         A = {"student.c": rng.standard_normal((2, 32)).astype(np.float32)}
         sx.write_exchange(sys.argv[2], cfg, P, teacher=T, inputs=I, activations=A, losses={"total": 1.25})
         """
-        let r = try #require(Self.python(["-c", script, Self.tools.path, out]))
+        let r = try #require(Self.python(["-c", script, Self.tools.path, out]), "python3 could not run the write_exchange script")
         try #require(r.0 == 0, "writing with sddit_h5.py failed (\(r.0)):\n\(r.1)")
 
         let f = try ExchangeFile.read(out)
-        #expect(f.config.hiddenSize == 32 && f.config.headOutDim == 64 && f.config.numClasses == 10)
-        #expect(f.integers["inputs/labels"] == [1, 10])
-        #expect(f.integers["inputs/step"] == [3])
-        #expect(f.integers["inputs/mask"]?.reduce(0, +) == 8)
-        #expect(f.datasets["params/cls_token"]?.shape == [1, 1, 32])
-        #expect(f.datasets["params/cls_token"]?.precision == .float64)
-        #expect(f.datasets["activations/student.c"]?.precision == .float32)
-        #expect(f.datasets["losses/total"]?.values == [1.25])
+        #expect(f.config.hiddenSize == 32 && f.config.headOutDim == 64 && f.config.numClasses == 10, "the config the tool wrote reads back with other sizes")
+        #expect(f.integers["inputs/labels"] == [1, 10], "inputs/labels read back as \(String(describing: f.integers["inputs/labels"]))")
+        #expect(f.integers["inputs/step"] == [3], "inputs/step read back as \(String(describing: f.integers["inputs/step"]))")
+        #expect(f.integers["inputs/mask"]?.reduce(0, +) == 8, "inputs/mask does not hide 8 tokens")
+        #expect(f.datasets["params/cls_token"]?.shape == [1, 1, 32], "params/cls_token has shape \(String(describing: f.datasets["params/cls_token"]?.shape))")
+        #expect(f.datasets["params/cls_token"]?.precision == .float64, "params/cls_token is not stored as float64 (the tool stores a state_dict as float64)")
+        #expect(f.datasets["activations/student.c"]?.precision == .float32, "activations/student.c is not stored as float32")
+        #expect(f.datasets["losses/total"]?.values == [1.25], "losses/total reads back as \(String(describing: f.datasets["losses/total"]?.values))")
         let setup = try f.runSetup()
-        #expect(setup.teacher != nil)
-        #expect(setup.inputs != nil)
+        #expect(setup.teacher != nil, "the tool's file has no teacher setup")
+        #expect(setup.inputs != nil, "the tool's file has no step inputs")
     }
 
     /// A file written by `oracle dump` passes `sddit_h5.py check`.
@@ -105,7 +105,7 @@ struct ToolsTests {
         let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         p.waitUntilExit()
         try #require(p.terminationStatus == 0, "oracle dump failed:\n\(text)")
-        let r = try #require(Self.python([Self.tools.appendingPathComponent("sddit_h5.py").path, "check", out]))
+        let r = try #require(Self.python([Self.tools.appendingPathComponent("sddit_h5.py").path, "check", out]), "python3 could not run sddit_h5.py check")
         #expect(r.0 == 0, "sddit_h5.py check rejects oracle's own dump:\n\(r.1)")
     }
 
@@ -138,10 +138,10 @@ struct ToolsTests {
                           activations=grp("activations"), losses={k: np.float32(f["losses"][k][()]) for k in f["losses"]},
                           grads=grp("grads"), after_step=after)
         """
-        let r = try #require(Self.python(["-c", script, Self.tools.path, dump, out]))
+        let r = try #require(Self.python(["-c", script, Self.tools.path, dump, out]), "python3 could not run the conversion script")
         try #require(r.0 == 0, "python: \(r.1)")
         let (code, text, err) = try runOracle(["diff", "--a", out, "--b", "ref"])
         #expect(code == 0, "a clean float32 run written by the tools: exit \(code)\n\(text.suffix(1500))\(err)")
-        #expect(text.contains("params                2 tensors, 0 failed"), "\(text.suffix(1500))")
+        #expect(text.contains("params                2 tensors, 0 failed"), "the params group's summary line is not 2 tensors, 0 failed:\n\(text.suffix(1500))")
     }
 }

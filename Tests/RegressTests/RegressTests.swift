@@ -66,14 +66,14 @@ struct RegressTests {
         #expect(out3v.contains("REGRESSED error/tiny/fast/activations/student.enc.block.0: max rel"), "check does not name the tensor:\n\(out3v.prefix(3000))")
         #expect(out3.contains("error tiny/fast activations: "), "no group summary for tiny/fast activations:\n\(out3.prefix(3000))")
         #expect(out3.contains("first activations/student.enc.block.0"), "first regressed tensor in forward order not named:\n\(out3.prefix(3000))")
-        #expect(out3.contains("note: the latest run was made with a perturbed kernel"))
-        #expect(out3.split(separator: "\n").last?.hasSuffix(": REGRESSION") == true)
+        #expect(out3.contains("note: the latest run was made with a perturbed kernel"), "the perturbed run is not noted:\n\(out3.prefix(3000))")
+        #expect(out3.split(separator: "\n").last?.hasSuffix(": REGRESSION") == true, "the last line is not the REGRESSION verdict:\n\(out3.suffix(500))")
         // the float64 reference and its fixtures did not move
         #expect(!out3.contains("vs ref:"), "a reference metric regressed:\n\(out3.prefix(3000))")
         #expect(!out3.contains("REGRESSED gradcheck/"), "gradient checks regressed:\n\(out3.prefix(3000))")
         // against the first record as a named baseline too
         let (c4, out4, _) = try runOracle(["regress", "check", "--store", store, "--baseline", ids[0]], env: [:])
-        #expect(c4 == 1 && out4.contains("student.enc.block.0"))
+        #expect(c4 == 1 && out4.contains("student.enc.block.0"), "against the first record: exit \(c4), student.enc.block.0 not named:\n\(out4.prefix(3000))")
         // the same baseline through latest~2, and the unperturbed pair still passes via --latest
         let (c5, out5, _) = try runOracle(["regress", "check", "--store", store, "--baseline", "latest~2", "--latest", "latest~1"], env: [:])
         #expect(c5 == 0, "unperturbed pair: \(out5)")
@@ -123,7 +123,7 @@ struct RegressTests {
             let (c, out, err) = try runOracle(["regress", "record", "--blas-core", "keep", "--store", store], env: [:])
             #expect(c == 2 && err.split(separator: "\n").count == 1 && err.contains("is a file, not a directory"), "store \(store): exit \(c)\n\(out)\(err)")
             #expect(Date().timeIntervalSince(t0) < 5, "the battery ran before the store was checked")
-            #expect(try Data(contentsOf: file) == Data("x".utf8))
+            #expect(try Data(contentsOf: file) == Data("x".utf8), "a refused record changed the file standing where the store should be")
         }
         let (c, _, err) = try runOracle(["regress", "record", "--blas-core", "keep", "--battery", "huge", "--store", empty], env: [:])
         #expect(c != 0 && err.contains("unknown battery 'huge'"), "bad battery: \(c) \(err)")
@@ -138,26 +138,26 @@ struct RegressTests {
         let first = try store.append(r)
         let before = try Data(contentsOf: store.recordsDir.appendingPathComponent(first + ".json"))
         struct Crash: Error {}
-        #expect(throws: Crash.self) { try store.append(r, beforeLink: { throw Crash() }) }
-        #expect(try store.ids() == [first])
+        #expect(throws: Crash.self, "a failure before the link does not reach the caller") { try store.append(r, beforeLink: { throw Crash() }) }
+        #expect(try store.ids() == [first], "a record that failed before its link is in the store")
         let names = try FileManager.default.contentsOfDirectory(atPath: store.recordsDir.path)
         #expect(names == [first + ".json"], "left behind: \(names)")
         // a temporary file of a run killed mid-write is skipped by readers
         try Data("{ \"battery\": \"qu".utf8).write(to: store.recordsDir.appendingPathComponent(".tmp-999-dead.json"))
-        #expect(try store.ids() == [first])
+        #expect(try store.ids() == [first], "a dot-file left by a killed run is read as a record")
         // same second, same commit: a second record gets a new name, the first is untouched
         let second = try store.append(r)
-        #expect(second != first && second.hasPrefix(first))
-        #expect(try Data(contentsOf: store.recordsDir.appendingPathComponent(first + ".json")) == before)
-        #expect(try store.ids() == [first, second])
+        #expect(second != first && second.hasPrefix(first), "a second record in the same second did not get a new name after the first's: \(second)")
+        #expect(try Data(contentsOf: store.recordsDir.appendingPathComponent(first + ".json")) == before, "the second record changed the first")
+        #expect(try store.ids() == [first, second], "the store does not list both records in order")
         let back = try store.load(first)
-        #expect(back.metrics == r.metrics && back.id == first)
+        #expect(back.metrics == r.metrics && back.id == first, "the first record does not load back as written")
         // resolve: latest, latest~1, unique prefix, commit prefix
         let ids = try store.ids()
-        #expect(try store.resolve("latest", in: ids) == second)
-        #expect(try store.resolve("latest~1", in: ids) == first)
-        #expect(try store.resolve("abcdef0", in: ids) == second)
-        #expect(throws: RegressError.self) { try store.resolve("latest~5", in: ids) }
+        #expect(try store.resolve("latest", in: ids) == second, "latest does not resolve to the second record")
+        #expect(try store.resolve("latest~1", in: ids) == first, "latest~1 does not resolve to the first record")
+        #expect(try store.resolve("abcdef0", in: ids) == second, "a commit prefix does not resolve to the latest record of that commit")
+        #expect(throws: RegressError.self, "latest~5 of two records resolves") { try store.resolve("latest~5", in: ids) }
     }
 
     @Test func recordJSONIsValidDiffableAndRoundTrips() throws {
@@ -169,10 +169,10 @@ struct RegressTests {
         #expect(text.contains("\n    \"error/tiny/fast/activations/student.c\": {"), "one line per metric:\n\(text)")
         #expect(!text.contains("\"id\""), "the id is the file name, not stored")
         let back = try RegressRecord.decode(Data(text.utf8))
-        #expect(back.metrics == m)
-        #expect(back.metrics["timing/tiny/fast/train_step_ms"]!.value == 3.05)
-        #expect(back.metrics["timing/tiny/fast/train_step_ms"]!.spread == 0.1483)   // 1.4826 x MAD 0.1
-        #expect(try JSONSerialization.jsonObject(with: Data(text.utf8)) is [String: Any])
+        #expect(back.metrics == m, "the metrics do not round-trip through the record's text")
+        #expect(back.metrics["timing/tiny/fast/train_step_ms"]!.value == 3.05, "a timing's median does not round-trip")
+        #expect(back.metrics["timing/tiny/fast/train_step_ms"]!.spread == 0.1483, "a timing's spread is not 1.4826 x its median absolute deviation")   // 1.4826 x MAD 0.1
+        #expect(try JSONSerialization.jsonObject(with: Data(text.utf8)) is [String: Any], "the record is not a JSON object")
     }
 
     @Test func thresholdsJudgeErrorsAndTimings() throws {
@@ -196,19 +196,19 @@ struct RegressTests {
         now.metrics["timing/tiny/fast/den_ms"] = RegressMetric(value: 15, spread: 0.5, runs: [14.5, 15, 15.5])    // +50%: over 14.55, fastest 14.5 > 12.5
         let res = RegressCheck.compare(baseline: base, latest: now, thresholds: t)
         let bad = Set(res.regressions.map(\.metric))
-        #expect(bad == ["error/tiny/fast/activations/b", "error/tiny/fast/activations/c", "gradcheck/tiny/mask0.5/w", "timing/tiny/fast/den_ms"], "\(bad)")
+        #expect(bad == ["error/tiny/fast/activations/b", "error/tiny/fast/activations/c", "gradcheck/tiny/mask0.5/w", "timing/tiny/fast/den_ms"], "other metrics regressed than the two errors, the gradcheck and den_ms: \(bad)")
         let lines = res.lines()
-        #expect(lines.contains { $0.hasPrefix("REGRESSED error/tiny/fast/activations/b: max rel 1e-07 -> 4.1e-07 (x4.1)") }, "\(lines)")
-        #expect(lines.contains { $0.contains("error tiny/fast activations: 2 of 3 regressed; first activations/b") }, "\(lines)")
+        #expect(lines.contains { $0.hasPrefix("REGRESSED error/tiny/fast/activations/b: max rel 1e-07 -> 4.1e-07 (x4.1)") }, "no REGRESSED line for activations/b with both values and the ratio: \(lines)")
+        #expect(lines.contains { $0.contains("error tiny/fast activations: 2 of 3 regressed; first activations/b") }, "no group line for tiny/fast activations naming the first regressed: \(lines)")
         // another machine: timings are not compared
         var other = now
         other.machine.cpu = "another cpu"
         let r2 = RegressCheck.compare(baseline: base, latest: other, thresholds: t)
-        #expect(r2.timingsSkipped != nil && !r2.regressions.contains { $0.metric.hasPrefix("timing/") })
+        #expect(r2.timingsSkipped != nil && !r2.regressions.contains { $0.metric.hasPrefix("timing/") }, "another machine's timings were compared")
         // a metric the same battery stopped producing
         var gone = base
         gone.metrics["error/tiny/fast/activations/a"] = nil
-        #expect(RegressCheck.compare(baseline: base, latest: gone, thresholds: t).regressions.map(\.verdict) == [.missing])
+        #expect(RegressCheck.compare(baseline: base, latest: gone, thresholds: t).regressions.map(\.verdict) == [.missing], "a metric the battery no longer produces is not reported missing")
     }
 
     /// After-step parameters carry the diff's lr allowance (SPEC hazard 2): a change of BLAS
@@ -225,16 +225,16 @@ struct RegressTests {
         var m2 = metric(3.08e-3, tol: 9.77e-3); m2.maxAbs = 2.5e-3; m2.noiseAbs = 2e-4
         beyond.metrics[key] = m2
         let t = RegressThresholds.defaults
-        #expect(RegressCheck.compare(baseline: base, latest: flipped, thresholds: t).regressions.isEmpty)
-        #expect(RegressCheck.compare(baseline: base, latest: beyond, thresholds: t).regressions.map(\.metric) == [key])
+        #expect(RegressCheck.compare(baseline: base, latest: flipped, thresholds: t).regressions.isEmpty, "an after-step error grown within the lr allowance counts as a regression")
+        #expect(RegressCheck.compare(baseline: base, latest: beyond, thresholds: t).regressions.map(\.metric) == [key], "an after-step error grown beyond the lr allowance is not the one regression")
         // the after-step rule's metric (tol 1: the use of an Adam-step interval) counts only
         // when its verdict turns to FAIL
         var i0 = metric(0.01, tol: 1), i1 = metric(0.6, tol: 1), i2 = metric(1.4, tol: 1, pass: false)
         i0.maxAbs = 1e-4; i1.maxAbs = 1e-4; i2.maxAbs = 1e-4
         var grown = record([key: i0]), failing = grown
         grown.metrics[key] = i1; failing.metrics[key] = i2
-        #expect(RegressCheck.compare(baseline: record([key: i0]), latest: grown, thresholds: t).regressions.isEmpty)
-        #expect(RegressCheck.compare(baseline: record([key: i0]), latest: failing, thresholds: t).regressions.map(\.metric) == [key])
+        #expect(RegressCheck.compare(baseline: record([key: i0]), latest: grown, thresholds: t).regressions.isEmpty, "an after-step interval use that grew but passes counts as a regression")
+        #expect(RegressCheck.compare(baseline: record([key: i0]), latest: failing, thresholds: t).regressions.map(\.metric) == [key], "an after-step interval use turned FAIL is not the one regression")
     }
 
     /// Across CPUs or OpenBLAS kernel sets the fast path's errors differ by construction: only
@@ -244,10 +244,10 @@ struct RegressTests {
         let base = record([fast: metric(1e-8), ref: metric(2e-12, tol: 1e-9)], cpu: "Xeon")
         var other = record([fast: metric(2e-7), ref: metric(5e-11, tol: 1e-9)], cpu: "EPYC")
         let res = RegressCheck.compare(baseline: base, latest: other, thresholds: RegressThresholds.defaults)
-        #expect(res.regressions.map(\.metric) == [ref], "\(res.regressions.map(\.metric))")
+        #expect(res.regressions.map(\.metric) == [ref], "on other kernels a fast error that grew was counted, or the reference's was not: \(res.regressions.map(\.metric))")
         other.metrics[fast] = metric(2e-4, pass: false)
         let res2 = RegressCheck.compare(baseline: base, latest: other, thresholds: RegressThresholds.defaults)
-        #expect(Set(res2.regressions.map(\.metric)) == [fast, ref])
+        #expect(Set(res2.regressions.map(\.metric)) == [fast, ref], "on other kernels a fast error turned FAIL, or the reference's growth, is not reported: \(res2.regressions.map(\.metric))")
     }
 
     @Test func reportIsSelfContained() throws {
@@ -262,9 +262,9 @@ struct RegressTests {
             return r
         }
         let html = RegressReport.html(recs, thresholds: .defaults)
-        #expect(html.hasPrefix("<!doctype html>"))
+        #expect(html.hasPrefix("<!doctype html>"), "the report is not an HTML document")
         #expect(html.components(separatedBy: "<svg").count - 1 >= 5, "charts missing")
         for banned in ["<script", "src=", "<link", "@import", "url(", "href="] { #expect(!html.contains(banned), "report contains \(banned)") }
-        #expect(html.contains("Per-layer error profile") && html.contains("student.c"))
+        #expect(html.contains("Per-layer error profile") && html.contains("student.c"), "the report has no per-layer error profile naming student.c")
     }
 }

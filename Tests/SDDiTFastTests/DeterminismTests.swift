@@ -57,9 +57,9 @@ struct DeterminismTests {
 
     @Test func productsAreSplitIntoFixedTiles() {
         // the config above really exercises the split products
-        #expect(sgemmTileCount(520, 512, 128) == 4 && sgemmTileCount(520, 1024, 64) == 4)
+        #expect(sgemmTileCount(520, 512, 128) == 4 && sgemmTileCount(520, 1024, 64) == 4, "the test config's products are not split into 4 tiles")
         // tiny's products are one tile: the split is a function of the shape alone
-        #expect(sgemmTileCount(34, 96, 32) == 1)
+        #expect(sgemmTileCount(34, 96, 32) == 1, "a tiny product is split into tiles")
     }
 
     /// Three training steps in float32 and in fp16 with GradScaler, at 1, 2 and 3 threads:
@@ -73,12 +73,12 @@ struct DeterminismTests {
             FastThreads.setWorkers(n)
             runs.append(try Self.fingerprint(Self.options(p)))
         }
-        #expect(runs[0].count > 100)
+        #expect(runs[0].count > 100, "\(p): the fingerprint holds only \(runs[0].count) tensors")
         for (i, n) in [2, 3].enumerated() {
             let d = Self.differing(runs[0], runs[i + 1])
             #expect(d.isEmpty, "\(p): \(n) threads differ from 1 thread in \(d.count) tensors: \(d.prefix(4))")
         }
-        if p == .fp16 { #expect(runs[0]["scale"]![1] >= 0) }
+        if p == .fp16 { #expect(runs[0]["scale"]![1] >= 0, "fp16: the fingerprint records no loss scale") }
     }
 
     /// Four models in mixed settings (float32, fp16 with GradScaler, bf16, float32 on another

@@ -60,18 +60,18 @@ struct FastInputValidationTests {
 
     @Test func denoiserAndSamplerThrow() {
         let m = Self.model(), I = Self.inputs(), y = I.labels
-        #expect(throws: ConfigError.self) { try m.denoise(Array(I.x0.dropLast()), sigma: 1, labels: y) }
-        #expect(throws: ConfigError.self) { try m.denoise(I.x0, sigma: 0, labels: y) }
-        #expect(throws: ConfigError.self) { try m.denoise(I.x0, sigma: .nan, labels: y) }
-        #expect(throws: ConfigError.self) { try m.denoise(I.x0, sigmas: [1], labels: y) }
-        #expect(throws: ConfigError.self) { try m.denoise(I.x0, sigma: 1, labels: [y[0], Self.cfg.numClasses + 1]) }
-        #expect(throws: ConfigError.self) { try m.denoise([], sigma: 1, labels: []) }
+        #expect(throws: ConfigError.self, "denoise accepted x0 one element short") { try m.denoise(Array(I.x0.dropLast()), sigma: 1, labels: y) }
+        #expect(throws: ConfigError.self, "denoise accepted sigma 0") { try m.denoise(I.x0, sigma: 0, labels: y) }
+        #expect(throws: ConfigError.self, "denoise accepted sigma NaN") { try m.denoise(I.x0, sigma: .nan, labels: y) }
+        #expect(throws: ConfigError.self, "denoise accepted one sigma for two samples") { try m.denoise(I.x0, sigmas: [1], labels: y) }
+        #expect(throws: ConfigError.self, "denoise accepted a label past the null label") { try m.denoise(I.x0, sigma: 1, labels: [y[0], Self.cfg.numClasses + 1]) }
+        #expect(throws: ConfigError.self, "denoise accepted an empty batch") { try m.denoise([], sigma: 1, labels: []) }
         let sig = HeunSampler.sigmas(steps: 3, sigmaMin: 0.002, sigmaMax: 80, rho: 7)
-        #expect(throws: ConfigError.self) { try m.sample(xInit: Array(I.x0.dropLast()), labels: y, sigmas: sig, cfgScale: nil) }
-        #expect(throws: ConfigError.self) { try m.sample(xInit: I.x0, labels: [-1, 0], sigmas: sig, cfgScale: 1.5) }
-        #expect(throws: ConfigError.self) { try m.sample(xInit: I.x0, labels: y, sigmas: [80, -1, 0], cfgScale: nil) }
-        #expect(throws: ConfigError.self) { try m.sample(xInit: I.x0, labels: y, sigmas: [80, 1, .nan], cfgScale: nil) }
-        #expect(throws: ConfigError.self) { try m.sample(xInit: I.x0, labels: y, sigmas: [], cfgScale: nil) }
+        #expect(throws: ConfigError.self, "sample accepted x_init one element short") { try m.sample(xInit: Array(I.x0.dropLast()), labels: y, sigmas: sig, cfgScale: nil) }
+        #expect(throws: ConfigError.self, "sample accepted a negative label") { try m.sample(xInit: I.x0, labels: [-1, 0], sigmas: sig, cfgScale: 1.5) }
+        #expect(throws: ConfigError.self, "sample accepted a negative sigma") { try m.sample(xInit: I.x0, labels: y, sigmas: [80, -1, 0], cfgScale: nil) }
+        #expect(throws: ConfigError.self, "sample accepted a NaN sigma") { try m.sample(xInit: I.x0, labels: y, sigmas: [80, 1, .nan], cfgScale: nil) }
+        #expect(throws: ConfigError.self, "sample accepted no sigmas") { try m.sample(xInit: I.x0, labels: y, sigmas: [], cfgScale: nil) }
     }
 
     @Test func plainDiTStepThrows() {
@@ -87,7 +87,7 @@ struct FastInputValidationTests {
         edit { $0.sigma = [1] }
         edit { $0.labels = []; $0.x0 = []; $0.noise = []; $0.sigma = [] }
         for (i, b) in bad.enumerated() { #expect(throws: ConfigError.self, "plain DiT case \(i)") { try m.ditTrainStep(b) } }
-        #expect(throws: Never.self) { try m.ditTrainStep(ok) }
+        #expect(throws: Never.self, "the plain DiT step threw on valid inputs") { try m.ditTrainStep(ok) }
     }
 
     /// Loading a tensor that is not there (or of the wrong size), and a training step on a
@@ -95,11 +95,11 @@ struct FastInputValidationTests {
     @Test func loadAndForwardOnlyModelThrow() throws {
         let cfg = Self.cfg
         let m = FastModel(cfg, precision: .fp32, forwardBackwardOnly: ())
-        #expect(throws: ConfigError.self) { try m.load("no.such.weight", [1]) }
-        #expect(throws: ConfigError.self) { try m.load("cls_token", [1, 2]) }
-        #expect(throws: ConfigError.self) { try m.load("cls_token", teacher: true, []) }
+        #expect(throws: ConfigError.self, "load accepted an unknown key") { try m.load("no.such.weight", [1]) }
+        #expect(throws: ConfigError.self, "load accepted cls_token with 2 values") { try m.load("cls_token", [1, 2]) }
+        #expect(throws: ConfigError.self, "load accepted an empty teacher cls_token") { try m.load("cls_token", teacher: true, []) }
         try m.load("cls_token", Array(repeating: 0.5, count: cfg.hiddenSize))
-        #expect(throws: ConfigError.self) { try m.trainStep(Self.inputs()) }
-        #expect(throws: ConfigError.self) { try m.trainStepFindingScale(Self.inputs()) }
+        #expect(throws: ConfigError.self, "a forward-and-backward-only model took a training step") { try m.trainStep(Self.inputs()) }
+        #expect(throws: ConfigError.self, "a forward-and-backward-only model took a training step (finding the scale)") { try m.trainStepFindingScale(Self.inputs()) }
     }
 }

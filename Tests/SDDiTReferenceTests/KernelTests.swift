@@ -70,7 +70,7 @@ struct KernelTests {
         await propertyCheck(count: 60, input: Gen.int(in: 0..<Self.sizes.count), Gen.int(in: 0..<Self.sizes.count),
                             Gen.int(in: 0..<Self.sizes.count), Gen.uint64(in: 0...UInt64.max)) { r, i, o, seed in
             let msg = linearMatches(R: Self.sizes[r], I: Self.sizes[i], O: Self.sizes[o], seed: seed, bias: seed % 2 == 0)
-            #expect(msg == nil, "\(msg ?? "")")
+            #expect(msg == nil, "Linear through the kernels differs from the plain loops: \(msg ?? "")")
         }
     }
 
@@ -81,16 +81,16 @@ struct KernelTests {
         let saved = Product.threads
         Product.threads = threads
         defer { Product.threads = saved }
-        #expect(linearMatches(R: 67, I: 2053, O: 41, seed: 1, bias: true) == nil)
-        #expect(linearMatches(R: 514, I: 385, O: 129, seed: 2, bias: false) == nil)
-        #expect(attentionMatches(N: 2, L: 37, heads: 3, hd: 11, seed: 3) == nil)
+        #expect(linearMatches(R: 67, I: 2053, O: 41, seed: 1, bias: true) == nil, "Linear through the kernels differs from the plain loops at \(threads) threads")
+        #expect(linearMatches(R: 514, I: 385, O: 129, seed: 2, bias: false) == nil, "Linear (no bias) through the kernels differs from the plain loops at \(threads) threads")
+        #expect(attentionMatches(N: 2, L: 37, heads: 3, hd: 11, seed: 3) == nil, "attention through the kernels differs from the plain loops at \(threads) threads")
     }
 
     @Test func attentionOverRandomShapes() async {
         await propertyCheck(count: 40, input: Gen.int(in: 1...2), Gen.int(in: 1...23), Gen.int(in: 1...3),
                             Gen.int(in: 1...10), Gen.uint64(in: 0...UInt64.max)) { N, L, heads, hd, seed in
             let msg = attentionMatches(N: N, L: L, heads: heads, hd: hd, seed: seed)
-            #expect(msg == nil, "\(msg ?? "")")
+            #expect(msg == nil, "attention through the kernels differs from the plain loops: \(msg ?? "")")
         }
     }
 
@@ -100,11 +100,11 @@ struct KernelTests {
     func everyInstructionSet(_ isa: String) throws {
         let saved = Product.isa
         defer { Product.useISA(saved) }
-        try #require(Product.useISA(isa) || isa != "sse2")
+        try #require(Product.useISA(isa) || isa != "sse2", "SSE2, which every x86-64 has, could not be selected")
         guard Product.isa == isa else { return }   // this CPU lacks it
-        #expect(linearMatches(R: 13, I: 257, O: 19, seed: 7, bias: true) == nil)
-        #expect(linearMatches(R: 514, I: 97, O: 131, seed: 8, bias: false) == nil)
-        #expect(attentionMatches(N: 2, L: 29, heads: 2, hd: 9, seed: 9) == nil)
+        #expect(linearMatches(R: 13, I: 257, O: 19, seed: 7, bias: true) == nil, "Linear through the \(isa) block differs from the plain loops")
+        #expect(linearMatches(R: 514, I: 97, O: 131, seed: 8, bias: false) == nil, "Linear (no bias) through the \(isa) block differs from the plain loops")
+        #expect(attentionMatches(N: 2, L: 29, heads: 2, hd: 9, seed: 9) == nil, "attention through the \(isa) block differs from the plain loops")
     }
 
     /// The same layer in Float80 goes through the plain loops (the kernels are Double only).
@@ -113,6 +113,6 @@ struct KernelTests {
         let x = Tensor(shape: [3, 5], data: normals(15, &rng).map { Float80($0) })
         let w = Tensor(shape: [4, 5], data: normals(20, &rng).map { Float80($0) })
         let a = Linear.forward(x, weight: w, bias: nil), b = Linear.forwardPlain(x, weight: w, bias: nil)
-        #expect(a.data == b.data)
+        #expect(a.data == b.data, "Float80 Linear.forward does not take the plain loops")
     }
 }

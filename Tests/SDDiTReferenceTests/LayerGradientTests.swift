@@ -52,10 +52,26 @@ struct LayerGradientTests {
     @Test func checkerCatchesPlantedDefects() {
         let x = [0.3, -1.2, 2.0]
         func f(_ y: [Double]) -> Double { y.reduce(0) { $0 + $1 * $1 } }   // gradient 2 x
-        #expect(checkGradient("ok", shape: [3], x: x, analytic: x.map { 2 * $0 }, f: f).failures == 0)
-        #expect(checkGradient("nan analytic", shape: [3], x: x, analytic: [0.6, .nan, 4.0], f: f).failures == 1)
-        #expect(checkGradient("nan numeric", shape: [3], x: x, analytic: x.map { 2 * $0 }, f: { _ in .nan }).failures == 3)
-        #expect(checkGradient("wrong", shape: [3], x: x, analytic: [0.6, -2.4, 4.0 + 1e-6], f: f).failures == 1)
+        #expect(checkGradient("ok", shape: [3], x: x, analytic: x.map { 2 * $0 }, f: f).failures == 0, "the checker fails a correct gradient")
+        #expect(checkGradient("nan analytic", shape: [3], x: x, analytic: [0.6, .nan, 4.0], f: f).failures == 1, "the checker does not fail exactly the NaN entry of the analytic gradient")
+        #expect(checkGradient("nan numeric", shape: [3], x: x, analytic: x.map { 2 * $0 }, f: { _ in .nan }).failures == 3, "the checker does not fail every entry of a NaN numeric derivative")
+        #expect(checkGradient("wrong", shape: [3], x: x, analytic: [0.6, -2.4, 4.0 + 1e-6], f: f).failures == 1, "the checker does not fail exactly the entry off by 1e-6")
+        // its report keeps a NaN as the worst error (max would drop it)
+        let nan = checkGradient("nan analytic", shape: [3], x: x, analytic: [0.6, .nan, 4.0], f: f)
+        #expect(nan.worstAbs.isNaN && nan.worstRel.isNaN && nan.worstIndex == [1],
+                "a NaN entry is not the reported worst: abs \(nan.worstAbs), rel \(nan.worstRel) at \(nan.worstIndex)")
+    }
+
+    /// The worst-error folds keep NaN, where Swift's max drops it ([1, nan, 2].max() is 2), so a
+    /// `worst <= tol` check on a NaN result fails.
+    @Test func foldsKeepNaN() {
+        #expect([1, .nan, 2].max() == 2, "Swift's max no longer drops NaN: the helpers' reason is gone")
+        #expect(maxOrNaN([1, .nan, 2]).isNaN && maxOrNaN([.nan, 1]).isNaN, "maxOrNaN drops a NaN")
+        #expect(maxOrNaN([1, 3, 2]) == 3 && maxOrNaN([], empty: -1) == -1, "maxOrNaN's maximum or its empty value is wrong")
+        #expect(maxAbsOrNaN([-4, 1]) == 4 && maxAbsOrNaN([1, -.nan]).isNaN, "maxAbsOrNaN is wrong or drops a NaN")
+        #expect(maxAbsDiffOrNaN([1, 2], [1, 2.5]) == 0.5 && maxAbsDiffOrNaN([1, .infinity], [1, .infinity]).isNaN,
+                "maxAbsDiffOrNaN is wrong or drops the NaN of inf - inf")
+        #expect(maxAbsDiffOrNaN([1, 2], [1, 2, 3]).isNaN, "maxAbsDiffOrNaN compares arrays of different lengths")
     }
 
     @Test func linear() {

@@ -19,12 +19,19 @@ private func propNormals(_ shape: [Int], _ rng: inout SeededRandom, std: Double 
     Tensor(shape: shape, data: rng.normals(shape.reduce(1, *), std: std))
 }
 
-private func propMaxAbs(_ a: [Double]) -> Double { a.reduce(0) { max($0, abs($1)) } }
+/// max |a_i|, NaN when any a_i is NaN (TestSupport's `maxAbsOrNaN`).
+private func propMaxAbs(_ a: [Double]) -> Double { maxAbsOrNaN(a) }
 
-/// Largest |a - b| and its flat index.
-private func propMaxDiff(_ a: [Double], _ b: [Double]) -> (diff: Double, index: Int) {
+/// Largest |a - b| and its flat index; NaN at the first NaN difference. Arrays of different
+/// lengths are an issue of their own (recorded here) and give NaN at index 0, so that every
+/// check on the difference fails.
+private func propMaxDiff(_ a: [Double], _ b: [Double], sourceLocation: SourceLocation = #_sourceLocation) -> (diff: Double, index: Int) {
+    guard a.count == b.count else {
+        Issue.record("compared arrays of \(a.count) and \(b.count) elements", sourceLocation: sourceLocation)
+        return (.nan, 0)
+    }
     var worst = 0.0, at = 0
-    for i in 0..<min(a.count, b.count) where abs(a[i] - b[i]) > worst || (abs(a[i] - b[i])).isNaN {
+    for i in 0..<a.count where abs(a[i] - b[i]) > worst || (abs(a[i] - b[i])).isNaN {
         worst = abs(a[i] - b[i]); at = i
         if worst.isNaN { break }
     }
@@ -488,7 +495,7 @@ struct PropertyTests {
                 let nw = (0..<B).reduce(0.0) { $0 + w.data[k * B + $1] * w.data[k * B + $1] }.squareRoot()
                 let nv = (0..<B).reduce(0.0) { $0 + v.data[k * B + $1] * v.data[k * B + $1] }.squareRoot()
                 #expect(abs(nw - abs(g.data[k])) <= 1e-14 * abs(g.data[k]), "||weight[\(k)]|| = \(nw), expected |g_k| = \(abs(g.data[k]))")
-                let dirErr = (0..<B).map { abs(w.data[k * B + $0] / g.data[k] - v.data[k * B + $0] / nv) }.max()!
+                let dirErr = maxOrNaN((0..<B).map { abs(w.data[k * B + $0] / g.data[k] - v.data[k * B + $0] / nv) })
                 #expect(dirErr <= 1e-14, "weight[\(k)]/g_k differs from v_k/||v_k|| by \(dirErr)")
             }
         }

@@ -12,8 +12,11 @@ import TestSupport
 
 private let uS = Double.ulpOfOne / 2
 
+/// max |a_i - b_i| / |b_i| (an exact match counts 0); NaN when any element's error is NaN or
+/// the lengths differ, so that `err <= tol` fails (a `max` fold would drop the NaN).
 private func samplerMaxRelErr(_ a: [Double], _ b: [Double]) -> Double {
-    zip(a, b).reduce(0) { max($0, abs($1.0 - $1.1) / abs($1.1)) }
+    guard a.count == b.count else { return .nan }
+    return maxOrNaN(zip(a, b).lazy.map { $0 == $1 ? 0 : abs($0 - $1) / abs($1) })
 }
 
 /// The Gaussian toy: trajectory of HeunSampler.sample from sigma_max with N steps.
@@ -144,14 +147,14 @@ struct SamplerTests {
             for i in 0..<N { expectCalls.append(sig[i]); if sig[i + 1] != 0 { expectCalls.append(sig[i + 1]) } }
             #expect(calls == expectCalls, "denoiser called at sigmas \(calls), expected \(expectCalls) (2N-1 = \(2 * N - 1) calls)")
             #expect(traj.count == N, "trajectory has \(traj.count) states, expected \(N)")
-            let M = x0.data.map(abs).max()! + abs(c) * 80
+            let M = maxAbsOrNaN(x0.data) + abs(c) * 80
             var tol = 0.0
             for (i, x) in traj.enumerated() {
                 let h = abs(sig[i + 1] - sig[i])
                 tol += 4 * uS * M * (2 + h / sig[i] + (sig[i + 1] > 0 ? h / sig[i + 1] : 0))
                 for j in 0..<5 {
                     let e = x0.data[j] + c * (sig[i + 1] - sig[0])
-                    if abs(x.data[j] - e) > tol {
+                    if !(abs(x.data[j] - e) <= tol) {   // a NaN state fails too
                         Issue.record("state after step \(i) (sigma \(sig[i + 1]))[\(j)] = \(x.data[j]), exact \(e), tol \(tol)"); return
                     }
                 }
@@ -201,13 +204,13 @@ struct SamplerTests {
         let w0 = HeunSampler.run(cfg, P, xInit: xInit, labels: labels, sigmas: sig, cfgScale: 0)
         #expect(plain.count == 3 && w1.count == 3 && w0.count == 3, "trajectories have \(plain.count), \(w1.count), \(w0.count) states, expected 3")
         for i in 0..<min(plain.count, w1.count, w0.count, nullRun.count) {
-            let scale = plain[i].data.map(abs).max()!
-            let d1 = zip(plain[i].data, w1[i].data).map { abs($0 - $1) }.max()!
+            let scale = maxAbsOrNaN(plain[i].data)
+            let d1 = maxAbsDiffOrNaN(plain[i].data, w1[i].data)
             #expect(d1 <= 1e-12 * scale, "cfg w = 1 differs from unguided at step \(i) by \(d1) (scale \(scale))")
             #expect(w0[i].data == nullRun[i].data, "cfg w = 0 differs from null-label sampling at step \(i)")
         }
         // the label matters (otherwise the two checks above are vacuous)
-        let dl = zip(plain[0].data, nullRun[0].data).map { abs($0 - $1) }.max()!
+        let dl = maxAbsDiffOrNaN(plain[0].data, nullRun[0].data)
         #expect(dl > 1e-6, "null label and label \(labels) give the same first step (diff \(dl))")
     }
 }

@@ -9,6 +9,10 @@ import SDDiTExchange
 public let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .deletingLastPathComponent()
 
+/// The shared directory beside the repository (`../shared`: SPEC.md, the PyTorch fixtures, the
+/// peer benchmark); it may be absent where only the repository was checked out.
+public let sharedDir = repoRoot.deletingLastPathComponent().appendingPathComponent("shared")
+
 public func fixture(_ name: String) -> String { repoRoot.appendingPathComponent("fixtures/\(name)").path }
 
 /// The PyTorch fixtures (../shared/fixtures, copied): every one must be reproduced.
@@ -75,6 +79,31 @@ public func dot(_ a: Tensor<Double>, _ b: Tensor<Double>) -> Double {
     zip(a.data, b.data).reduce(0) { $0 + $1.0 * $1.1 }
 }
 
+// Folds that keep NaN. Swift's `max(_:_:)` and `Sequence.max()` drop a NaN (`max(1, .nan)` is
+// 1, and `[1, .nan, 2].max()` is 2), so a worst-error fold over a result holding NaN could
+// pass a check such as `worst <= tol`. These return NaN when any value is NaN, and every
+// comparison with NaN fails.
+
+/// The largest of `values`; NaN when any of them is NaN; `empty` when there are none.
+public func maxOrNaN<S: Sequence>(_ values: S, empty: Double = 0) -> Double where S.Element == Double {
+    var it = values.makeIterator()
+    guard var m = it.next() else { return empty }
+    if m.isNaN { return .nan }
+    while let v = it.next() {
+        if v.isNaN { return .nan }
+        if v > m { m = v }
+    }
+    return m
+}
+
+/// max |v_i| (0 for none), NaN when any v_i is NaN.
+public func maxAbsOrNaN(_ values: [Double]) -> Double { maxOrNaN(values.lazy.map { abs($0) }) }
+
+/// max |a_i - b_i| (0 for none), NaN when any difference is NaN or the lengths differ.
+public func maxAbsDiffOrNaN(_ a: [Double], _ b: [Double]) -> Double {
+    a.count == b.count ? maxOrNaN(zip(a, b).lazy.map { abs($0 - $1) }) : .nan
+}
+
 /// The outcome of one finite-difference check.
 public struct GradCheck: CustomStringConvertible {
     public var name: String
@@ -113,10 +142,11 @@ public func checkGradient(_ name: String, shape: [Int], x: [Double], analytic: [
         let a = analytic[i], err = abs(a - num)
         let rel = err / (abs(num) + atol / rtol)
         r.checked += 1
-        if rel >= r.worstRel || r.worstIndex.isEmpty {
+        // the worst entry as reported: a NaN error is the worst and stays so (`max` would drop it)
+        if !r.worstRel.isNaN && (rel >= r.worstRel || rel.isNaN || r.worstIndex.isEmpty) {
             r.worstRel = rel; r.worstIndex = unravel(i, shape); r.analytic = a; r.numeric = num
         }
-        r.worstAbs = max(r.worstAbs, err)
+        if !r.worstAbs.isNaN && (err > r.worstAbs || err.isNaN) { r.worstAbs = err }
         if !(err <= atol + rtol * abs(num)) {   // a NaN on either side fails too
             r.failures += 1
             if r.firstFailure == nil {
