@@ -31,9 +31,9 @@ public struct FastStepResult: Sendable {
 }
 
 extension FastModel {
-    /// One training step as a training loop runs it (SPEC §5): forward, losses, backward (with
-    /// the loss scale), unscale; GradScaler decides on the update: AdamW unless a gradient is
-    /// non-finite; EMA and centers. The inputs' centers are replaced by the model's.
+    /// One training step as a training loop runs it (SPEC §5): forward, losses, backward with
+    /// the loss scale, unscale; GradScaler decides on the update (AdamW only when every
+    /// gradient is finite), then the EMA and the centers. The centers are the model's own.
     public func trainStep(_ I: FastStepInputs, tauT: Double? = nil, emaBeta: Double? = nil) throws -> FastStepResult {
         try requireOptimizer()
         var r = try forwardBackward(I, tauT: tauT)
