@@ -361,7 +361,7 @@ public enum DiffEngine {
                 // the file's error against the truth: this comparison's own when the truth is its other side
                 let error = truthBeside ? Calibration.normwise(fileT.values, t.values) : c.normwise
                 if let level = Calibration.level(correct: f, truth: t, storage: fileT.precision, mode: m), let error {
-                    let lim = Calibration.limit(m, path: p) + (againstMode ? 1 : 0)
+                    let lim = CalibrationLimits.limit(m, path: p) + (againstMode ? CalibrationLimits.againstModeExtra : 0)
                     c.calibration = (level, c.normwise / level, lim, m.rawValue)
                     profile.append(ProfileEntry(name: p, error: error, level: level, limit: lim, failed: c.calibrationFailed))
                 }
@@ -431,7 +431,7 @@ public enum DiffEngine {
             }
             // a run more precise than the mode it is judged in: the verdict is blind to what
             // the file's own precision resolves
-            if m != .float32, let e = profile.first(where: { $0.level >= 0x1p-16 && $0.error < $0.level / 16 }) {
+            if m != .float32, let e = profile.first(where: { $0.level >= CalibrationLimits.coarseLevel && $0.error < $0.level / CalibrationLimits.tooPreciseFactor }) {
                 r.notes.append(String(format: "note: errors at %@ are %.2e, x%.2g those of a correct %@ run: this is not a %@ run; a pass here cannot see what its own precision would show (compare it as float32: --b ref, precision_mode \"float32\")",
                                       e.name, e.error, e.error / e.level, m.rawValue, m.rawValue))
             }
