@@ -5,6 +5,11 @@ import SDDiTDiff
 import SDDiTExchange
 
 struct Diff: ParsableCommand {
+    /// The numbers the help states, from the code that applies them.
+    private static let f64 = Tolerances.rule(for: "activations/x", .float64, .float64, lr: 1)
+    private static let f32 = Tolerances.rule(for: "activations/x", .float32, .float64, lr: 1)
+    private typealias L = CalibrationLimits
+
     static let configuration = CommandConfiguration(
         abstract: "Compare two runs tensor by tensor and say where they part.",
         discussion: """
@@ -12,14 +17,14 @@ struct Diff: ParsableCommand {
 
         Rule: a tensor passes when every element has
           |a - e| <= atol + rtol*|e|
-        e being the more precise side (b on a tie) and atol = atol_abs + atol_scale*max|e| of that tensor. max rel is |a - e| / (|e| + atol/rtol): it does not blow up near zero, and max rel <= rtol is exactly the pass rule. Tolerances depend on the precisions of both sides (float64 pair: rtol 1e-9, atol 1e-9*max|e|; after-step parameters are judged in units of lr; see README "Tolerances"). NaN or Inf on either side always fails.
+        e being the more precise side (b on a tie) and atol = atol_abs + atol_scale*max|e| of that tensor. max rel is |a - e| / (|e| + atol/rtol): it does not blow up near zero, and max rel <= rtol is exactly the pass rule. Tolerances depend on the precisions of both sides (float64 pair: rtol \(short(f64.rtol)), atol \(short(f64.atolScale))*max|e|; float32 against float64: rtol \(short(f32.rtol)), atol \(short(f32.atolAbs)) + \(short(f32.atolScale))*max|e|; after-step parameters are judged in units of lr; see README "Tolerances"). NaN or Inf on either side always fails.
 
         Output is in forward-pass order (gradients in backward-pass order), so the first FAIL is the first place to look. The last line reads
           compared N, failed M, only-in-a X, only-in-b Y
           [; not recorded, not compared: GROUPS]
         Exit status 0 only when something was compared, M is 0, and no dataset is missing on one side within the groups both record (unless --allow-missing); 1 on a mismatch; 2 on bad input. Groups a file does not record are listed, not compared.
 
-        Calibration: a file is judged in its precision mode (float32, tf32, tf32-conv, fp16-autocast, bf16-autocast, fp16-pure, bf16-pure), taken from --b fast-MODE, from the file's root attribute precision_mode, or from its values; each tensor's norm-wise error must stay within the mode's limit (x\(Int(CalibrationLimits.float32)) float32, x\(Int(CalibrationLimits.half)) reduced modes, x\(Int(CalibrationLimits.halfGradients)) half-precision gradients, x\(Int(CalibrationLimits.sampler)) sampler states) of the fast path's error in that mode on the file's setup. A reduced mode's report states, per group, the least change a pass could have missed; a failing file gets a diagnosis naming the mode that explains its errors, or none. If the calibration cannot run (memory) the verdict fails unless --uncalibrated.
+        Calibration: a file is judged in its precision mode (float32, tf32, tf32-conv, fp16-autocast, bf16-autocast, fp16-pure, bf16-pure), taken from --b fast-MODE, from the file's root attribute precision_mode, or from its values; each tensor's norm-wise error must stay within the mode's limit (x\(short(L.float32)) float32 and tf32-conv, x\(short(L.tf32)) tf32, x\(short(L.half)) fp16 / bf16 and x\(short(L.halfGradients)) their gradients, x\(short(L.sampler)) sampler states; against the mode's own backend one more) of the fast path's error in that mode on the file's setup. A reduced mode's report states, per group, the least change a pass could have missed; a failing file gets a diagnosis naming the mode that explains its errors, or none. If the calibration cannot run (memory) the verdict fails unless --uncalibrated.
 
         Examples:
           oracle diff --a fixtures/public_train_tiny.h5 --b ref

@@ -36,7 +36,7 @@ struct SetupOptions: ParsableArguments {
     var seed: UInt64 = 0
     @Option(help: "Batch size N.")
     var batch: Int = 2
-    @Option(name: .customLong("mask-ratio"), help: "Mask ratio in [0, 1) (default: the config's, 0.2).")
+    @Option(name: .customLong("mask-ratio"), help: "Mask ratio in [0, 1) (default: the config's, \(short(ModelConfig.tiny.maskRatio))).")
     var maskRatio: Double?
     @Option(help: "Also run the Heun sampler for this many steps (0: no sampler).")
     var sample: Int = 5
@@ -98,4 +98,14 @@ func requireWritableOutput(_ path: String, option: String) throws {
     guard FileManager.default.isWritableFile(atPath: d) else {
         throw ValidationError("\(option) \(path): directory '\(d)' is not writable")
     }
+}
+
+/// A number as help texts print it: 16, 0.2, 1e-4, 2.5e-9 (a power of ten below 0.01 as one).
+func short(_ x: Double) -> String {
+    guard x != 0, abs(x) < 0.01 else { return String(format: "%g", x) }
+    let parts = String(format: "%.5e", x).split(separator: "e")   // "1.00000e-04"
+    var mantissa = String(parts[0])
+    while mantissa.hasSuffix("0") { mantissa.removeLast() }
+    if mantissa.hasSuffix(".") { mantissa.removeLast() }
+    return mantissa + "e" + String(Int(parts[1])!)
 }

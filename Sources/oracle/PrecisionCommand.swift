@@ -11,7 +11,7 @@ struct PrecisionCmd: ParsableCommand {
         commandName: "precision",
         abstract: "Find where mixed precision runs out of range, and reproduce NaN/Inf failures.",
         discussion: """
-        Without --scenario: a headroom sweep. One training step per sigma (every sample at that sigma, log-spaced over [sigma_min, sigma_max]) and the sampler's steps run with every named tensor watched (forward activations by SPEC name, backward gradients as "d NAME", scaled by the loss scale as a GradScaler run stores them). For each it reports max|x|, the bits left before the half type overflows (log2(65504 / max|x|) for fp16), and the fraction of non-zero values below the half type's smallest normal number (underflow). It ends with the tensors that run out of range first and at which sigma.
+        Without --scenario: a headroom sweep. One training step per sigma (every sample at that sigma, log-spaced over [sigma_min, sigma_max]) and the sampler's steps run with every named tensor watched (forward activations by SPEC name, backward gradients as "d NAME", scaled by the loss scale as a GradScaler run stores them). For each it reports max|x|, the bits left before the half type overflows (log2(\(Int(FastPrecision.fp16.halfMax)) / max|x|) for fp16), and the fraction of non-zero values below the half type's smallest normal number (underflow). It ends with the tensors that run out of range first and at which sigma.
 
         Each gradient (the backward's "d NAME" and each parameter's "grad KEY") also gets the loss scale at which GradScaler's quiet failure begins for it: the largest power of two at which more than half of its non-zero elements fall below the half type's smallest normal number and flush (exact from a float32 sweep, --mode fast, the default). A collapsing GradScaler that falls below it stops training that tensor with a finite loss; `oracle train` warns when it happens.
 
@@ -36,7 +36,7 @@ struct PrecisionCmd: ParsableCommand {
     @OptionGroup var setup: SetupOptions
     @Option(help: "Sweep: number of sigma values.") var points: Int = 7
     @Option(help: "Sweep: the half type headroom is measured against (fp16 or bf16).") var half: String = "fp16"
-    @Option(name: .customLong("loss-scale"), help: "Loss scale of the backward pass (GradScaler's initial 65536; scenarios in fp16 modes start their GradScaler there).")
+    @Option(name: .customLong("loss-scale"), help: "Loss scale of the backward pass (GradScaler's initial \(Int(LossScaler(enabled: true).scale)); scenarios in fp16 modes start their GradScaler there).")
     var lossScale: Float?
     @Option(help: "Sweep: tensors listed per sigma.") var top: Int = 4
 
@@ -104,7 +104,7 @@ struct PrecisionCmd: ParsableCommand {
         let minNormal: Float = half == "bf16" ? Float.leastNormalMagnitude : 6.103515625e-05
         guard half == "fp16" || half == "bf16" else { throw ValidationError("--half must be fp16 or bf16") }
         guard points >= 2 else { throw ValidationError("--points must be at least 2") }
-        let scale = lossScale ?? 65536
+        let scale = lossScale ?? LossScaler(enabled: true).scale
         guard scale > 0 && scale.isFinite else { throw ValidationError("--loss-scale must be positive and finite") }
         let started = ContinuousClock.now
         try reportingErrors {
