@@ -24,7 +24,30 @@ struct Oracle: ParsableCommand {
         // on the heap (glibc's largest mmap threshold, 32 MiB, and no trimming) a freed one is
         // reused instead of mapped anew, whose page faults took a quarter of an S/2 run.
         Product.keepFreedMemory()
-        main(nil)
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            // ArgumentParser lists more than five values one a line: refused in one line here,
+            // as every other bad input is (then its usage lines, as it prints them)
+            let text = fullMessage(for: error)
+            guard exitCode(for: error) == .validationFailure, let one = valuesOnOneLine(text) else { exit(withError: error) }
+            FileHandle.standardError.write((one + "\n").data(using: .utf8)!)
+            exit(withError: ExitCode.validationFailure)
+        }
+    }
+
+    /// `text` with ArgumentParser's list of valid values ("Please provide one of the
+    /// following:" and a line "  - VALUE" each) on its first line; nil when it has none.
+    static func valuesOnOneLine(_ text: String) -> String? {
+        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        let head = ". Please provide one of the following:"
+        guard let i = lines.firstIndex(where: { $0.hasSuffix(head) }) else { return nil }
+        let values = lines[(i + 1)...].prefix { $0.hasPrefix("  - ") }.map { String($0.dropFirst(4)) }
+        guard !values.isEmpty else { return nil }
+        lines[i] = String(lines[i].dropLast(head.count)) + ". Please provide one of: " + values.joined(separator: ", ") + "."
+        lines.removeSubrange((i + 1)...(i + values.count))
+        return lines.joined(separator: "\n")
     }
 }
 

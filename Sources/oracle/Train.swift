@@ -32,14 +32,14 @@ struct Train: ParsableCommand {
         """)
 
     @Option(help: "Model config: tiny, S/2, B/2, XL/2.") var config: String?
-    @Option(help: "fast, fast-fp16, fast-bf16, fast-fp16-pure or fast-bf16-pure (default fast).") var precision: String?
+    @Option(help: "The fast path's precision (default \(defaults.precision.argumentName)).") var precision: FastPrecision?
     @Option(help: "Length of the run (the EMA schedule spans it; default \(defaults.steps), or the checkpoint's).") var steps: Int?
     @Option(help: "Minibatch size (default \(defaults.batch)).") var batch: Int?
     @Option(help: "AdamW learning rate (default \(short(defaultLR))).") var lr: Double?
     @Option(help: "Seed of the init and of the per-step draws (default \(defaults.seed)).") var seed: UInt64?
     @Option(name: .customLong("data-seed"), help: "Seed of the synthetic dataset (default \(defaults.dataSeed)).") var dataSeed: UInt64?
-    @Option(name: .customLong("init-mode"), help: "Parameter init: dit (adaLN-Zero, the default) or random (every tensor non-zero).")
-    var initMode: String?
+    @Option(name: .customLong("init-mode"), help: "Parameter init: dit (adaLN-Zero) or random (every tensor non-zero); default \(defaults.initMode.rawValue).")
+    var initMode: Initialization.Mode?
     @Option(name: .customLong("mask-ratio"), help: "Mask ratio in [0, 1) (default the config's, \(short(ModelConfig.tiny.maskRatio))).") var maskRatio: Double?
     @Flag(name: .customLong("no-discriminative"), help: "Ablation: train on L_G alone (weight 0 on L_D^cls + L_D^patch).")
     var noDiscriminative = false
@@ -69,10 +69,6 @@ struct Train: ParsableCommand {
         if let c = checkpoint { try requireWritableOutput(c, option: "--checkpoint") }
         if let l = logEvery, l < 1 { throw ValidationError("--log-every must be at least 1") }
         if let s = stopAt, s < 1 { throw ValidationError("--stop-at must be at least 1") }
-        if let p = precision { _ = try PrecisionCmd.mode(p) }
-        if let m = initMode, Initialization.Mode(rawValue: m) == nil {
-            throw ValidationError("unknown --init-mode '\(m)'; expected dit or random")
-        }
         if ablations && (resume != nil || checkpoint != nil || noDiscriminative) {
             throw ValidationError("--ablations runs three fresh runs: it takes no --resume, --checkpoint or --no-discriminative")
         }
@@ -95,7 +91,7 @@ struct Train: ParsableCommand {
         cfg.lr = lr ?? Self.defaultLR
         if let r = maskRatio { cfg.maskRatio = r }
         var o = TrainOptions(config: cfg)
-        o.precision = try PrecisionCmd.mode(precision ?? "fast")
+        if let precision { o.precision = precision }
         if let steps { o.steps = steps }
         if let batch { o.batch = batch }
         if let seed { o.seed = seed }
@@ -103,7 +99,7 @@ struct Train: ParsableCommand {
         o.discriminativeWeight = noDiscriminative ? 0 : 1
         if let labelDropout { o.labelDropout = labelDropout }
         o.warmupSteps = warmup
-        o.initMode = Initialization.Mode(rawValue: initMode ?? "dit")!
+        if let initMode { o.initMode = initMode }
         do { try cfg.checkMemory(batch: o.batch, available: Double(ProcessInfo.processInfo.physicalMemory)) } catch {
             throw ValidationError("\(error)")
         }
@@ -118,7 +114,7 @@ struct Train: ParsableCommand {
             return try Trainer(try options())
         }
         let o = t.options
-        let mode = Backend.allCases.first { $0.fastPrecision == o.precision }!.rawValue
+        let mode = o.precision.argumentName
         print("train: config \(o.config.name), \(mode), batch \(o.batch), lr \(o.config.lr), mask ratio \(o.config.maskRatio), "
               + "L_D weight \(o.discriminativeWeight), steps \(o.steps), seed \(o.seed), data seed \(o.dataSeed)"
               + (resume.map { ", resumed from \($0) at step \(t.step)" } ?? ""))
@@ -168,7 +164,7 @@ struct Train: ParsableCommand {
             ("w/o discriminative loss (L_G only)", { var o = base; o.discriminativeWeight = 0; return o }()),
             ("mask ratio 0", { var o = base; o.config.maskRatio = 0; return o }()),
         ]
-        let mode = Backend.allCases.first { $0.fastPrecision == base.precision }!.rawValue
+        let mode = base.precision.argumentName
         print("ablations (paper table 3 in miniature): config \(base.config.name), \(mode), \(base.steps) steps, batch \(base.batch), lr \(base.config.lr), seed \(base.seed), data seed \(base.dataSeed)")
         var rows: [(String, Double, Double, Double, Double)] = []
         for (name, o) in runs {
