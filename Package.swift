@@ -3,9 +3,14 @@ import PackageDescription
 
 let package = Package(
     name: "sddit-oracle",
+    // Only the command is a product. The targets keep unsafeFlags, which SwiftPM refuses in a
+    // package depended on by version, so no library is offered: -cross-module-optimization
+    // (SDDiTCore, SDDiTReference) is worth 2.2x on the reference (`oracle dump --backend ref
+    // --config S/2 --batch 2 --sample 0` on this project's 2-core machine: 23.5 s with it,
+    // 50-58 s without, two runs each), and CRefKernels' -ffp-contract=off gives the reference
+    // its bits (the plain loops', no fused multiply-add).
     products: [
         .executable(name: "oracle", targets: ["oracle"]),
-        .library(name: "SDDiTReference", targets: ["SDDiTReference"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-numerics", from: "1.1.1"),

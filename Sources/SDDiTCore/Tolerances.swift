@@ -1,5 +1,7 @@
-// Comparison tolerances, keyed by the pair of precisions and the kind of tensor. Each value
-// states its reason; the errors measured against it are in README "Tolerances" (one home).
+// Comparison tolerances, keyed by the pair of precisions and the kind of tensor, and the
+// limits of calibrated verdicts per precision mode (`CalibrationLimits`). Each value states
+// its reason; the errors measured against them are in README "Tolerances" and DECISIONS 26 / 42
+// (one home each).
 public enum Tolerances {
     /// The rule for dataset `path` when a side in precision `a` meets one in `b`.
     /// `lr` is the learning rate of the step (after-step parameters are judged in units of lr).
@@ -54,4 +56,50 @@ public enum Tolerances {
             return t
         }
     }
+}
+
+/// The limits of calibrated verdicts (docs/DECISIONS.md 26, 42; `Calibration` in SDDiTDiff
+/// applies them). A file's tensor passes when its norm-wise error against the float64 truth,
+/// max|a - e| / max|e|, is at most `limit` times the level: the same error of the fast path in
+/// the file's precision mode on the file's own setup, so the limits are ratios, independent of
+/// the problem size by construction (measured on the tiny config). `Tolerances.rule` stays the
+/// ceiling. Worst ratios of correct runs were measured on implementations independent of the
+/// fast path, over seeds (README "Tolerances" repeats them).
+public enum CalibrationLimits {
+    /// float32 (and tf32-conv) file vs float64: independent float32 runs reach x3.6 (the reference's code in Float, 516 tensors) and x4.0 (PyTorch steps).
+    public static let float32 = 16.0
+    /// Sampler states, any mode (measured in float32; reduced-mode corpora have no sampler): a correct float32 sampler that keeps x in float32 (EDM and the fast path keep it in float64) reaches x30 over 5 Heun steps.
+    public static let sampler = 128.0
+    /// tf32 file (10-bit-mantissa operands, float32 storage) vs float64: independent PyTorch TF32 steps reach x2.9 (a loss), x1.7 a gradient (6 seeds, 189 tensors each).
+    public static let tf32 = 8.0
+    /// fp16 / bf16 file, autocast or pure, vs float64: independent PyTorch steps (6 seeds each) reach x2.4 activations, x1.8 centers, x3.3 losses (with `scalarFloor`).
+    public static let half = 8.0
+    /// Their gradients (long backward reductions over half-type products): worst x6.0, 99th percentile x5.0 of 378 per mode.
+    public static let halfGradients = 16.0
+    /// Against the mode's own backend (`--b fast-bf16`) rather than the truth: one level more, |file - run| <= |file - truth| + |run - truth|.
+    public static let againstModeExtra = 1.0
+    /// Every level's floor, in float32 unit roundoffs (2^-24): a tensor the fast path gets almost exact must not make any rounding of the file look like a bug.
+    public static let floorUnits = 4.0
+    /// A half-typed dataset's floor, in units of its storage type: storing alone rounds each element by up to one unit, so a level below that would count storage as error.
+    public static let storageFloorUnits = 2.0
+
+    /// The multiple of the mode's level a correct file may reach at dataset `path`.
+    public static func limit(_ m: PrecisionMode, path: String) -> Double {
+        if path.hasPrefix("sampler/") { return sampler }
+        switch m {
+        case .float64, .float32, .tf32Conv: return float32
+        case .tf32: return tf32
+        case .fp16Autocast, .fp16Pure, .bf16Autocast, .bf16Pure: return path.hasPrefix("grads/") ? halfGradients : half
+        }
+    }
+
+    /// A scalar's (a loss's) floor in a reduced mode, one unit roundoff of the mode's type: one loss is one sample of a correct run's error, not its level (correct bf16 losses reach 55x one run's error, x3.3 this floor).
+    public static func scalarFloor(_ m: PrecisionMode) -> Double {
+        m == .float64 || m == .float32 || m == .tf32Conv ? 0 : m.label.unitRoundoff
+    }
+
+    /// A mode's level above 2^-16 (256 float32 units): a product that mode rounds coarsely, whose close agreement can rule the mode out (the diagnosis, the "not a tf32 run" note).
+    public static let coarseLevel = 0x1p-16
+    /// Agreeing this many times better than a correct run of a mode on such a product: not a run in that mode (a float32 file's student.tokens against TF32's or bf16's level).
+    public static let tooPreciseFactor = 16.0
 }

@@ -5,44 +5,15 @@ import SDDiTExchange
 /// Calibrated verdicts (docs/DECISIONS.md 26, 42): a file's tensor fails when its norm-wise
 /// error, max|a - e| / max|e|, is far above that of a correct run in the file's precision mode
 /// on the same setup: ratio = error / level, level = the norm-wise error of the fast path in
-/// that mode against the float64 reference (floored at 4 float32 units, and at 2 units of
-/// the file's own storage type). Against the mode's own backend (`--b fast-bf16`) the file's
-/// distance to that run is judged against the same level, with one level more of room
-/// (|file - run| <= |file - truth| + |run - truth|).
+/// that mode against the float64 reference (floored in float32 units, in units of the file's
+/// own storage type, and for a scalar in units of the mode's type). Against the mode's own
+/// backend (`--b fast-bf16`) the file's distance to that run is judged against the same
+/// level, with one level more of room (|file - run| <= |file - truth| + |run - truth|).
 ///
-/// The limits (`limit(_:path:)`) were measured with implementations independent of the fast
-/// path, over seeds; the blanket element-wise rule of `Tolerances` stays as a ceiling.
+/// The limits and floors, each with its reason, are `CalibrationLimits` (SDDiTCore's
+/// Tolerances.swift, beside every other tolerance); the blanket element-wise rule of
+/// `Tolerances` stays as a ceiling.
 public enum Calibration {
-    /// Multiples of the mode's level a correct file may reach (docs/DECISIONS.md 42 has the
-    /// measurements): float32 against the reference's own code in Float (worst x2.9 over
-    /// 516 tensors; x30 for sampler states, kept in float32 there); the reduced modes against
-    /// independent PyTorch steps in that mode (tools/independent_step.py), six seeds each.
-    public static func limit(_ m: PrecisionMode, path: String) -> Double {
-        if path.hasPrefix("sampler/") { return samplerLimit }
-        switch m {
-        case .float64, .float32, .tf32Conv: return float32Limit
-        case .tf32: return tf32Limit
-        case .fp16Autocast, .bf16Autocast, .fp16Pure, .bf16Pure: return path.hasPrefix("grads/") ? halfGradientLimit : halfLimit
-        }
-    }
-    /// float32: the reference's code in Float reaches x2.9 (x30 for sampler states).
-    public static let float32Limit = 16.0, samplerLimit = 128.0
-    /// TF32 against independent steps (tools/independent_step.py, 6 seeds, 189 tensors each):
-    /// worst x2.9 (a loss), x1.7 a gradient.
-    public static let tf32Limit = 8.0
-    /// fp16 / bf16, autocast (PyTorch's CPU and CUDA policies) and pure, 6 seeds each:
-    /// activations worst x2.4, centers x1.8, losses x3.3 (with `scalarFloor`), gradients x6.0
-    /// (the tail: 99th percentile x5.0 of 378 per mode).
-    public static let halfLimit = 8.0, halfGradientLimit = 16.0
-    /// A scalar (a loss) is one sample of a correct run's error, not its level: in a reduced
-    /// mode its level is floored at one unit roundoff of the mode's type (measured: correct
-    /// losses reach 55x a single run's error in bf16 autocast, 3.3x this floor).
-    public static func scalarFloor(_ m: PrecisionMode) -> Double {
-        m == .float64 || m == .float32 || m == .tf32Conv ? 0 : m.label.unitRoundoff
-    }
-    /// The level's floor, in float32 units (u = 2^-24): where the mode's run is exact or nearly so.
-    public static let floorUnits = 4.0
-
     /// Whether comparison `c` (the file on side a when `fileIsA`) is judged by calibration:
     /// a finite, same-shape tensor of the results other than the after-step parameters and
     /// teacher (`AfterStepRule` judges each side's own step) and the setup's fixed tables.
@@ -66,8 +37,9 @@ public enum Calibration {
     /// `storage`: the precision the file stores this tensor in.
     static func level(correct f: NamedTensor, truth e: NamedTensor, storage: Precision, mode: PrecisionMode) -> Double? {
         guard let n = normwise(f.values, e.values) else { return nil }
-        let u32 = Precision.float32.unitRoundoff
-        return max(n, floorUnits * u32, storage < .float32 ? 2 * storage.unitRoundoff : 0, e.values.count == 1 ? scalarFloor(mode) : 0)
+        let u32 = Precision.float32.unitRoundoff, L = CalibrationLimits.self
+        return max(n, L.floorUnits * u32, storage < .float32 ? L.storageFloorUnits * storage.unitRoundoff : 0,
+                   e.values.count == 1 ? L.scalarFloor(mode) : 0)
     }
 }
 
@@ -229,7 +201,7 @@ extension Calibration {
         struct Enough: Error {}
         for m in candidates {
             guard let be = m.backend else { continue }
-            let lim = limit(m, path: first)
+            let lim = CalibrationLimits.limit(m, path: first)
             var levels: [String: Double] = [:]
             do {
                 try be.stream(setup, memory: memory) { p, d in
@@ -243,12 +215,14 @@ extension Calibration {
                 ruledOut.append("\(m.rawValue) not tried (\(e))"); continue
             }
             /// a product that mode rounds coarsely (level above 2^-16) agreeing far better (1/16) than it
-            func tooPrecise(_ e: ProfileEntry, _ l: Double) -> Bool { l >= 0x1p-16 && e.error / l < 1.0 / 16 }
+            func tooPrecise(_ e: ProfileEntry, _ l: Double) -> Bool {
+                l >= CalibrationLimits.coarseLevel && e.error / l < 1.0 / CalibrationLimits.tooPreciseFactor
+            }
             var why: String? = nil
             for e in upTo {
                 guard let l = levels[e.name] else { continue }
                 let r = e.error / l
-                if r > limit(m, path: e.name) {
+                if r > CalibrationLimits.limit(m, path: e.name) {
                     why = String(format: "%@: %@ is x%.3g its level", m.rawValue, e.name, r); break
                 }
                 if tooPrecise(e, l) {
@@ -260,7 +234,7 @@ extension Calibration {
             guard let lf = levels[first], f.error / lf <= lim else { continue }
             var still: [(String, Double)] = []
             for e in profile[(fi + 1)...] {
-                if let l = levels[e.name], e.error / l > limit(m, path: e.name) { still.append((e.name, e.error / l)) }
+                if let l = levels[e.name], e.error / l > CalibrationLimits.limit(m, path: e.name) { still.append((e.name, e.error / l)) }
             }
             let precise = profile.filter { e in levels[e.name].map { tooPrecise(e, $0) } ?? false }.count
             let logs = profile.compactMap { e in levels[e.name].map { abs(log2(max(e.error, 1e-300) / $0)) } }

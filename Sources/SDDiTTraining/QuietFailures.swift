@@ -35,6 +35,9 @@ public struct QuietFailure: Sendable, CustomStringConvertible {
 /// more than half of its elements, or where the scale is below 1, naming the tensors, the
 /// fractions and the scale.
 public final class QuietFailureMonitor {
+    /// Halvings below its start, never grown back, before the scale is watched: a healthy fp16
+    /// run backs off a few times, then holds or grows.
+    public static let collapseHalvings = 10
     public private(set) var failure: QuietFailure?
     var initialScale: Float?
     var grew = false, last: Float = 0, lastChecked = Float.infinity
@@ -51,7 +54,7 @@ public final class QuietFailureMonitor {
         if s > last, last > 0 { grew = true }
         last = s
         let start = initialScale!
-        guard s < 1 || (!grew && start / s >= 1024), s < lastChecked else { return nil }
+        guard s < 1 || (!grew && start / s >= Float(1 << Self.collapseHalvings)), s < lastChecked else { return nil }
         lastChecked = s
         let zeroed = try Self.zeroedGradients(t, inputs: inputs, scale: s)
         guard s < 1 || !zeroed.isEmpty else { return nil }

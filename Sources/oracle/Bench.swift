@@ -91,10 +91,10 @@ struct Bench: ParsableCommand {
         """)
 
     @Option(name: .customLong("case"), parsing: .singleValue,
-            help: "Case(s) to run (repeatable or comma-separated): sddit-s2-train, dit-s2-train, sddit-s2-denoise, sddit-s2-sample40 (default: all).")
+            help: "Case(s) to run (repeatable or comma-separated): \(Bench.allCases.joined(separator: ", ")) (default: all).")
     var cases: [String] = []
     @Option(name: .customLong("backend"), parsing: .singleValue,
-            help: "Backend(s) (repeatable or comma-separated): fast, fast-fp16, fast-bf16, fast-fp16-pure, fast-bf16-pure, ref (default: all).")
+            help: "Backend(s) (repeatable or comma-separated): \(Bench.allBackends.joined(separator: ", ")) (default: all).")
     var backends: [String] = []
     @Option(help: "Timed runs per case (median reported).") var reps: Int = 5
     @Option(help: "Untimed warm-up runs per case.") var warmup: Int = 1

@@ -5,21 +5,27 @@ import SDDiTDiff
 import SDDiTExchange
 
 struct Diff: ParsableCommand {
+    /// The numbers the help states, from the code that applies them.
+    private static let f64 = Tolerances.rule(for: "activations/x", .float64, .float64, lr: 1)
+    private static let f32 = Tolerances.rule(for: "activations/x", .float32, .float64, lr: 1)
+    private typealias L = CalibrationLimits
+    private static let fastBackends = Backend.allCases.filter { $0.mode != nil }.map(\.rawValue).joined(separator: ", ")
+
     static let configuration = CommandConfiguration(
         abstract: "Compare two runs tensor by tensor and say where they part.",
         discussion: """
-        Each side is a backend (ref: float64 reference; ref80: the same code in Float80; fast, fast-fp16, fast-bf16, fast-fp16-pure, fast-bf16-pure, fast-tf32, fast-tf32-conv: the float32 / mixed-precision fast path) or an HDF5 file in the SPEC §7 layout. With a file on one side, the backend on the other side reruns that file's config, /params, /teacher, /inputs and /sampler setup, and every dataset recorded on both sides is compared: activations, losses, gradients, the state after one step, the sampler trajectory (and pos_embed tables against SPEC's formula). With two backends, both run a seeded random setup (--config, --seed, --batch, ...).
+        Each side is a backend (ref: float64 reference; ref80: the same code in Float80; \(fastBackends): the float32 / mixed-precision fast path) or an HDF5 file in the SPEC §7 layout. With a file on one side, the backend on the other side reruns that file's config, /params, /teacher, /inputs and /sampler setup, and every dataset recorded on both sides is compared: activations, losses, gradients, the state after one step, the sampler trajectory (and pos_embed tables against SPEC's formula). With two backends, both run a seeded random setup (--config, --seed, --batch, ...).
 
         Rule: a tensor passes when every element has
           |a - e| <= atol + rtol*|e|
-        e being the more precise side (b on a tie) and atol = atol_abs + atol_scale*max|e| of that tensor. max rel is |a - e| / (|e| + atol/rtol): it does not blow up near zero, and max rel <= rtol is exactly the pass rule. Tolerances depend on the precisions of both sides (float64 pair: rtol 1e-9, atol 1e-9*max|e|; after-step parameters are judged in units of lr; see README "Tolerances"). NaN or Inf on either side always fails.
+        e being the more precise side (b on a tie) and atol = atol_abs + atol_scale*max|e| of that tensor. max rel is |a - e| / (|e| + atol/rtol): it does not blow up near zero, and max rel <= rtol is exactly the pass rule. Tolerances depend on the precisions of both sides (float64 pair: rtol \(short(f64.rtol)), atol \(short(f64.atolScale))*max|e|; float32 against float64: rtol \(short(f32.rtol)), atol \(short(f32.atolAbs)) + \(short(f32.atolScale))*max|e|; after-step parameters are judged in units of lr; see README "Tolerances"). NaN or Inf on either side always fails.
 
         Output is in forward-pass order (gradients in backward-pass order), so the first FAIL is the first place to look. The last line reads
           compared N, failed M, only-in-a X, only-in-b Y
           [; not recorded, not compared: GROUPS]
         Exit status 0 only when something was compared, M is 0, and no dataset is missing on one side within the groups both record (unless --allow-missing); 1 on a mismatch; 2 on bad input. Groups a file does not record are listed, not compared.
 
-        Calibration: a file is judged in its precision mode (float32, tf32, tf32-conv, fp16-autocast, bf16-autocast, fp16-pure, bf16-pure), taken from --b fast-MODE, from the file's root attribute precision_mode, or from its values; each tensor's norm-wise error must stay within the mode's limit (x\(Int(Calibration.float32Limit)) float32, x\(Int(Calibration.halfLimit)) reduced modes, x\(Int(Calibration.halfGradientLimit)) half-precision gradients, x\(Int(Calibration.samplerLimit)) sampler states) of the fast path's error in that mode on the file's setup. A reduced mode's report states, per group, the least change a pass could have missed; a failing file gets a diagnosis naming the mode that explains its errors, or none. If the calibration cannot run (memory) the verdict fails unless --uncalibrated.
+        Calibration: a file is judged in its precision mode (\(PrecisionMode.allCases.filter { $0 != .float64 }.map(\.rawValue).joined(separator: ", "))), taken from --b fast-MODE, from the file's root attribute precision_mode, or from its values; each tensor's norm-wise error must stay within the mode's limit (x\(short(L.float32)) float32 and tf32-conv, x\(short(L.tf32)) tf32, x\(short(L.half)) fp16 / bf16 and x\(short(L.halfGradients)) their gradients, x\(short(L.sampler)) sampler states; against the mode's own backend one more) of the fast path's error in that mode on the file's setup. A reduced mode's report states, per group, the least change a pass could have missed; a failing file gets a diagnosis naming the mode that explains its errors, or none. If the calibration cannot run (memory) the verdict fails unless --uncalibrated.
 
         Examples:
           oracle diff --a fixtures/public_train_tiny.h5 --b ref
@@ -28,8 +34,8 @@ struct Diff: ParsableCommand {
           oracle diff --a mine.h5 --b theirs.h5 --json
         """)
 
-    @Option(help: "Side a: a backend (ref, ref80, fast, fast-fp16, fast-bf16, fast-fp16-pure, fast-bf16-pure, fast-tf32, fast-tf32-conv) or an HDF5 file.") var a: String
-    @Option(help: "Side b: a backend or an HDF5 file.") var b: String
+    @Option(help: "Side a: a backend (\(Backend.allValueStrings.joined(separator: ", "))) or an HDF5 file.") var a: Side
+    @Option(help: "Side b: a backend or an HDF5 file.") var b: Side
     @OptionGroup var setup: SetupOptions
     @Option(help: "Override the relative tolerance of every tensor.") var rtol: Double?
     @Option(help: "Override the absolute tolerance of every tensor (drops the max|e| scale term).") var atol: Double?
@@ -41,7 +47,7 @@ struct Diff: ParsableCommand {
     @Flag(help: "Print every tensor, not only the failing ones.") var verbose = false
 
     func validate() throws {
-        let backends = [a, b].compactMap { Backend(rawValue: $0) }
+        let backends = [a, b].compactMap(\.backend)
         if backends.count == 2 { try setup.checkStepMemory(backends) }   // a file's run is checked once its setup is read
     }
 
@@ -51,7 +57,7 @@ struct Diff: ParsableCommand {
         o.seed = setup.seed; o.batch = setup.batch; o.maskRatio = setup.maskRatio
         o.sampleSteps = setup.sample; o.cfgScale = setup.cfgScale
         o.rtol = rtol; o.atol = atol; o.allowMissing = allowMissing; o.allowUncalibrated = uncalibrated
-        let report = try reportingErrors { try withReferenceProgress { try DiffEngine.run(a: Side.parse(a), b: Side.parse(b), options: o) } }
+        let report = try reportingErrors { try withReferenceProgress { try DiffEngine.run(a: a, b: b, options: o) } }
         if json {
             let d = try JSONSerialization.data(withJSONObject: report.json, options: [.prettyPrinted, .sortedKeys])
             print(String(data: d, encoding: .utf8)!)

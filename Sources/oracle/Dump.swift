@@ -20,29 +20,24 @@ struct Dump: ParsableCommand {
         Planted bugs (a debugging aid, for files that must fail): with a fast backend, --plant BUG (or the environment variable SDDIT_ORACLE_VARIANT=BUG) runs the fast path with one deliberate deviation (FastVariant): gelu-exact:BLOCK (exact erf GELU in encoder block BLOCK), ln-eps:BLOCK[:EPS] (LayerNorm eps EPS, default 1e-5, there), no-sqrt-d:BLOCK (attention logits without 1/sqrt(head_dim)), shift-scale:BLOCK (modulate's shift and scale swapped), tau-swap (the DINO temperatures swapped), tf32-conv (the patch embedding in TF32); the file's config says so (planted_bug).
         """)
 
-    @Option(help: "Backend that computes the results: \(Backend.allCases.map(\.rawValue).joined(separator: ", ")).") var backend: String = "ref"
+    @Option(help: "Backend that computes the results.") var backend: Backend = .ref
     @Option(help: "Output HDF5 file.") var out: String
     @Option(help: "Take config, parameters and inputs from this exchange file instead of a seed.")
     var from: String?
     @OptionGroup var setup: SetupOptions
     @Option(help: "Parameter init for seeded setups: random (every tensor non-zero) or dit (adaLN-Zero).")
-    var initMode: String = "random"
+    var initMode: Initialization.Mode = .random
 
     @Option(help: "A planted bug in the fast path, for files that must fail (see above).")
     var plant: String?
 
     func validate() throws {
-        if from == nil, let be = Backend(rawValue: backend) { try setup.checkStepMemory([be]) }   // --from: checked once read
+        if from == nil { try setup.checkStepMemory([backend]) }   // --from: checked once read
         try requireWritableOutput(out, option: "--out")
     }
 
     func run() throws {
-        guard let be = Backend(rawValue: backend) else {
-            throw ValidationError("unknown backend '\(backend)'; expected one of: \(Backend.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        guard let mode = Initialization.Mode(rawValue: initMode) else {
-            throw ValidationError("unknown --init-mode '\(initMode)'; expected random or dit")
-        }
+        let be = backend
         try reportingErrors {
             var cfg = try setup.modelConfig()
             let s: RunSetup
@@ -54,7 +49,7 @@ struct Dump: ParsableCommand {
                 if let r = setup.maskRatio { cfg.maskRatio = r }
                 cfg.cfgScale = setup.cfgScale
                 s = SeededSetup.make(cfg, seed: setup.seed, batch: setup.batch, maskRatio: cfg.maskRatio,
-                                     sampleSteps: setup.sample, cfgScale: setup.cfgScale, init: mode)
+                                     sampleSteps: setup.sample, cfgScale: setup.cfgScale, init: initMode)
             }
             // Written as computed: the setup first, then each result as the backend hands it over.
             let bug = plant ?? ProcessInfo.processInfo.environment["SDDIT_ORACLE_VARIANT"].flatMap { $0.isEmpty ? nil : $0 }

@@ -24,7 +24,30 @@ struct Oracle: ParsableCommand {
         // on the heap (glibc's largest mmap threshold, 32 MiB, and no trimming) a freed one is
         // reused instead of mapped anew, whose page faults took a quarter of an S/2 run.
         Product.keepFreedMemory()
-        main(nil)
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            // ArgumentParser lists more than five values one a line: refused in one line here,
+            // as every other bad input is (then its usage lines, as it prints them)
+            let text = fullMessage(for: error)
+            guard exitCode(for: error) == .validationFailure, let one = valuesOnOneLine(text) else { exit(withError: error) }
+            FileHandle.standardError.write((one + "\n").data(using: .utf8)!)
+            exit(withError: ExitCode.validationFailure)
+        }
+    }
+
+    /// `text` with ArgumentParser's list of valid values ("Please provide one of the
+    /// following:" and a line "  - VALUE" each) on its first line; nil when it has none.
+    static func valuesOnOneLine(_ text: String) -> String? {
+        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        let head = ". Please provide one of the following:"
+        guard let i = lines.firstIndex(where: { $0.hasSuffix(head) }) else { return nil }
+        let values = lines[(i + 1)...].prefix { $0.hasPrefix("  - ") }.map { String($0.dropFirst(4)) }
+        guard !values.isEmpty else { return nil }
+        lines[i] = String(lines[i].dropLast(head.count)) + ". Please provide one of: " + values.joined(separator: ", ") + "."
+        lines.removeSubrange((i + 1)...(i + values.count))
+        return lines.joined(separator: "\n")
     }
 }
 
@@ -36,7 +59,7 @@ struct SetupOptions: ParsableArguments {
     var seed: UInt64 = 0
     @Option(help: "Batch size N.")
     var batch: Int = 2
-    @Option(name: .customLong("mask-ratio"), help: "Mask ratio in [0, 1) (default: the config's, 0.2).")
+    @Option(name: .customLong("mask-ratio"), help: "Mask ratio in [0, 1) (default: the config's, \(short(ModelConfig.tiny.maskRatio))).")
     var maskRatio: Double?
     @Option(help: "Also run the Heun sampler for this many steps (0: no sampler).")
     var sample: Int = 5
@@ -98,4 +121,14 @@ func requireWritableOutput(_ path: String, option: String) throws {
     guard FileManager.default.isWritableFile(atPath: d) else {
         throw ValidationError("\(option) \(path): directory '\(d)' is not writable")
     }
+}
+
+/// A number as help texts print it: 16, 0.2, 1e-4, 2.5e-9 (a power of ten below 0.01 as one).
+func short(_ x: Double) -> String {
+    guard x != 0, abs(x) < 0.01 else { return String(format: "%g", x) }
+    let parts = String(format: "%.5e", x).split(separator: "e")   // "1.00000e-04"
+    var mantissa = String(parts[0])
+    while mantissa.hasSuffix("0") { mantissa.removeLast() }
+    if mantissa.hasSuffix(".") { mantissa.removeLast() }
+    return mantissa + "e" + String(Int(parts[1])!)
 }

@@ -11,7 +11,7 @@ struct PrecisionCmd: ParsableCommand {
         commandName: "precision",
         abstract: "Find where mixed precision runs out of range, and reproduce NaN/Inf failures.",
         discussion: """
-        Without --scenario: a headroom sweep. One training step per sigma (every sample at that sigma, log-spaced over [sigma_min, sigma_max]) and the sampler's steps run with every named tensor watched (forward activations by SPEC name, backward gradients as "d NAME", scaled by the loss scale as a GradScaler run stores them). For each it reports max|x|, the bits left before the half type overflows (log2(65504 / max|x|) for fp16), and the fraction of non-zero values below the half type's smallest normal number (underflow). It ends with the tensors that run out of range first and at which sigma.
+        Without --scenario: a headroom sweep. One training step per sigma (every sample at that sigma, log-spaced over [sigma_min, sigma_max]) and the sampler's steps run with every named tensor watched (forward activations by SPEC name, backward gradients as "d NAME", scaled by the loss scale as a GradScaler run stores them). For each it reports max|x|, the bits left before the half type overflows (log2(\(Int(FastPrecision.fp16.halfMax)) / max|x|) for fp16), and the fraction of non-zero values below the half type's smallest normal number (underflow). It ends with the tensors that run out of range first and at which sigma.
 
         Each gradient (the backward's "d NAME" and each parameter's "grad KEY") also gets the loss scale at which GradScaler's quiet failure begins for it: the largest power of two at which more than half of its non-zero elements fall below the half type's smallest normal number and flush (exact from a float32 sweep, --mode fast, the default). A collapsing GradScaler that falls below it stops training that tensor with a finite loss; `oracle train` warns when it happens.
 
@@ -31,12 +31,12 @@ struct PrecisionCmd: ParsableCommand {
     @Flag(name: .customLong("list-scenarios"), help: "List the scenarios, one a line, name first.")
     var listScenarios = false
     @Option(help: "Run this scenario.") var scenario: String?
-    @Option(help: "fast, fast-fp16, fast-bf16, fast-fp16-pure or fast-bf16-pure (scenario default: the mode it is for; sweep default: fast).")
-    var mode: String?
+    @Option(help: "The fast path's precision (scenario default: the mode it is for; sweep default: \(FastPrecision.fp32.argumentName)).")
+    var mode: FastPrecision?
     @OptionGroup var setup: SetupOptions
     @Option(help: "Sweep: number of sigma values.") var points: Int = 7
-    @Option(help: "Sweep: the half type headroom is measured against (fp16 or bf16).") var half: String = "fp16"
-    @Option(name: .customLong("loss-scale"), help: "Loss scale of the backward pass (GradScaler's initial 65536; scenarios in fp16 modes start their GradScaler there).")
+    @Option(help: "Sweep: the half type headroom is measured against.") var half: HalfType = .fp16
+    @Option(name: .customLong("loss-scale"), help: "Loss scale of the backward pass (GradScaler's initial \(Int(LossScaler(enabled: true).scale)); scenarios in fp16 modes start their GradScaler there).")
     var lossScale: Float?
     @Option(help: "Sweep: tensors listed per sigma.") var top: Int = 4
 
@@ -52,13 +52,6 @@ struct PrecisionCmd: ParsableCommand {
         x.significand == 1 ? "2^\(Int(x.exponent))" : String(format: "%g", x)
     }
 
-    static func mode(_ s: String) throws -> FastPrecision {
-        guard let b = Backend(rawValue: s), let p = b.fastPrecision else {
-            throw ValidationError("unknown mode '\(s)'; expected fast, fast-fp16, fast-bf16, fast-fp16-pure or fast-bf16-pure")
-        }
-        return p
-    }
-
     func run() throws {
         if listScenarios {
             for s in PrecisionScenario.all { print("\(s.name)  \(s.summary)") }
@@ -66,9 +59,9 @@ struct PrecisionCmd: ParsableCommand {
             return
         }
         if scenario == CollapseScenario.name {
-            let p = try mode.map(Self.mode) ?? .pureFP16
+            let p = mode ?? .pureFP16
             let t = try reportingErrors { try CollapseScenario.run(mode: p) }
-            print("scenario \(CollapseScenario.name), mode \(Backend.allCases.first { $0.fastPrecision == p }!.rawValue): \(CollapseScenario.summary)")
+            print("scenario \(CollapseScenario.name), mode \(p.argumentName): \(CollapseScenario.summary)")
             let h = t.history, w = 10
             print("L_G \(t.windowMean(0, 0..<w)) -> \(t.windowMean(0, (h.count - w)..<h.count)) (finite steps among the first and last \(w)); "
                   + String(format: "skipped %d of %d steps; loss scale %g", h.filter { $0[4] != 0 }.count, h.count, Double(t.model.scaler.scale)))
@@ -84,9 +77,9 @@ struct PrecisionCmd: ParsableCommand {
             guard let sc = PrecisionScenario.named(name) else {
                 throw ValidationError("unknown scenario '\(name)'; see --list-scenarios")
             }
-            let p = try mode.map(Self.mode) ?? sc.defaultMode
+            let p = mode ?? sc.defaultMode
             let o = try reportingErrors { try sc.run(mode: p, lossScale: lossScale) }
-            print("scenario \(sc.name), mode \(Backend.allCases.first { $0.fastPrecision == p }!.rawValue): \(sc.summary)")
+            print("scenario \(sc.name), mode \(p.argumentName): \(sc.summary)")
             if let e = o.firstNonFinite {
                 print(e.description)
                 print("why: \(o.explanation ?? "")")
@@ -99,12 +92,10 @@ struct PrecisionCmd: ParsableCommand {
                          l["generative"] ?? .nan, l["dis_cls"] ?? .nan, l["dis_patch"] ?? .nan, l["total"] ?? .nan, o.lossScale))
             return
         }
-        let p = try Self.mode(mode ?? "fast")
-        let halfMax: Float = half == "bf16" ? Float.greatestFiniteMagnitude : 65504
-        let minNormal: Float = half == "bf16" ? Float.leastNormalMagnitude : 6.103515625e-05
-        guard half == "fp16" || half == "bf16" else { throw ValidationError("--half must be fp16 or bf16") }
+        let p = mode ?? .fp32
+        let halfMax = half.precision.halfMax, minNormal = half.precision.halfMinNormal
         guard points >= 2 else { throw ValidationError("--points must be at least 2") }
-        let scale = lossScale ?? 65536
+        let scale = lossScale ?? LossScaler(enabled: true).scale
         guard scale > 0 && scale.isFinite else { throw ValidationError("--loss-scale must be positive and finite") }
         let started = ContinuousClock.now
         try reportingErrors {
@@ -117,7 +108,7 @@ struct PrecisionCmd: ParsableCommand {
                                              sigmas: sigmas, lossScale: scale, samplerSteps: setup.sample,
                                              progress: { status.show("precision \(cfg.name): " + $0) })
             status.clear()
-            print("headroom against \(half) (max \(halfMax), smallest normal \(minNormal)); config \(cfg.name), batch \(setup.batch), mode \(mode ?? "fast"), backward scaled by \(scale)")
+            print("headroom against \(half) (max \(halfMax), smallest normal \(minNormal)); config \(cfg.name), batch \(setup.batch), mode \(p.argumentName), backward scaled by \(scale)")
             var firstOut: [(Double, String, String, Float)] = []
             var quietest: (scale: Double, name: String, sigma: Double)?
             for r in rows {
@@ -157,7 +148,7 @@ struct PrecisionCmd: ParsableCommand {
             if let q = quietest {
                 let margin = log2(Double(scale) / q.scale)
                 let head: String = String(format: "quiet failure (GradScaler collapse): at a loss scale of %@ or less, %@ loses over half of its non-zero gradient elements to %@ underflow (sigma %.4g); ",
-                                          Self.powerOfTwo(q.scale), q.name, half, q.sigma)
+                                          Self.powerOfTwo(q.scale), q.name, half.rawValue, q.sigma)
                 let tail: String = margin > 0 ? String(format: "%.1f halvings below this sweep's scale %g", margin, Double(scale))
                                               : String(format: "already at this sweep's scale %g", Double(scale))
                 print(head + tail)

@@ -29,7 +29,7 @@ struct Sample: ParsableCommand {
     @Option(name: .customLong("n"), help: "Number of samples.") var count: Int = 64
     @Option(help: "Comma-separated class labels, cycled over the samples.") var labels: String?
     @Option(help: "Seed of x_init.") var seed: UInt64 = 0
-    @Option(help: "Precision of the network (default: the checkpoint's).") var precision: String?
+    @Option(help: "Precision of the network (default: the checkpoint's).") var precision: FastPrecision?
 
     func validate() throws {
         if steps < 2 { throw ValidationError("--steps must be at least 2 (SPEC §6 divides by N - 1), found \(steps)") }
@@ -38,7 +38,6 @@ struct Sample: ParsableCommand {
             throw ValidationError("need 0 < --sigma-min < --sigma-max, found \(sigmaMin) and \(sigmaMax)")
         }
         if !(rho > 0 && rho.isFinite) { throw ValidationError("--rho must be positive, found \(rho)") }
-        if let p = precision { _ = try PrecisionCmd.mode(p) }
         if let l = labels, parsedLabels(l) == nil { throw ValidationError("--labels must be comma-separated non-negative integers, found '\(l)'") }
         try requireWritableOutput(out, option: "--out")
         if let p = plot { try requireWritableOutput(p, option: "--plot") }
@@ -54,7 +53,7 @@ struct Sample: ParsableCommand {
         var o = SampleOptions()
         o.steps = steps; o.rho = rho; o.sigmaMin = sigmaMin; o.sigmaMax = sigmaMax; o.cfgScale = cfgScale
         o.count = count; o.labels = labels.flatMap(parsedLabels); o.seed = seed
-        o.precision = try precision.map(PrecisionCmd.mode)
+        o.precision = precision
         let tty = isatty(STDERR_FILENO) != 0
         let clock = ContinuousClock(), t0 = clock.now
         let r = try reportingErrors {
@@ -72,7 +71,7 @@ struct Sample: ParsableCommand {
             }
         }
         let secs = (clock.now - t0).seconds
-        let mode = Backend.allCases.first { $0.fastPrecision == r.precision }!.rawValue
+        let mode = r.precision.argumentName
         let evals = (2 * steps - 1) * (cfgScale == nil ? 1 : 2)
         print(String(format: "sampled %d x [%d, %d, %d] in %d Heun steps (%d network evaluations) in %.2f s; %@, sigma %g..%g, rho %g, cfg scale %@",
                      count, r.config.inChannels, r.config.inputSize, r.config.inputSize, steps, evals, secs, mode,

@@ -8,14 +8,19 @@ import SDDiTFast
 import SDDiTReference
 
 struct Train: ParsableCommand {
+    /// The run's defaults (`TrainOptions`'s), which the help states.
+    private static let defaults = TrainOptions(config: .tiny)
+    /// The learning rate of a run without --lr (the oracle's, not the config's).
+    static let defaultLR = 1e-3
+
     static let configuration = CommandConfiguration(
         abstract: "Train SD-DiT on the fast path on a synthetic class-conditional latent dataset.",
         discussion: """
-        The dataset is made from --data-seed for the config's latent shape: per class a smooth template (low-frequency plane waves per channel), per sample a random amplitude, phase shift and white noise; std about sigma_data = 0.5; 2048 training and 256 held-out samples. Minibatch k (examples, null labels for guidance, sigma, noise, mask) is a pure function of (--seed, k), so a resumed run reproduces an uninterrupted one bit for bit.
+        The dataset is made from --data-seed for the config's latent shape: per class a smooth template (low-frequency plane waves per channel), per sample a random amplitude, phase shift and white noise; std about sigma_data = 0.5; \(defaults.trainSize) training and \(defaults.heldOutSize) held-out samples. Minibatch k (examples, null labels for guidance, sigma, noise, mask) is a pure function of (--seed, k), so a resumed run reproduces an uninterrupted one bit for bit.
 
         Progress: a one-line bar on stderr when it is a terminal, otherwise a plain line on stdout every --log-every steps: window means of L_G, L_D^cls, L_D^patch and the total, steps/s, the loss scale. The last line gives the held-out generative loss (L_G with the EDM weighting at 8 fixed sigmas and fixed noise, no mask: comparable across runs). A window averages its finite steps and counts the others ("0.58 (3 inf)").
 
-        Quiet failures (always watched; a warning in the progress output, the summary and the checkpoint, once each): GradScaler collapse (the scale fallen 2^10 below its start without growing back, or below 1, with the gradient tensors the half type flushes while float32 resolves them), and training that stops moving (the update-to-weight ratio's 50-step mean below 1% of its early level while a step leaves most elements unchanged; the ratio is column 7 of the checkpoint's /train/history).
+        Quiet failures (always watched; a warning in the progress output, the summary and the checkpoint, once each): GradScaler collapse (the scale fallen 2^\(QuietFailureMonitor.collapseHalvings) below its start without growing back, or below 1, with the gradient tensors the half type flushes while float32 resolves them), and training that stops moving (the update-to-weight ratio's \(StallMonitor.window)-step mean below \(short(100 * StallMonitor.fraction))% of its early level, the median of its first \(StallMonitor.early) applied updates, while a step leaves most elements unchanged; the ratio is column 7 of the checkpoint's /train/history).
 
         Examples:
           oracle train --config tiny --steps 300
@@ -27,18 +32,18 @@ struct Train: ParsableCommand {
         """)
 
     @Option(help: "Model config: tiny, S/2, B/2, XL/2.") var config: String?
-    @Option(help: "fast, fast-fp16, fast-bf16, fast-fp16-pure or fast-bf16-pure (default fast).") var precision: String?
-    @Option(help: "Length of the run (the EMA schedule spans it; default 300, or the checkpoint's).") var steps: Int?
-    @Option(help: "Minibatch size (default 32).") var batch: Int?
-    @Option(help: "AdamW learning rate (default 1e-3).") var lr: Double?
-    @Option(help: "Seed of the init and of the per-step draws (default 0).") var seed: UInt64?
-    @Option(name: .customLong("data-seed"), help: "Seed of the synthetic dataset (default 0).") var dataSeed: UInt64?
-    @Option(name: .customLong("init-mode"), help: "Parameter init: dit (adaLN-Zero, the default) or random (every tensor non-zero).")
-    var initMode: String?
-    @Option(name: .customLong("mask-ratio"), help: "Mask ratio in [0, 1) (default the config's, 0.2).") var maskRatio: Double?
+    @Option(help: "The fast path's precision (default \(defaults.precision.argumentName)).") var precision: FastPrecision?
+    @Option(help: "Length of the run (the EMA schedule spans it; default \(defaults.steps), or the checkpoint's).") var steps: Int?
+    @Option(help: "Minibatch size (default \(defaults.batch)).") var batch: Int?
+    @Option(help: "AdamW learning rate (default \(short(defaultLR))).") var lr: Double?
+    @Option(help: "Seed of the init and of the per-step draws (default \(defaults.seed)).") var seed: UInt64?
+    @Option(name: .customLong("data-seed"), help: "Seed of the synthetic dataset (default \(defaults.dataSeed)).") var dataSeed: UInt64?
+    @Option(name: .customLong("init-mode"), help: "Parameter init: dit (adaLN-Zero) or random (every tensor non-zero); default \(defaults.initMode.rawValue).")
+    var initMode: Initialization.Mode?
+    @Option(name: .customLong("mask-ratio"), help: "Mask ratio in [0, 1) (default the config's, \(short(ModelConfig.tiny.maskRatio))).") var maskRatio: Double?
     @Flag(name: .customLong("no-discriminative"), help: "Ablation: train on L_G alone (weight 0 on L_D^cls + L_D^patch).")
     var noDiscriminative = false
-    @Option(name: .customLong("label-dropout"), help: "Probability of the null label in training (default 0.1, for guidance).")
+    @Option(name: .customLong("label-dropout"), help: "Probability of the null label in training (default \(short(defaults.labelDropout)), for guidance).")
     var labelDropout: Double?
     @Option(help: "tau_T warm-up steps (default a tenth of the run).") var warmup: Int?
     @Flag(help: "Stop at the first non-finite value with the fast path's report (exit 1).") var anomaly = false
@@ -64,10 +69,6 @@ struct Train: ParsableCommand {
         if let c = checkpoint { try requireWritableOutput(c, option: "--checkpoint") }
         if let l = logEvery, l < 1 { throw ValidationError("--log-every must be at least 1") }
         if let s = stopAt, s < 1 { throw ValidationError("--stop-at must be at least 1") }
-        if let p = precision { _ = try PrecisionCmd.mode(p) }
-        if let m = initMode, Initialization.Mode(rawValue: m) == nil {
-            throw ValidationError("unknown --init-mode '\(m)'; expected dit or random")
-        }
         if ablations && (resume != nil || checkpoint != nil || noDiscriminative) {
             throw ValidationError("--ablations runs three fresh runs: it takes no --resume, --checkpoint or --no-discriminative")
         }
@@ -87,15 +88,18 @@ struct Train: ParsableCommand {
         guard var cfg = ModelConfig.named(config ?? "tiny") else {
             throw ValidationError("unknown config '\(config ?? "")'; expected one of: tiny, S/2, B/2, XL/2")
         }
-        cfg.lr = lr ?? 1e-3
+        cfg.lr = lr ?? Self.defaultLR
         if let r = maskRatio { cfg.maskRatio = r }
         var o = TrainOptions(config: cfg)
-        o.precision = try PrecisionCmd.mode(precision ?? "fast")
-        o.steps = steps ?? 300; o.batch = batch ?? 32; o.seed = seed ?? 0; o.dataSeed = dataSeed ?? 0
+        if let precision { o.precision = precision }
+        if let steps { o.steps = steps }
+        if let batch { o.batch = batch }
+        if let seed { o.seed = seed }
+        if let dataSeed { o.dataSeed = dataSeed }
         o.discriminativeWeight = noDiscriminative ? 0 : 1
-        o.labelDropout = labelDropout ?? 0.1
+        if let labelDropout { o.labelDropout = labelDropout }
         o.warmupSteps = warmup
-        o.initMode = Initialization.Mode(rawValue: initMode ?? "dit")!
+        if let initMode { o.initMode = initMode }
         do { try cfg.checkMemory(batch: o.batch, available: Double(ProcessInfo.processInfo.physicalMemory)) } catch {
             throw ValidationError("\(error)")
         }
@@ -110,7 +114,7 @@ struct Train: ParsableCommand {
             return try Trainer(try options())
         }
         let o = t.options
-        let mode = Backend.allCases.first { $0.fastPrecision == o.precision }!.rawValue
+        let mode = o.precision.argumentName
         print("train: config \(o.config.name), \(mode), batch \(o.batch), lr \(o.config.lr), mask ratio \(o.config.maskRatio), "
               + "L_D weight \(o.discriminativeWeight), steps \(o.steps), seed \(o.seed), data seed \(o.dataSeed)"
               + (resume.map { ", resumed from \($0) at step \(t.step)" } ?? ""))
@@ -160,7 +164,7 @@ struct Train: ParsableCommand {
             ("w/o discriminative loss (L_G only)", { var o = base; o.discriminativeWeight = 0; return o }()),
             ("mask ratio 0", { var o = base; o.config.maskRatio = 0; return o }()),
         ]
-        let mode = Backend.allCases.first { $0.fastPrecision == base.precision }!.rawValue
+        let mode = base.precision.argumentName
         print("ablations (paper table 3 in miniature): config \(base.config.name), \(mode), \(base.steps) steps, batch \(base.batch), lr \(base.config.lr), seed \(base.seed), data seed \(base.dataSeed)")
         var rows: [(String, Double, Double, Double, Double)] = []
         for (name, o) in runs {

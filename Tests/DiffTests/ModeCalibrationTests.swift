@@ -71,7 +71,7 @@ struct ModeCalibrationTests {
                 }
             }
         }
-        print("clean twin \(mode): worst calibrated ratio x\(String(format: "%.2f", worst.0)) in \(worst.1) (limit x\(Calibration.limit(mode, path: worst.1)))")
+        print("clean twin \(mode): worst calibrated ratio x\(String(format: "%.2f", worst.0)) in \(worst.1) (limit x\(CalibrationLimits.limit(mode, path: worst.1)))")
     }
 
     /// A half-precision file that does not declare its mode is judged in the mode its values

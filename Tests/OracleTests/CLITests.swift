@@ -52,6 +52,12 @@ struct CLITests {
         #expect(c2 == 0, "oracle diff --help exited \(c2)")
         #expect(diffHelp.contains("compared N, failed M, only-in-a X, only-in-b Y"), "diff --help lacks the summary format")
         #expect(diffHelp.contains("|a - e| <= atol + rtol*|e|"), "diff --help lacks the pass rule")
+        // an option's values, listed by ArgumentParser from the type it parses
+        let (c3, dumpHelp, _) = try runOracle(["dump", "--help"])
+        #expect(c3 == 0 && dumpHelp.contains("fast-tf32-conv") && dumpHelp.contains("(default: ref)"), "dump --help lacks the backends:\n\(dumpHelp)")
+        let (c4, precisionHelp, _) = try runOracle(["precision", "--help"])
+        #expect(c4 == 0 && precisionHelp.contains("fast-bf16-pure") && precisionHelp.contains("(values: fp16, bf16; default: fp16)"),
+                "precision --help lacks the modes or half types:\n\(precisionHelp)")
     }
 
     @Test(arguments: pytorchFixtures + ["golden_tiny.h5", "golden_tiny_ditinit.h5"])
@@ -96,8 +102,10 @@ struct CLITests {
         (["diff", "--a", "ref", "--b", "ref", "--config", "Q/9"], "unknown config"),
         (["diff", "--a", "ref", "--b", "ref", "--mask-ratio", "1.5"], "mask-ratio"),
         (["info", "/nonexistent/y.h5"], "y.h5"),
-        (["dump", "--backend", "nope", "--out", "/tmp/z.h5"], "unknown backend"),
+        (["dump", "--backend", "nope", "--out", "/tmp/z.h5"], "'nope' is invalid for '--backend <backend>'. Please provide one of: ref, ref80"),
         (["dump", "--out", "/nonexistent-dir/z.h5"], "z.h5"),
+        (["precision", "--half", "fp32"], "'fp32' is invalid for '--half <half>'"),
+        (["precision", "--mode", "fast-tf32-conv"], "'fast-tf32-conv' is invalid for '--mode <mode>'"),
     ])
     func badInputGivesOneLine(_ args: [String], _ mentions: String) throws {
         try expectOneLineError(args, mentions: mentions)

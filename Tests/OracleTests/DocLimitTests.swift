@@ -7,7 +7,7 @@ import SDDiTDiff
 // The calibration limits README.md and docs/DECISIONS.md quote are the code's (issue #19:
 // docs that cannot drift). Two forms are checked:
 // - a report line quoted from `oracle diff`, "the MODE level L (limit xN)": N must be
-//   `Calibration.limit(MODE, path:)` for the line's dataset (an activation when the line
+//   `CalibrationLimits.limit(MODE, path:)` for the line's dataset (an activation when the line
 //   names none);
 // - a limit quoted in prose or a table, "xN (`NAME`)" or "xN (`NAME`, `NAME2`)", NAME one of
 //   the limit constants below: N must equal each named limit, and NAME must still be declared
@@ -17,13 +17,13 @@ struct DocLimitTests {
     static let documents = ["README.md", "docs/DECISIONS.md"]
 
     /// The limit constants by the name the docs give them, each read through
-    /// `Calibration.limit`, which the verdicts use.
+    /// `CalibrationLimits.limit`, which the verdicts use.
     static let limits: [String: Double] = [
-        "float32Limit": Calibration.limit(.float32, path: "activations/student.D"),
-        "samplerLimit": Calibration.limit(.float32, path: "sampler/x.1"),
-        "tf32Limit": Calibration.limit(.tf32, path: "activations/student.D"),
-        "halfLimit": Calibration.limit(.bf16Autocast, path: "activations/student.D"),
-        "halfGradientLimit": Calibration.limit(.bf16Autocast, path: "grads/x_embedder.proj.weight"),
+        "CalibrationLimits.float32": CalibrationLimits.limit(.float32, path: "activations/student.D"),
+        "CalibrationLimits.sampler": CalibrationLimits.limit(.float32, path: "sampler/x.1"),
+        "CalibrationLimits.tf32": CalibrationLimits.limit(.tf32, path: "activations/student.D"),
+        "CalibrationLimits.half": CalibrationLimits.limit(.bf16Autocast, path: "activations/student.D"),
+        "CalibrationLimits.halfGradients": CalibrationLimits.limit(.bf16Autocast, path: "grads/x_embedder.proj.weight"),
     ]
 
     static func text(_ doc: String) throws -> String {
@@ -40,7 +40,7 @@ struct DocLimitTests {
                     #expect(mode != nil, "\(doc):\(i + 1): unknown precision mode '\(m.output.1)' in a quoted report line")
                     guard let mode else { continue }
                     let path = line.firstMatch(of: /(?:FAIL|ok  ) ([a-z_]+\/\S+)/).map { String($0.output.1) } ?? "activations/student.D"
-                    let limit = Calibration.limit(mode, path: path)
+                    let limit = CalibrationLimits.limit(mode, path: path)
                     #expect(Double(m.output.2) == limit,
                             "\(doc):\(i + 1): quotes limit x\(m.output.2) for \(mode) (\(path)); the code's limit is x\(limit)")
                 }
@@ -58,9 +58,9 @@ struct DocLimitTests {
         for doc in Self.documents {
             let text = try Self.text(doc)
             // over the whole text: a line may break between the number and its name
-            for m in text.matches(of: /\bx([0-9.]+)\s+\(((?:`\w+`(?:,\s*)?)+)\)/) {
+            for m in text.matches(of: /\bx([0-9.]+)\s+\(((?:`[\w.]+`(?:,\s*)?)+)\)/) {
                 let line = text[..<m.range.lowerBound].filter { $0 == "\n" }.count + 1
-                for name in m.output.2.matches(of: /`(\w+)`/).map({ String($0.output.1) }) {
+                for name in m.output.2.matches(of: /`([\w.]+)`/).map({ String($0.output.1) }) {
                     named.insert(name)
                     let value = Self.limits[name]
                     #expect(value != nil, "\(doc):\(line): x\(m.output.1) names `\(name)`, which is not a limit constant this test knows")
@@ -72,7 +72,9 @@ struct DocLimitTests {
         }
         #expect(named == Set(Self.limits.keys), "the docs name limits \(named.sorted()), expected every one of \(Self.limits.keys.sorted())")
         for name in Self.limits.keys.sorted() {
-            let declaration = try Regex("(?:let|var) [^\\n]*\\b\(name)\\b *[=:]")
+            // `Type.member`: the member declared (the type is CalibrationLimits in SDDiTCore/Tolerances.swift)
+            let member = name.split(separator: ".").last.map(String.init) ?? name
+            let declaration = try Regex("(?:let|var) [^\\n]*\\b\(member)\\b *[=:]")
             #expect(code.contains(declaration), "`\(name)`, named in the docs, is declared nowhere in Sources/")
         }
     }

@@ -64,7 +64,8 @@ public final class UncheckedBox<T>: @unchecked Sendable { public var value: T; p
 public func expectOneLineError(_ args: [String], mentions: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
     let (code, _, err) = try runOracle(args)
     #expect(code != 0, "\(args) exited 0", sourceLocation: sourceLocation)
-    let lines = err.split(separator: "\n").filter { !$0.isEmpty && !$0.hasPrefix("Usage") && !$0.hasPrefix("  See") }
+    // ArgumentParser's usage lines (and its "Help:" line, the option's help repeated) follow the error
+    let lines = err.split(separator: "\n").filter { !$0.isEmpty && !$0.hasPrefix("Usage") && !$0.hasPrefix("  See") && !$0.hasPrefix("Help:") }
     #expect(lines.count == 1, "\(args): expected one error line, got:\n\(err)", sourceLocation: sourceLocation)
     #expect(err.contains(mentions), "\(args): error does not mention '\(mentions)': \(err)", sourceLocation: sourceLocation)
     #expect(!err.contains("Fatal error") && !err.contains("Stack dump"), "\(args) crashed: \(err)", sourceLocation: sourceLocation)

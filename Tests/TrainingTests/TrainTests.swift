@@ -182,8 +182,8 @@ struct TrainTests {
 
     @Test(arguments: [
         (["train", "--steps", "0"], "--steps"),
-        (["train", "--precision", "fp8"], "unknown mode"),
-        (["train", "--init-mode", "xavier"], "unknown --init-mode"),
+        (["train", "--precision", "fp8"], "'fp8' is invalid for '--precision <precision>'. Please provide one of: fast, fast-fp16"),
+        (["train", "--init-mode", "xavier"], "'xavier' is invalid for '--init-mode <init-mode>'"),
         (["train", "--resume", "/nonexistent/r.h5", "--init-mode", "random"], "--init-mode cannot be given with --resume"),
         (["train", "--resume", "/nonexistent/r.h5"], "r.h5"),
         (["train", "--resume", "/nonexistent/r.h5", "--lr", "1"], "--lr cannot be given with --resume"),
