@@ -267,14 +267,18 @@ extension Calibration {
             groups[g, default: []].append((String(c.name.dropFirst(g.count + 1)), cal.limit * cal.level))
         }
         guard !order.isEmpty else { return [] }
-        var out: [String] = []
-        for g in order {
-            let v = groups[g]!, lo = v.min { $0.1 < $1.1 }!, hi = v.max { $0.1 < $1.1 }!
-            out.append(String(format: "  floor %@: a pass cannot see changes below %@ (%@) to %@ (%@) of a tensor's largest value",
-                              g.padding(toLength: 12, withPad: " ", startingAt: 0), pct(lo.1), lo.0, pct(hi.1), hi.0))
-        }
+        let out = floorLines(order, groups)
         let what = againstMode ? "a pass against fast-\(mode.backend.map { String($0.rawValue.dropFirst(5)) } ?? mode.rawValue)" : "a pass judged as \(mode.rawValue)"
         return ["detection floor: \(what) cannot see a change smaller than its limit times a correct \(mode.rawValue) run's error; for subtle numeric bugs dump a float32 step and compare it with --b ref"] + out
+    }
+
+    /// One line per group (in `order`): the smallest and largest floor among its tensors.
+    static func floorLines(_ order: [String], _ groups: [String: [(String, Double)]]) -> [String] {
+        order.compactMap { g in
+            guard let v = groups[g], let lo = v.min(by: { $0.1 < $1.1 }), let hi = v.max(by: { $0.1 < $1.1 }) else { return nil }
+            return String(format: "  floor %@: a pass cannot see changes below %@ (%@) to %@ (%@) of a tensor's largest value",
+                          g.padding(toLength: 12, withPad: " ", startingAt: 0), pct(lo.1), lo.0, pct(hi.1), hi.0)
+        }
     }
 
     /// The same for comparisons judged by a rule looser than float32's alone (two backends in
@@ -293,13 +297,8 @@ extension Calibration {
             if groups[g] == nil { order.append(g) }
             groups[g, default: []].append((String(c.name.dropFirst(g.count + 1)), c.effectiveAtol / c.scale + c.tolerance.rtol))
         }
-        var out = ["detection floor: \(loose.count) tensors were judged by a rule looser than float32's alone (\(loose[0].tolerance.description)); a pass cannot see changes below these; for subtle numeric bugs compare a float32 step"]
-        for g in order {
-            let v = groups[g]!, lo = v.min { $0.1 < $1.1 }!, hi = v.max { $0.1 < $1.1 }!
-            out.append(String(format: "  floor %@: a pass cannot see changes below %@ (%@) to %@ (%@) of a tensor's largest value",
-                              g.padding(toLength: 12, withPad: " ", startingAt: 0), pct(lo.1), lo.0, pct(hi.1), hi.0))
-        }
-        return out
+        return ["detection floor: \(loose.count) tensors were judged by a rule looser than float32's alone (\(loose[0].tolerance.description)); a pass cannot see changes below these; for subtle numeric bugs compare a float32 step"]
+            + floorLines(order, groups)
     }
 
     static func pct(_ x: Double) -> String { String(format: "%.2g%%", 100 * x) }

@@ -139,10 +139,7 @@ struct Train: ParsableCommand {
                 }
             }
         } catch let a as TrainAnomaly {
-            bar.finish()
-            print("anomaly at step \(a.step) (--anomaly): \(a.error.description)")
-            print("why: \(a.explanation)")
-            throw ExitCode(1)
+            throw stopped(by: a, bar)
         }
         bar.finish()
         let secs = (clock.now - t0).seconds
@@ -155,6 +152,14 @@ struct Train: ParsableCommand {
         print(String(format: "held-out L_G %.4f at step %d", held, t.step) + (checkpoint.map { "; checkpoint \($0)" } ?? ""))
         if let q = t.quiet.failure { print("warning: " + q.description) }
         if let q = t.stall.stall { print("warning: " + q.description) }
+    }
+
+    /// The report of a run `--anomaly` stopped, and its exit status.
+    func stopped(by a: TrainAnomaly, _ bar: ProgressBar) -> ExitCode {
+        bar.finish()
+        print("anomaly at step \(a.step) (--anomaly): \(a.error.description)")
+        print("why: \(a.explanation)")
+        return ExitCode(1)
     }
 
     func runAblations() throws {
@@ -176,9 +181,7 @@ struct Train: ParsableCommand {
             do {
                 while t.step < o.steps { bar.update(try t.trainStep(), t, elapsed: (clock.now - t0).seconds, since: 0) }
             } catch let a as TrainAnomaly {
-                bar.finish()
-                print("anomaly at step \(a.step) (--anomaly): \(a.error.description)\nwhy: \(a.explanation)")
-                throw ExitCode(1)
+                throw stopped(by: a, bar)
             }
             bar.finish()
             let secs = (clock.now - t0).seconds
