@@ -146,25 +146,28 @@ final class FastDiTBlock: FastParameterized {
         let k = c.k, ws = c.ws, B = ActivationName.Block.self, d = "d." + name, name = self.name, heads = self.heads, w = weights
         let N = s.x.shape[0], L = s.x.shape[1], W = s.x.last, hm = s.f1.last
         let unscaled = c.variant.unscaledAttention(key), exact = c.variant.exactGELU(key), swap = c.variant.swapsShiftScale(key)
-        let dmod = ws.get(d + ".mod", [N, 6 * W], zero: true)
+        // buffers that accumulate are zeroed in the step that first adds into them (while the
+        // step's other operands are in cache), not all here
+        let dmod = ws.get(d + ".mod", [N, 6 * W])
         let df2 = ws.get(d + ".mlp.fc2", [N, L, W]), dx1 = ws.get(d + ".x1", [N, L, W])
-        let dg = ws.get(d + ".mlp.gelu", [N, L, hm], zero: true), df1 = ws.get(d + ".mlp.fc1", [N, L, hm])
-        let dm2 = ws.get(d + ".m2", [N, L, W], zero: true)
+        let dg = ws.get(d + ".mlp.gelu", [N, L, hm]), df1 = ws.get(d + ".mlp.fc1", [N, L, hm])
+        let dm2 = ws.get(d + ".m2", [N, L, W])
         let dproj = ws.get(d + ".attn.proj", [N, L, W]), dx = ws.get(d + ".x", [N, L, W])
-        let da = ws.get(d + ".attn.out", [N, L, W], zero: true), dqkv = ws.get(d + ".qkv", [N, L, 3 * W])
-        let dm1 = ws.get(d + ".m1", [N, L, W], zero: true)
+        let da = ws.get(d + ".attn.out", [N, L, W]), dqkv = ws.get(d + ".qkv", [N, L, 3 * W])
+        let dm1 = ws.get(d + ".m1", [N, L, W])
         let steps = [
             // MLP branch: y = x1 + gate2 * fc2(gelu(fc1(norm2)))
             Step(name: "bwd gated residual (MLP branch)") {
+                dmod.zero()
                 k.gatedResidualBackward(dy, s.mod, chunk: 5, chunks: 6, s.f2, dh: df2, dmod: dmod)
                 dx1.p.update(from: dy.p, count: dy.count)
             },
-            Step(name: "bwd fc2 Linear") { k.linearBackward(df2, s.gl, w.fc2, dx: dg, g.fc2) },
+            Step(name: "bwd fc2 Linear") { dg.zero(); k.linearBackward(df2, s.gl, w.fc2, dx: dg, g.fc2) },
             Step(name: exact ? "bwd GELU erf" : "bwd GELU tanh") {
                 if exact { k.geluErfBackward(dg, s.f1, df1) } else { k.geluTanhBackward(dg, s.f1, df1) }
                 try c.gradOut(B.fc1(name), "GELU(tanh)", df1)
             },
-            Step(name: "bwd fc1 Linear") { k.linearBackward(df1, s.m2, w.fc1, dx: dm2, g.fc1) },
+            Step(name: "bwd fc1 Linear") { dm2.zero(); k.linearBackward(df1, s.m2, w.fc1, dx: dm2, g.fc1) },
             Step(name: "bwd norm2 LN + modulate") {
                 k.lnModulateBackward(dm2, s.x1, s.mod, shiftChunk: swap ? 4 : 3, scaleChunk: swap ? 3 : 4, chunks: 6,
                                      mean: s.mean2, rstd: s.rstd2, dx: dx1, dmod: dmod)
@@ -175,12 +178,12 @@ final class FastDiTBlock: FastParameterized {
                 k.gatedResidualBackward(dx1, s.mod, chunk: 2, chunks: 6, s.proj, dh: dproj, dmod: dmod)
                 dx.p.update(from: dx1.p, count: dx1.count)
             },
-            Step(name: "bwd proj Linear") { k.linearBackward(dproj, s.a, w.proj, dx: da, g.proj) },
+            Step(name: "bwd proj Linear") { da.zero(); k.linearBackward(dproj, s.a, w.proj, dx: da, g.proj) },
             Step(name: "bwd attention (4 sgemm per sample, head + softmax bwd)") {
                 k.attentionBackward(da, s.qkv, heads: heads, s.probs, dqkv: dqkv, unscaled: unscaled)
                 try c.gradOut(B.qkv(name), "attention", dqkv)
             },
-            Step(name: "bwd qkv Linear") { k.linearBackward(dqkv, s.m1, w.qkv, dx: dm1, g.qkv) },
+            Step(name: "bwd qkv Linear") { dm1.zero(); k.linearBackward(dqkv, s.m1, w.qkv, dx: dm1, g.qkv) },
             Step(name: "bwd norm1 LN + modulate") {
                 k.lnModulateBackward(dm1, s.x, s.mod, shiftChunk: swap ? 1 : 0, scaleChunk: swap ? 0 : 1, chunks: 6,
                                      mean: s.mean1, rstd: s.rstd1, dx: dx, dmod: dmod)
