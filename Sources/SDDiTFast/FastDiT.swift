@@ -92,7 +92,7 @@ extension FastModel {
         let dsiluC = ws.get("d.dit.siluC", [N, cfg.hiddenSize], zero: true)
         try net.backward(ctx, dOut: dOut, dsiluC: dsiluC)
         // unscale, check, GradScaler, AdamW
-        let bad = FastUnscale.apply(ctx, grads, keys: PlainDiT.parameters(cfg).map(\.key), scale: scale)
+        let bad = FastUnscale.apply(ctx, grads, keys: trainableKeys, scale: scale)
         let stepped = scaler.update(foundNonFinite: bad != nil)
         if stepped { adam.update(ctx, params: student, grads: grads) }
         return FastStepResult(losses: [LossName.generative: loss, LossName.total: loss], skipped: !stepped, lossScale: scale)

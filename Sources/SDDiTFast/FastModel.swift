@@ -17,6 +17,9 @@ public final class FastModel {
     public private(set) var student: TensorTable = [:]
     public private(set) var teacher: TensorTable = [:]
     public private(set) var grads: TensorTable = [:]
+    /// The trainable keys in the config's parameter order (unscaling reports the first
+    /// non-finite gradient in this order), fixed when the model is made.
+    private(set) var trainableKeys: [String] = []
     /// AdamW's moments; nil for a forward-and-backward-only or inference model (it cannot step).
     let adam: FastAdamW?
     var centers: FastCenters
@@ -90,6 +93,7 @@ public final class FastModel {
             let b = ws.get("param." + spec.key, spec.shape)
             student[spec.key] = b
             if let v = s?[spec.key] { fill(b, v.data) }
+            if !spec.frozen { trainableKeys.append(spec.key) }
             if gradients && !spec.frozen {
                 grads[spec.key] = ws.get("grad." + spec.key, spec.shape, zero: true)
                 adam?.addMoments(spec.key, spec.shape, ws)

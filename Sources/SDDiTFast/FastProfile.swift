@@ -73,9 +73,8 @@ extension FastModel {
         }
         let gtot = grads.values.reduce(0) { $0 + $1.count }
         entry("step loops", "zero all \(gtot) gradient entries", 1) { for g in grads.values { g.zero() } }
-        let keys = cfg.studentParameters.map(\.key)
         entry("step loops", "unscale (skipped at scale 1) + finite check of the gradients", 1) {
-            if FastUnscale.apply(ctx, grads, keys: keys, scale: 1) != nil { print("non-finite") }
+            if FastUnscale.apply(ctx, grads, keys: trainableKeys, scale: 1) != nil { print("non-finite") }
         }
         let img = ws.get("prof.D", [N, cfg.inChannels, cfg.inputSize, cfg.inputSize]); fill(img)
         let dImg = ws.get("prof.dD", img.shape), x0 = [Double](repeating: 0.1, count: img.count)

@@ -137,7 +137,7 @@ extension FastModel {
         let (dEnc, dTokens) = try decoder.backward(ctx, dOut: dOut, dEncHead: dEncHead, dsiluC: dsiluC)
         try studentEncoder.backward(ctx, dOut: dEnc, dTokens: dTokens, dsiluC: dsiluC)
         // unscale and check
-        let bad = FastUnscale.apply(ctx, grads, keys: cfg.studentParameters.map(\.key), scale: scale)
+        let bad = FastUnscale.apply(ctx, grads, keys: trainableKeys, scale: scale)
         if let (key, i) = bad, monitor.anomaly && !(monitor.anomalyLeavesBackwardToScaler && scaler.enabled) {
             let g = grads.tensor(key)
             throw NonFiniteError(tensor: ActivationName.parameterGradient(key), operation: "parameter gradient (unscaled by \(scale))",
