@@ -25,6 +25,8 @@ public struct DiffReport: Sendable {
     public var notes: [String] = []
     /// The precision mode the file was judged in, and why (nil: no calibrated file).
     public var mode: String? = nil, modeSource: String? = nil
+    /// The failure's cause as `--explain` found it (empty: not asked for, or a pass).
+    public var explanations: [Explanation] = []
     /// Per group, the least change a pass in a reduced-precision mode could have seen.
     public var floors: [String] = []
     /// Calibration applied to the file but could not run (memory): a failure unless allowed.
@@ -90,6 +92,7 @@ public struct DiffReport: Sendable {
         }
         if let m = mode, let src = modeSource { out.append("judged as \(m): \(src)") }
         out += diagnosis
+        out += explanations.map(\.line)
         out += floors
         out += notes
         if uncalibrated, !allowUncalibrated {
@@ -119,7 +122,7 @@ public struct DiffReport: Sendable {
          "only_in_a": onlyInA, "only_in_b": onlyInB, "passed": passed,
          "fixed_parameter_gradients": fixedTrained, "not_recorded": notRecorded, "diagnosis": diagnosis, "notes": notes,
          "mode": mode ?? NSNull(), "mode_source": modeSource ?? NSNull(), "floors": floors, "uncalibrated": uncalibrated,
-         "tensors": comparisons.map(\.json)]
+         "tensors": comparisons.map(\.json), "explanations": explanations.map(\.json)]
     }
 }
 

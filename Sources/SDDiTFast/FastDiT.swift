@@ -81,14 +81,14 @@ extension FastModel {
         }.D
         let Dt = ws.get("dit.D", [N, C, Hs, Hs])
         FastEDMPrecond.store(ctx, denoised, Dt)
-        let lam = FastEDMLoss.weights(prec, coef)
+        let lam = ctx.variant.edmUnweighted ? coef.map { _ in 1 } : FastEDMLoss.weights(prec, coef)
         let loss = FastEDMLoss.forward(D: Dt, x0: I.x0, lambda: lam)
         // backward: dF = c_out dD (cast to the half type), the network
         let dF = ws.get("dit.dD", [N, C, Hs, Hs])
         FastEDMLoss.backward(D: Dt, x0: I.x0, lambda: lam, scale: scale, dD: dF)
         try FastEDMPrecond.backward(ctx, coef, dF, F: "dit.F", scale: scale)
         let dOut = ws.get("d." + ActivationName.final(ActivationName.dit), [N, cfg.tokens, cfg.patchDim])
-        FastUnpatchify.backward(cfg, dImage: dF, dTokens: dOut)
+        FastUnpatchify.backward(cfg, dImage: dF, dTokens: dOut, cij: ctx.variant.unpatchifyCIJ)
         let dsiluC = ws.get("d.dit.siluC", [N, cfg.hiddenSize], zero: true)
         try net.backward(ctx, dOut: dOut, dsiluC: dsiluC)
         // unscale, check, GradScaler, AdamW
@@ -123,7 +123,7 @@ final class FastPlainDiT: FastParameterized {
         for b in blocks { h = try b.forward(ctx, h, siluC) }
         let o = try final.forward(ctx, h, siluC)
         let F = ctx.ws.get("dit.F", xIn.shape)
-        FastUnpatchify.forward(ctx.cfg, o, F)
+        FastUnpatchify.forward(ctx.cfg, o, F, cij: ctx.variant.unpatchifyCIJ)
         return F
     }
 

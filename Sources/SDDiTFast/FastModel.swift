@@ -202,7 +202,7 @@ public final class FastModel {
 
     /// The streamed step's teacher tensor `key` after the EMA: loaded from `streamedTeacher`
     /// (rounded as `load` rounds it), blended with the (updated) student, held by no one else.
-    func streamedTeacherAfterEMA(_ key: String, _ beta: Float) throws -> FT {
+    func streamedTeacherAfterEMA(_ key: String, _ beta: Float, studentBefore: [Float]? = nil) throws -> FT {
         guard let source = streamedTeacher, let spec = cfg.teacherParameters.first(where: { $0.key == key }) else {
             throw ConfigError("fast path: no streamed teacher tensor '\(key)'")
         }
@@ -210,7 +210,13 @@ public final class FastModel {
         teacher[key] = b
         defer { teacher[key] = nil; ctx.ws.release { $0 == "teacher." + key } }
         try load(key, teacher: true, source(key))
-        FastEMA.blend(ctx, teacher: b, student: student.tensor(key), beta: beta)
+        var s = student.tensor(key)
+        if let sb = studentBefore {
+            s = ctx.ws.get("student.before." + key, spec.shape)
+            s.copy(from: sb)
+        }
+        defer { ctx.ws.release { $0 == "student.before." + key } }
+        FastEMA.blend(ctx, teacher: b, student: s, beta: beta)
         return b
     }
 
@@ -223,7 +229,7 @@ public final class FastModel {
         _ = try encoder.forward(ctx, xIn: xIn, cNoise: cNoise, labels: labels, keep: keep)
         let o = try decoder.forward(ctx, encoder)
         let F = ctx.ws.get(ActivationName.F, xIn.shape)
-        FastUnpatchify.forward(cfg, o, F)
+        FastUnpatchify.forward(cfg, o, F, cij: variant.unpatchifyCIJ)
         return F
     }
 

@@ -64,14 +64,18 @@ extension FastBackend {
         for p in DatasetOrder.sorted(m.grads.keys.map { "grads/" + $0 }, cfg) { try emit(p, named(m.grads.tensor(String(p.dropFirst(6))))) }
         // AdamW's first step (unless GradScaler skipped it), then the EMA, one tensor at a time
         let adam = FastAdamW(cfg)
+        // a divergence: the EMA from the student before the step
+        var before: [String: [Float]] = [:]
+        if variant.emaBeforeStep { for spec in cfg.teacherParameters { before[spec.key] = m.student.tensor(spec.key).array() } }
         for p in DatasetOrder.sorted(m.student.keys.map { "after_step/params/" + $0 }, cfg) {
             let key = String(p.dropFirst(18)), param = m.student.tensor(key)
-            if !r.skipped, let g = m.grads[key] { adam.apply(m.ctx, param, g, step: 1, moments: nil) }
+            if !r.skipped, variant.trains(key), let g = m.grads[key] { adam.apply(m.ctx, param, g, step: 1, moments: nil) }
             try emit(p, named(param))
         }
         let beta = Float(cfg.emaBeta)
         for p in DatasetOrder.sorted(cfg.teacherParameters.map { "after_step/teacher/" + $0.key }, cfg) {
-            try emit(p, named(try m.streamedTeacherAfterEMA(String(p.dropFirst(19)), beta)))
+            let key = String(p.dropFirst(19))
+            try emit(p, named(try m.streamedTeacherAfterEMA(key, beta, studentBefore: before[key])))
         }
         m.centers.update(momentum: cfg.centerMomentum)
         try emit("after_step/center_cls", NamedTensor(shape: [cfg.headOutDim], values: m.centerCls.map { Double($0) }, precision: label))

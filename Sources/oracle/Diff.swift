@@ -43,6 +43,8 @@ struct Diff: ParsableCommand {
     var allowMissing = false
     @Flag(help: "Accept a file whose calibrated verdict could not run (memory) on the blanket rule alone; without it such a run exits 1.")
     var uncalibrated = false
+    @Flag(help: "When a file fails against a backend, name the cause: rerun the fast path with each known divergence that can act where the file first disagrees (README \"Naming the bug\") and report the one (or the few together) the file agrees with, and the values its step was fitted to.")
+    var explain = false
     @Flag(help: "Print the report as JSON.") var json = false
     @Flag(help: "Print every tensor, not only the failing ones.") var verbose = false
 
@@ -57,7 +59,15 @@ struct Diff: ParsableCommand {
         o.seed = setup.seed; o.batch = setup.batch; o.maskRatio = setup.maskRatio
         o.sampleSteps = setup.sample; o.cfgScale = setup.cfgScale
         o.rtol = rtol; o.atol = atol; o.allowMissing = allowMissing; o.allowUncalibrated = uncalibrated
-        let report = try reportingErrors { try withReferenceProgress { try DiffEngine.run(a: a, b: b, options: o) } }
+        var report = try reportingErrors { try withReferenceProgress { try DiffEngine.run(a: a, b: b, options: o) } }
+        if explain, !report.passed {
+            switch (a, b) {
+            case (.file(let p), .backend), (.backend, .file(let p)):
+                report.explanations = try reportingErrors { try Explainer.explain(p, report: report, options: o) }
+            default:
+                report.notes.append("note: --explain names causes for one file against a backend; not run here")
+            }
+        }
         if json {
             let d = try JSONSerialization.data(withJSONObject: report.json, options: [.prettyPrinted, .sortedKeys])
             print(String(data: d, encoding: .utf8)!)

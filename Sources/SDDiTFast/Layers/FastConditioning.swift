@@ -31,6 +31,9 @@ final class FastConditioning: FastParameterized {
         let temb = ws.get(pre + ".temb", [N, 256])
         let f: Tensor<Double> = TimestepFrequency.forward(cNoise)
         for i in 0..<f.count { temb.p[i] = Float(f.data[i]) }
+        if ctx.variant.timestepSinFirst {   // a divergence: [sin, cos] (diffusers' flip_sin_to_cos=False)
+            for n in 0..<N { for i in 0..<128 { let a = temb.p[n * 256 + i]; temb.p[n * 256 + i] = temb.p[n * 256 + 128 + i]; temb.p[n * 256 + 128 + i] = a } }
+        }
         let t1 = ws.get(pre + ".t1", [N, D]), t1s = ws.get(pre + ".t1s", [N, D]), c = ws.get(pre + ".c", [N, D])
         k.linear(temb, w.mlp0, t1)
         k.silu(t1, t1s)

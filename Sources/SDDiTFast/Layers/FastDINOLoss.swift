@@ -24,15 +24,21 @@ enum FastDINOLoss {
         let K = t.last, R = N * (1 + V)
         let h = rows(t: t.p, s: s.p, N: N, V: V, K: K, centers: centers, tauT: tauT, tauS: tauS, gradScale: gradScale, dOut: dOut.p)
         var Lcls = 0.0, Lpatch = 0.0
-        var newCls = [Double](repeating: 0, count: K), newPatch = [Double](repeating: 0, count: K)
         for r in 0..<R {
-            let isCls = r % (1 + V) == 0
-            if isCls { Lcls += h[r] / Double(N) } else { Lpatch += h[r] / Double(N * V) }
-            let tr = t.p + r * K
-            if isCls { for j in 0..<K { newCls[j] += Double(tr[j]) } } else { for j in 0..<K { newPatch[j] += Double(tr[j]) } }
+            if r % (1 + V) == 0 { Lcls += h[r] / Double(N) } else { Lpatch += h[r] / Double(N * V) }
         }
-        return Result(cls: Lcls, patch: Lpatch,
-                      batchCenters: (newCls.map { Float($0 / Double(N)) }, newPatch.map { Float($0 / Double(N * V)) }))
+        return Result(cls: Lcls, patch: Lpatch, batchCenters: batchMeans(t, N: N, V: V))
+    }
+
+    /// The batch means of the teacher's CLS rows and of its patch rows (Double sums in row order).
+    static func batchMeans(_ t: FT, N: Int, V: Int) -> (cls: [Float], patch: [Float]) {
+        let K = t.last
+        var newCls = [Double](repeating: 0, count: K), newPatch = [Double](repeating: 0, count: K)
+        for r in 0..<(N * (1 + V)) {
+            let tr = t.p + r * K
+            if r % (1 + V) == 0 { for j in 0..<K { newCls[j] += Double(tr[j]) } } else { for j in 0..<K { newPatch[j] += Double(tr[j]) } }
+        }
+        return (newCls.map { Float($0 / Double(N)) }, newPatch.map { Float($0 / Double(N * V)) })
     }
 
     /// h_r for every row, and dOut_r = gradScale (p - q) / (tau_S rows). Rows are independent:

@@ -23,7 +23,7 @@ final class FastDecoderLayer: FastParameterized {
         let k = ctx.k, ws = ctx.ws, cfg = ctx.cfg, name = ActivationName.decLayer
         let N = tokens.shape[0], Tn = cfg.tokens, D = cfg.hiddenSize, Dd = cfg.decoderHiddenSize, V = keep[0].count
         let H = ws.get(ActivationName.decIn, [N, Tn, D])
-        H.p.update(from: tokens.p, count: N * Tn * D)
+        if ctx.variant.maskToken { H.zero() } else { H.p.update(from: tokens.p, count: N * Tn * D) }   // a divergence: MaskDiT's zero mask token
         for n in 0..<N { for (v, t) in keep[n].enumerated() {
             (H.p + (n * Tn + t) * D).update(from: encOut.p + (n * (1 + V) + 1 + v) * D, count: D)
         } }
@@ -31,7 +31,7 @@ final class FastDecoderLayer: FastParameterized {
         let mod = ws.get(name + ".mod", [N, 2 * D])
         k.linear(siluC, w.adaLN, mod)
         let norm = ws.get(name + ".norm", [N, Tn, D]), mean = ws.get(name + ".mean", [N * Tn]), rstd = ws.get(name + ".rstd", [N * Tn])
-        k.lnModulate(H, mod, shiftChunk: 0, scaleChunk: 1, chunks: 2, norm, mean: mean, rstd: rstd)
+        k.lnModulate(H, mod, shiftChunk: 0, scaleChunk: 1, chunks: 2, norm, mean: mean, rstd: rstd, eps: ctx.variant.layerNormEps("decoder_layer."))
         let z = ws.get(name, [N, Tn, Dd])
         k.linear(norm, w.linear, z)
         for n in 0..<N { for i in 0..<(Tn * Dd) { z.p[n * Tn * Dd + i] += dpos.p[i] } }
@@ -57,7 +57,7 @@ final class FastDecoderLayer: FastParameterized {
         let dEnc = ws.get("d.student.enc.out", [N, 1 + V, D])
         dEnc.p.update(from: dEncHead.p, count: dEncHead.count)
         let dTokens = ws.get("d." + ActivationName.tokens, [N, Tn, D])
-        dTokens.p.update(from: dH.p, count: dH.count)
+        if ctx.variant.maskToken { dTokens.zero() } else { dTokens.p.update(from: dH.p, count: dH.count) }
         for n in 0..<N { for (v, t) in s.keep[n].enumerated() { for i in 0..<D {
             dEnc.p[(n * (1 + V) + 1 + v) * D + i] += dH.p[(n * Tn + t) * D + i]
             dTokens.p[(n * Tn + t) * D + i] = 0

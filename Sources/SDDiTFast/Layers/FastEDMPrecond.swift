@@ -12,7 +12,7 @@ enum FastEDMPrecond {
         let N = e.count, per = x.count / N, prec = ctx.prec
         for n in 0..<N { for i in 0..<per { xIn.p[n * per + i] = Float(e[n].cIn * x[n * per + i]) } }
         if prec.isPure { prec.round(xIn.p, xIn.count) }
-        let F = try network(xIn, e.map(\.cNoise))
+        let F = try network(xIn, e.map(ctx.variant.cNoise))
         var D = [Double](repeating: 0, count: N * per)
         for n in 0..<N { for i in 0..<per {
             let j = n * per + i

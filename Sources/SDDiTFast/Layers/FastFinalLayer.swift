@@ -25,7 +25,7 @@ final class FastFinalLayer: FastParameterized {
         k.linear(siluC, w.adaLN, mod)
         let norm = ws.get(ActivationName.finalNorm(branch), [N, Tn, W])
         let mean = ws.get(name + ".mean", [N * Tn]), rstd = ws.get(name + ".rstd", [N * Tn])
-        k.lnModulate(z, mod, shiftChunk: 0, scaleChunk: 1, chunks: 2, norm, mean: mean, rstd: rstd)
+        k.lnModulate(z, mod, shiftChunk: 0, scaleChunk: 1, chunks: 2, norm, mean: mean, rstd: rstd, eps: ctx.variant.layerNormEps("final_layer."))
         let o = ws.get(name, [N, Tn, ctx.cfg.patchDim])
         k.linear(norm, w.linear, o)
         try ctx.out(name, "final_layer Linear", o, [("final.norm", norm)])

@@ -36,10 +36,11 @@ final class FastProjectionHead: FastParameterized {
         let h3 = ws.get(pre + ".head.h3", [R, B]), u = ws.get(pre + ".head.u", [R, B]), norms = ws.get(pre + ".head.norms", [R])
         k.linear(x, w.mlp0, h1)
         try ctx.out(Hd.mlp(pre, 0), "head Linear", h1, [("x", x)])
-        k.geluErf(h1, g1)
+        let tanhGELU = ctx.variant.headGELUTanh   // a divergence: DiT's tanh GELU in DINO's head
+        if tanhGELU { k.geluTanh(h1, g1) } else { k.geluErf(h1, g1) }
         k.linear(g1, w.mlp2, h2)
         try ctx.out(Hd.mlp(pre, 2), "head Linear", h2, [("gelu", g1)])
-        k.geluErf(h2, g2)
+        if tanhGELU { k.geluTanh(h2, g2) } else { k.geluErf(h2, g2) }
         k.linear(g2, w.mlp4, h3)
         try ctx.out(Hd.mlp(pre, 4), "head Linear", h3, [("gelu", g2)])
         for r in 0..<R {   // F.normalize, eps 1e-12, float32
@@ -98,11 +99,12 @@ final class FastProjectionHead: FastParameterized {
         let dg2 = ws.get(d + ".head.g2", [R, Hh], zero: true)
         k.linearBackward(dh3, s.g2, w.mlp4, dx: dg2, G.mlp4)
         let dh2 = ws.get(d + ".head.h2", [R, Hh])
-        k.geluErfBackward(dg2, s.h2, dh2)
+        let tanhGELU = ctx.variant.headGELUTanh
+        if tanhGELU { k.geluTanhBackward(dg2, s.h2, dh2) } else { k.geluErfBackward(dg2, s.h2, dh2) }
         let dg1 = ws.get(d + ".head.g1", [R, Hh], zero: true)
         k.linearBackward(dh2, s.g1, w.mlp2, dx: dg1, G.mlp2)
         let dh1 = ws.get(d + ".head.h1", [R, Hh])
-        k.geluErfBackward(dg1, s.h1, dh1)
+        if tanhGELU { k.geluTanhBackward(dg1, s.h1, dh1) } else { k.geluErfBackward(dg1, s.h1, dh1) }
         let dx = ws.get(d + ".head.x", [R, cfg.hiddenSize], zero: true)
         k.linearBackward(dh1, s.x, w.mlp0, dx: dx, G.mlp0)
         try ctx.gradOut(Hd.mlp(pre, 0), "head Linear", dx)

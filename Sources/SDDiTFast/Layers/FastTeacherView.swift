@@ -10,7 +10,8 @@ enum FastTeacherView {
     /// x_in into `xIn`; the EDM coefficients at sigma_T.
     static func input(_ ctx: FastContext, x0: [Double], noise: [Double], _ xIn: FT) -> EDMCoefficients<Double> {
         let sT = ctx.cfg.teacherSigma, eT = EDMCoefficients<Double>(sigma: sT, sigmaData: ctx.cfg.sigmaData)
-        for j in 0..<x0.count { xIn.p[j] = Float(eT.cIn * (x0[j] + sT * noise[j])) }
+        let n = ctx.variant.teacherClean ? 0 : sT   // a divergence: the teacher on clean x0
+        for j in 0..<x0.count { xIn.p[j] = Float(eT.cIn * (x0[j] + n * noise[j])) }
         if ctx.prec.isPure { ctx.prec.round(xIn.p, xIn.count) }
         return eT
     }

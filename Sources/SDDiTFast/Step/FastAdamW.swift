@@ -25,14 +25,15 @@ final class FastAdamW {
     /// One step over every tensor with a gradient.
     func update(_ ctx: FastContext, params: TensorTable, grads: TensorTable) {
         step += 1
-        for (key, g) in grads { apply(ctx, params.tensor(key), g, step: step, moments: (m.tensor(key), v.tensor(key))) }
+        for (key, g) in grads where ctx.variant.trains(key) { apply(ctx, params.tensor(key), g, step: step, moments: (m.tensor(key), v.tensor(key))) }
     }
 
     /// The update of one tensor at step t, with the given moments (updated in place), or
     /// (nil: the streamed step's first step) from zero moments not kept: the same arithmetic.
     func apply(_ ctx: FastContext, _ param: FT, _ grad: FT, step t: Int, moments: (m: FT, v: FT)?) {
         let lr = lr, b1 = b1, b2 = b2, eps = eps, wd = wd
-        let bc1 = 1 - powf(b1, Float(t)), bc2 = (1 - powf(b2, Float(t))).squareRoot()
+        let unbiased = !ctx.variant.adamNoBiasCorrection   // a divergence: no bias correction
+        let bc1 = unbiased ? 1 - powf(b1, Float(t)) : 1, bc2 = unbiased ? (1 - powf(b2, Float(t))).squareRoot() : 1
         let p = param.p, gp = grad.p
         if let (mt, vt) = moments {
             let m = mt.p, v = vt.p

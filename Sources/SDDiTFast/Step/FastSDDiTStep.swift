@@ -87,13 +87,13 @@ extension FastModel {
         FastEDMPrecond.store(ctx, denoised, Dt)
         try ctx.out(ActivationName.D, "D = c_skip x + c_out F", Dt, [(ActivationName.F, F)])
         ctx.remember(ActivationName.F, F); ctx.remember(ActivationName.D, Dt)
-        let lam = FastEDMLoss.weights(prec, coef)
+        let lam = variant.edmUnweighted ? coef.map { _ in 1 } : FastEDMLoss.weights(prec, coef)
         let LG = FastEDMLoss.forward(D: Dt, x0: I.x0, lambda: lam)
         // heads: the student's rows, the teacher's view and rows
         let sHead = try studentHead.forward(ctx, studentEncoder.out)   // [N(1+V), K]
         let xT = ws.get("teacher.x_in", [N, C, Hs, Hs])
         let eT = FastTeacherView.input(ctx, x0: I.x0, noise: I.noiseT, xT)
-        let tOut = try teacherEncoder.forward(ctx, xIn: xT, cNoise: Array(repeating: eT.cNoise, count: N), labels: I.labels,
+        let tOut = try teacherEncoder.forward(ctx, xIn: xT, cNoise: Array(repeating: variant.cNoise(eT), count: N), labels: I.labels,
                                               keep: Array(repeating: Array(0..<Tn), count: N))
         let tSel = ws.get("teacher.head.in", [N, 1 + V, D])
         FastTeacherView.gather(tOut, keep: keep, tSel)
@@ -110,7 +110,7 @@ extension FastModel {
         let scale = scaler.scale
         let wD = discriminativeWeight   // wD = 1: exactly `scale`, and L = LG + Lcls + Lpatch
         let dHead = ws.get("d." + ActivationName.Head.out(ActivationName.student), [N * (1 + V), K])
-        let dino = FastDINOLoss.forwardBackward(t: tHead, s: sHead, N: N, V: V, centers: centers, tauT: tT, tauS: tauS,
+        let dino = FastDINOLoss.forwardBackward(t: tHead, s: sHead, N: N, V: V, centers: lossCenters(tHead, N: N, V: V), tauT: tT, tauS: tauS,
                                                 gradScale: scale * wD, dOut: dHead)
         let total = LG + Double(wD) * dino.cls + Double(wD) * dino.patch
         let losses = [LossName.generative: LG, LossName.disCls: dino.cls, LossName.disPatch: dino.patch, LossName.total: total]
@@ -132,7 +132,7 @@ extension FastModel {
         FastEDMLoss.backward(D: Dt, x0: I.x0, lambda: lam, scale: scale, dD: dF)
         try FastEDMPrecond.backward(ctx, coef, dF, F: ActivationName.F, scale: scale)
         let dOut = ws.get("d." + ActivationName.final(ActivationName.student), [N, Tn, cfg.patchDim])
-        FastUnpatchify.backward(cfg, dImage: dF, dTokens: dOut)
+        FastUnpatchify.backward(cfg, dImage: dF, dTokens: dOut, cij: variant.unpatchifyCIJ)
         let dsiluC = ws.get("d.student.siluC", [N, D], zero: true)
         let (dEnc, dTokens) = try decoder.backward(ctx, dOut: dOut, dEncHead: dEncHead, dsiluC: dsiluC)
         try studentEncoder.backward(ctx, dOut: dEnc, dTokens: dTokens, dsiluC: dsiluC)
@@ -147,12 +147,28 @@ extension FastModel {
         return FastStepResult(losses: losses, skipped: bad != nil, lossScale: scale)
     }
 
-    /// AdamW (when `step`), EMA, and the center update with this step's teacher outputs.
+    /// The centers the DINO losses use: the current ones (SPEC §5); under a divergence none,
+    /// or those after this step's update.
+    func lossCenters(_ tHead: FT, N: Int, V: Int) -> FastCenters {
+        var c = centers
+        if variant.noCentering {
+            c.cls = c.cls.map { _ in 0 }; c.patch = c.patch.map { _ in 0 }
+        } else if variant.centersBeforeLoss {
+            c.pending = FastDINOLoss.batchMeans(tHead, N: N, V: V)
+            c.update(momentum: cfg.centerMomentum)
+        }
+        return c
+    }
+
+    /// AdamW (when `step`), EMA, and the center update with this step's teacher outputs
+    /// (the EMA before AdamW under the divergence `emaBeforeStep`).
     func applyUpdate(step: Bool, emaBeta: Double?) {
         guard let adam else { preconditionFailure("FastModel: a forward-and-backward-only model cannot take a training step") }
-        if step { adam.update(ctx, params: student, grads: grads) }
         let beta = Float(emaBeta ?? cfg.emaBeta)
-        for (key, t) in teacher { FastEMA.blend(ctx, teacher: t, student: student.tensor(key), beta: beta) }
+        func ema() { for (key, t) in teacher { FastEMA.blend(ctx, teacher: t, student: student.tensor(key), beta: beta) } }
+        if variant.emaBeforeStep { ema() }
+        if step { adam.update(ctx, params: student, grads: grads) }
+        if !variant.emaBeforeStep { ema() }
         centers.update(momentum: cfg.centerMomentum)
     }
 }

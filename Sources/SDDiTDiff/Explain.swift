@@ -1,0 +1,206 @@
+import Foundation
+import SDDiTCore
+import SDDiTExchange
+import SDDiTFast
+
+// `oracle diff --explain`: a failing file's cause, named from the catalogue (Divergences.swift)
+// by evidence. A divergence explains the file when the fast path rerun with it on the file's
+// setup agrees with the file on every dataset the file records, each within the rule it is
+// judged by (the precision rule, the after-step rule with the rerun's config, and for
+// calibrated tensors x(limit + 1) the level of a correct run in the file's mode, the +1 for
+// the rerun's own rounding), where the rerun without it did not. Candidates are the
+// divergences that can act at the first dataset the file disagrees at; when the best one
+// moves that point on without reaching the end, the search goes on from there with it (up to
+// three together), so two bugs are named together or not at all. Closed-form fits of the
+// step (AdamW's lr, weight decay and eps, the EMA's beta and order, the centers' momentum),
+// of the DINO temperatures and of a forward tensor's factor or permutation give the values
+// the config-value candidates carry, and are reported as they are.
+
+/// One line of an explanation, for people and for `--json`.
+public struct Explanation: Sendable {
+    public enum Kind: String, Sendable { case explained, notExplained = "not_explained", fit, tried }
+    public var kind: Kind
+    public var text: String
+    /// The catalogue ids involved (a composition has several).
+    public var divergences: [String] = []
+    /// The last dataset the rerun agreed with before its first disagreement (nil: none).
+    public var agreesUpTo: String? = nil
+    /// Its first disagreement (nil: it agrees everywhere).
+    public var firstDisagreement: String? = nil
+
+    public var line: String {
+        switch kind {
+        case .explained: return "explained by: " + text
+        case .notExplained: return text
+        case .fit: return "fit: " + text
+        case .tried: return "  tried: " + text
+        }
+    }
+    public var json: [String: Any] {
+        ["kind": kind.rawValue, "text": text, "divergences": divergences,
+         "agrees_up_to": agreesUpTo ?? NSNull(), "first_disagreement": firstDisagreement ?? NSNull()]
+    }
+}
+
+public enum Explainer {
+    /// At most this many divergences together.
+    static let maxTogether = 3
+
+    /// The explanation of file `path`'s failure (`report` its diff against a backend), or
+    /// nothing when it passed.
+    public static func explain(_ path: String, report: DiffReport, options o: DiffOptions) throws -> [Explanation] {
+        guard !report.passed, !report.comparisons.isEmpty else { return [] }
+        let file = try ExchangeFile.read(path, resultsOnDemand: true)
+        let mode = report.mode.flatMap(PrecisionMode.init(rawValue:)) ?? .float32
+        let e = try ExplainRuns(file, mode: mode == .float64 ? .float32 : mode, memory: o.memory)
+        return try e.explain()
+    }
+}
+
+/// The agreement of a rerun with the file.
+struct Agreement {
+    /// Index into the file's paths of the first disagreement (nil: agrees everywhere).
+    var first: Int?
+    /// Per calibrated path, the file's error against the rerun over the level of a correct run.
+    var ratios: [String: Double] = [:]
+    var rank: Int { first ?? Int.max }
+}
+
+/// The runs an explanation compares: the truth, a correct run in the mode (the levels), and
+/// the reruns with divergences.
+final class ExplainRuns {
+    let file: ExchangeFile, side: DiffSide, setup: RunSetup, cfg: ModelConfig
+    let mode: PrecisionMode, backend: Backend, memory: Double?
+    /// The file's compared datasets in `DatasetOrder`.
+    let paths: [String]
+    let truth: [String: NamedTensor]
+    private(set) var levels: [String: Double] = [:]
+    let catalogue: [Divergence]
+    private(set) var reruns = 0
+
+    init(_ file: ExchangeFile, mode: PrecisionMode, memory: Double?) throws {
+        self.file = file; self.mode = mode; self.memory = memory
+        side = DiffSide(file: file)
+        let s = try file.runSetup()
+        cfg = s.config
+        setup = s
+        backend = mode.backend ?? .fast
+        paths = DatasetOrder.sorted(file.index.keys.filter { !ExchangeFile.isSetup($0) && !$0.hasPrefix("params/") && $0 != "sampler/sigmas" }, cfg)
+        truth = try Backend.ref.run(setup, memory: memory)
+        let clean = try backend.run(setup, memory: memory)
+        catalogue = Divergences.catalogue(cfg)
+        for p in paths {
+            guard let t = truth[p], let f = clean[p], let x = try side.forComparison(p),
+                  let l = Calibration.level(correct: f, truth: t, storage: min(x.precision, mode.label), mode: mode) else { continue }
+            levels[p] = l
+        }
+        base = try agreement(clean, cfg)
+    }
+    private(set) var base = Agreement(first: nil)
+
+    func name(_ i: Int?) -> String { i.map { paths[$0] } ?? "the end" }
+
+    /// The rerun with `ds` applied, and its agreement with the file.
+    func rerun(_ ds: [Divergence]) throws -> (results: [String: NamedTensor], agreement: Agreement) {
+        var s = setup, v = FastVariant()
+        for d in ds { d.apply(&s.config); v = v.merged(with: d.variant) }
+        reruns += 1
+        let r = try backend.run(s, memory: memory, variant: v)
+        return (r, try agreement(r, s.config))
+    }
+
+    /// Whether the file agrees with run `r` (made with config `c`), dataset by dataset.
+    func agreement(_ r: [String: NamedTensor], _ c: ModelConfig) throws -> Agreement {
+        var a = Agreement(first: nil)
+        let limitExtra = CalibrationLimits.againstModeExtra
+        for (i, p) in paths.enumerated() {
+            guard var x = try side.forComparison(p), let y = r[p] else { continue }
+            x.precision = min(x.precision, mode.label)
+            let ctx = try afterStepContext(p, r, c)
+            let v = DiffEngine.verdict(p, x, y, ctx, lr: c.lr)
+            var ok = v.passed
+            if ok, Calibration.applies(v, p), let l = levels[p] {
+                let ratio = (Calibration.normwise(x.values, y.values) ?? .infinity) / l
+                a.ratios[p] = ratio
+                ok = ratio <= CalibrationLimits.limit(mode, path: p) + limitExtra
+            }
+            if !ok { a.first = i; return a }
+        }
+        return a
+    }
+
+    private func afterStepContext(_ p: String, _ r: [String: NamedTensor], _ c: ModelConfig) throws -> AfterStepContext {
+        var key: String? = nil
+        if p.hasPrefix("after_step/params/") { key = String(p.dropFirst(18)) }
+        if p.hasPrefix("after_step/teacher/") { key = String(p.dropFirst(19)) }
+        var bef: [String: NamedTensor] = [:], dA: [String: NamedTensor] = [:], dB: [String: NamedTensor] = [:]
+        if let k = key {
+            for q in ["params/" + k, "teacher/" + k] { bef[q] = try file.dataset(q) }
+            for q in ["grads/" + k, "after_step/params/" + k] { dA[q] = try side.get(q); dB[q] = r[q] }
+        }
+        return AfterStepContext(c, before: bef, sideA: dA, sideB: dB, sideAHasGradients: side.hasGradients, sideBHasGradients: true)
+    }
+
+    /// The catalogue entries that can act at path index `at`: their first dataset is at or
+    /// before it, and is not a dataset the file recorded and agreed at.
+    func candidates(at i: Int, fitted: [Divergence]) -> [Divergence] {
+        let f = paths[i], fk = DatasetOrder.sortKey(f, cfg)
+        return (catalogue + fitted).filter { d in
+            let first = d.actsFrom.hasSuffix("/") ? (paths.first { $0.hasPrefix(d.actsFrom) } ?? d.actsFrom + "~") : d.actsFrom
+            guard DatasetOrder.sortKey(first, cfg) <= fk else { return false }
+            return first == f || !paths.contains(first)
+        }
+    }
+
+    /// The ratio at path `p` in words.
+    func level(_ a: Agreement, at p: String) -> String {
+        guard let r = a.ratios[p] else { return "" }
+        return String(format: ", x%.2g the %@ level at %@", r, mode.rawValue, p)
+    }
+
+    func explain() throws -> [Explanation] {
+        guard let start = base.first else {
+            return [Explanation(kind: .notExplained, text: "the file agrees with a correct \(mode.rawValue) rerun of its setup everywhere: nothing to explain (its failure is in the comparison's own rules, not a divergence)")]
+        }
+        var out: [Explanation] = []
+        let fits = try ExplainFits(self)
+        out += fits.lines
+        var chosen: [Divergence] = [], at = start, best = base, tried = 0
+        var closest: (String, Agreement)? = nil
+        for round in 0..<Explainer.maxTogether {
+            var results: [(Divergence, Agreement)] = []
+            for d in candidates(at: at, fitted: fits.candidates) where !chosen.contains(where: { $0.id == d.id }) {
+                let (_, a) = try rerun(chosen + [d])
+                results.append((d, a))
+            }
+            tried += results.count
+            results.sort { $0.1.rank > $1.1.rank }
+            if round == 0 {
+                for (d, a) in results.prefix(12) {
+                    out.append(Explanation(kind: .tried, text: "\(d.cause): " + (a.first == nil ? "agrees everywhere" :
+                        a.rank > at ? "agrees up to \(name(a.rank - 1)), parts at \(name(a.first))" : "parts at \(name(a.first)) already")
+                        + level(a, at: paths[at]), divergences: [d.id],
+                        agreesUpTo: a.rank > 0 ? name(a.rank - 1) : nil, firstDisagreement: a.first.map { paths[$0] }))
+                }
+                if results.count > 12 { out.append(Explanation(kind: .tried, text: "... and \(results.count - 12) more, none further")) }
+            }
+            guard let (d, a) = results.first, a.rank > at else { break }
+            chosen.append(d); best = a
+            if closest == nil { closest = (d.cause, a) }
+            guard let next = a.first else {
+                let worst = a.ratios.filter { paths.firstIndex(of: $0.key).map { $0 >= start } ?? false }.max { $0.value < $1.value }
+                let cause = chosen.map { "\($0.cause) (\($0.spec); as in: \($0.sources))" }.joined(separator: " + ")
+                let tail = worst.map { String(format: " (worst x%.2g the %@ level, at %@)", $0.value, mode.rawValue, $0.key) } ?? ""
+                out.insert(Explanation(kind: .explained, text: "\(cause): with \(chosen.count == 1 ? "it" : "them") the \(mode.rawValue) rerun agrees with the file on every dataset from \(paths[start]) on\(tail)",
+                                       divergences: chosen.map(\.id), agreesUpTo: paths.last, firstDisagreement: nil), at: 0)
+                return out
+            }
+            at = next
+        }
+        let n = catalogue.count + fits.candidates.count
+        var text = "not explained by any of \(n) known divergences (alone or up to \(Explainer.maxTogether) together; \(tried) reruns): the cause is outside the catalogue (README \"Naming the bug\")"
+        if let (_, a) = closest { text += "; furthest: \(chosen.map(\.cause).joined(separator: " + ")) agrees up to \(name(a.rank - 1)), parts at \(name(best.first))" }
+        out.insert(Explanation(kind: .notExplained, text: text, divergences: chosen.map(\.id), agreesUpTo: nil, firstDisagreement: best.first.map { paths[$0] }), at: 0)
+        return out
+    }
+}
