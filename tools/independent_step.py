@@ -135,7 +135,8 @@ class Bugs:
                 except ValueError:
                     raise BugError(f"--bug {b!r}: {arg!r} is not a number") from None
                 if not (math.isfinite(x) and (lo <= x if lo_ok else lo < x) and x <= hi):
-                    raise BugError(f"--bug {b!r}: {name} must lie in {'[' if lo_ok else '('}{lo:g}, {hi:g}]")
+                    raise BugError(f"--bug {b!r}: {name} must lie in {'[' if lo_ok else '('}{lo:g}, "
+                                   + (f"{hi:g}]" if math.isfinite(hi) else "inf)"))
                 self._value(b, name, x)
             elif name == "betas" and arg:
                 try:
