@@ -18,7 +18,9 @@ public struct ParameterSpec: Equatable, Sendable {
 }
 
 extension ModelConfig {
-    public static let frozenKeys: Set<String> = ["pos_embed", "decoder_pos_embed", "head.last_layer.weight_g"]
+    public static let frozenKeys: Set<String> = ["pos_embed", "decoder_pos_embed", weightGKey]
+    /// The weight norm's g of the head's last layer (fixed at 1, DINO's norm_last_layer).
+    public static let weightGKey = "head.last_layer.weight_g"
 
     /// Student parameters (encoder + decoder + head) in forward order.
     public var studentParameters: [ParameterSpec] {

@@ -119,6 +119,8 @@ public enum Divergences {
             "the EMA update called before optimizer.step(); DiT calls update_ema after opt.step()", "SPEC §5", "after_step/teacher/", "every teacher tensor") { $0.emaBeforeStep = true }
         one("ema-reversed", "the EMA reversed: teacher <- (1 - beta) teacher + beta student",
             "DiT's update_ema and DINO's momentum update: ema.mul_(decay).add_(param, alpha=1 - decay)", "SPEC §5", "after_step/teacher/", "every teacher tensor") { $0.emaReversed = true }
+        one("weight-g-trained", "head.last_layer.weight_g trained where SPEC fixes g at 1",
+            "DINO's DINOHead with norm_last_layer=False (weight_g requires grad)", "SPEC §4", "after_step/params/", "head.last_layer.weight_g") { $0.weightGTrained = true }
         return out
     }
 

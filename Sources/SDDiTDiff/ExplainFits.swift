@@ -52,13 +52,17 @@ struct ExplainFits {
                 func loss(_ tau: Double, _ s: [Double], _ t: [Double], _ c: [Double]) -> Double {
                     key == "tau_t" ? Self.dino(s: s, t: t, c: c, K: K, tauT: tau, tauS: fixed) : Self.dino(s: s, t: t, c: c, K: K, tauT: fixed, tauS: tau)
                 }
-                guard let tau = Self.solve({ loss($0, sc, tc, cc) - Lc }) else { continue }
-                // kept only when the patch loss agrees as well (float32 resolution of a loss)
-                if let Lp, let sp, let tp, let cp, sp.count == tp.count, abs(loss(tau, sp, tp, cp) - Lp) > 1e-4 * abs(Lp) { continue }
-                let v = Self.nice(tau, rel: 1e-3)
-                let d = Divergences.configValue(key, v, cfg)
-                candidates.append(d)
-                lines.append(Explanation(kind: .fit, text: String(format: "losses/dis_cls%@ consistent with %@", Lp == nil ? "" : " and dis_patch", d.cause), divergences: [d.id]))
+                var found: [Double] = []
+                for tau in Self.roots({ loss($0, sc, tc, cc) - Lc }) where abs(tau / (key == "tau_t" ? cfg.tauT : cfg.tauS) - 1) > 1e-3 {
+                    // kept only when the patch loss agrees as well (float32 resolution of a loss)
+                    if let Lp, let sp, let tp, let cp, sp.count == tp.count, abs(loss(tau, sp, tp, cp) - Lp) > 1e-4 * abs(Lp) { continue }
+                    let v = Self.nice(tau, rel: 1e-3)
+                    if found.contains(v) { continue }
+                    found.append(v)
+                    let d = Divergences.configValue(key, v, cfg)
+                    candidates.append(d)
+                    lines.append(Explanation(kind: .fit, text: String(format: "losses/dis_cls%@ consistent with %@", Lp == nil ? "" : " and dis_patch", d.cause), divergences: [d.id]))
+                }
             }
         }
 
@@ -70,7 +74,9 @@ struct ExplainFits {
             for (ki, k) in trained.enumerated() {
                 guard let a = try file("params/" + k), let b = try file("after_step/params/" + k), let gr = try fileOrTruth("grads/" + k),
                       a.count == b.count, gr.count == a.count else { continue }
-                if zip(a, b).allSatisfy({ $0 == $1 }), gr.contains(where: { $0 != 0 }) { frozen.append(k); continue }
+                // p1 = p0 up to the rounding of the file's after-step tensor
+                let u = (try e.side.get("after_step/params/" + k))?.precision.unitRoundoff ?? 0
+                if zip(a, b).allSatisfy({ abs($0 - $1) <= u * abs($0) }), gr.contains(where: { $0 != 0 }) { frozen.append(k); continue }
                 let stride = max(1, a.count / 200_000)
                 for j in Swift.stride(from: 0, to: a.count, by: stride) { g.append(gr[j]); p0.append(a[j]); d.append(b[j] - a[j]); owner.append(ki) }
             }
@@ -120,7 +126,7 @@ struct ExplainFits {
                 }
             }
             if let a = try file("params/head.last_layer.weight_g"), let b = try file("after_step/params/head.last_layer.weight_g"), a != b {
-                lines.append(Explanation(kind: .fit, text: "head.last_layer.weight_g was updated: trained, where SPEC fixes g at 1 (DINO's norm_last_layer=True)"))
+                lines.append(Explanation(kind: .fit, text: "head.last_layer.weight_g was updated: trained, where SPEC fixes g at 1 (DINO's norm_last_layer=True)", divergences: ["weight-g-trained"]))
             }
         }
 
@@ -206,24 +212,42 @@ struct ExplainFits {
         return total / Double(max(R, 1))
     }
 
-    /// A root of f on a log grid over [1e-3, 10], refined by bisection (nil: no sign change).
-    static func solve(_ f: (Double) -> Double) -> Double? {
+    /// The roots of f over [1e-3, 10]: sign changes on a log grid, refined by bisection, and
+    /// the roots near a local extremum of f that the grid steps over (a loss at its minimum in
+    /// the temperature: the extremum is found by golden section, and the roots on either side
+    /// of it, or the extremum itself where f is 0 there to 1e-9 of its scale).
+    static func roots(_ f: (Double) -> Double) -> [Double] {
         let n = 400
         let xs = (0...n).map { 1e-3 * pow(1e4, Double($0) / Double(n)) }
-        var prev = f(xs[0])
-        for i in 1...n {
-            let cur = f(xs[i])
-            if prev.sign != cur.sign, prev.isFinite, cur.isFinite {
-                var lo = xs[i - 1], hi = xs[i], flo = prev
-                for _ in 0..<60 {
-                    let mid = (lo + hi) / 2, fm = f(mid)
-                    if fm.sign == flo.sign { lo = mid; flo = fm } else { hi = mid }
-                }
-                return (lo + hi) / 2
+        let ys = xs.map(f)
+        func bisect(_ a: Double, _ b: Double) -> Double {
+            var lo = a, hi = b, flo = f(a)
+            for _ in 0..<60 {
+                let mid = (lo + hi) / 2, fm = f(mid)
+                if fm.sign == flo.sign { lo = mid; flo = fm } else { hi = mid }
             }
-            prev = cur
+            return (lo + hi) / 2
         }
-        return nil
+        var out: [Double] = []
+        for i in 1...n where ys[i - 1].isFinite && ys[i].isFinite {
+            if ys[i - 1].sign != ys[i].sign { out.append(bisect(xs[i - 1], xs[i])); continue }
+            guard i < n, ys[i + 1].isFinite, ys[i].sign == ys[i + 1].sign,
+                  abs(ys[i]) <= abs(ys[i - 1]), abs(ys[i]) <= abs(ys[i + 1]) else { continue }
+            // golden section toward 0 in [x_{i-1}, x_{i+1}]
+            let s = ys[i] > 0 ? 1.0 : -1.0, g = (5.0.squareRoot() - 1) / 2
+            var a = xs[i - 1], b = xs[i + 1]
+            for _ in 0..<80 {
+                let c = b - g * (b - a), d = a + g * (b - a)
+                if s * f(c) < s * f(d) { b = d } else { a = c }
+            }
+            let m = (a + b) / 2, fm = f(m)
+            if fm.sign != ys[i].sign {
+                out.append(bisect(xs[i - 1], m)); out.append(bisect(m, xs[i + 1]))
+            } else if abs(fm) <= 1e-9 * max(abs(ys[i - 1]), 1) {
+                out.append(m)
+            }
+        }
+        return out
     }
 
     /// `x` rounded to 1, 2 or 3 significant digits when that is within `rel` of it (a value

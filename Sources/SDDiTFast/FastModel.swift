@@ -37,7 +37,28 @@ public final class FastModel {
         get { ctx.activations } set { ctx.activations = newValue }
     }
     /// Deliberate deviations from SPEC, for planted-bug files (tests); none by default.
-    public var variant: FastVariant { get { ctx.variant } set { ctx.variant = newValue } }
+    public var variant: FastVariant {
+        get { ctx.variant }
+        set {
+            ctx.variant = newValue
+            if newValue.weightGTrained { trainWeightG() }
+        }
+    }
+
+    /// The divergence `weightGTrained`: weight_g gets a gradient buffer, moments and a place
+    /// among the trainable keys.
+    private func trainWeightG() {
+        let key = ModelConfig.weightGKey, shape = [cfg.headOutDim, 1]
+        if !trainableKeys.contains(key) { trainableKeys.append(key) }
+        if !grads.isEmpty, grads[key] == nil {
+            grads[key] = ctx.ws.get("grad." + key, shape, zero: true)
+            adam?.addMoments(key, shape, ctx.ws)
+            rebindStudentLayers()
+        }
+    }
+
+    /// Whether `spec` has a gradient: the trainable parameters, and weight_g where trained.
+    func hasGradient(_ spec: ParameterSpec) -> Bool { !spec.frozen || (variant.weightGTrained && spec.key == ModelConfig.weightGKey) }
     public var workspaceBytes: Int { ctx.ws.bytes }
 
     // MARK: making a model
@@ -196,7 +217,7 @@ public final class FastModel {
         teacher = [:]
         layers.teacherEncoder = nil; layers.teacherHead = nil
         ctx.ws.release { $0.hasPrefix(ActivationName.teacher + ".") }
-        for spec in cfg.studentParameters where !spec.frozen { grads[spec.key] = ctx.ws.get("grad." + spec.key, spec.shape, zero: true) }
+        for spec in cfg.studentParameters where hasGradient(spec) { grads[spec.key] = ctx.ws.get("grad." + spec.key, spec.shape, zero: true) }
         rebindStudentLayers()
     }
 

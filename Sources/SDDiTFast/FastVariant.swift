@@ -54,6 +54,8 @@ public struct FastVariant: Sendable, Equatable {
     public var adamNoBiasCorrection = false
     /// Parameters whose key starts with this are not trained (no AdamW step).
     public var frozenPrefix: String? = nil
+    /// `head.last_layer.weight_g` trained (a gradient and the AdamW step) where SPEC fixes it at 1.
+    public var weightGTrained = false
 
     public init(exactGELUBlock: Int? = nil, layerNormEpsBlock: Int? = nil, layerNormEps: Float = 1e-6, tf32PatchEmbedding: Bool = false,
                 unscaledAttentionBlock: Int? = nil, shiftScaleSwapBlock: Int? = nil, swapTemperatures: Bool = false) {
@@ -66,7 +68,7 @@ public struct FastVariant: Sendable, Equatable {
     /// The names `--plant` takes (B: an encoder block, or `all` for every block).
     public static let plantedNames = "gelu-exact:B, ln-eps:B[:EPS], no-sqrt-d:B, shift-scale:B (B a block or all), tau-swap, tf32-conv, "
         + "c-noise-ln, temb-sin-first, mask-token, head-gelu-tanh, unpatchify-cij, teacher-clean, edm-no-weight, no-centering, "
-        + "center-before-loss, ema-before-step, ema-reversed, no-bias-correction, frozen:PREFIX"
+        + "center-before-loss, ema-before-step, ema-reversed, no-bias-correction, weight-g-trained, frozen:PREFIX"
 
     /// Parses planted bugs as `oracle dump --plant` names them, joined by `+` (`plantedNames`).
     public init(planted s: String) throws {
@@ -103,6 +105,7 @@ public struct FastVariant: Sendable, Equatable {
         case "ema-before-step": emaBeforeStep = true
         case "ema-reversed": emaReversed = true
         case "no-bias-correction": adamNoBiasCorrection = true
+        case "weight-g-trained": weightGTrained = true
         case "frozen":
             guard parts.count == 2, !parts[1].isEmpty else { throw ConfigError("--plant \(s): expected frozen:PREFIX (a parameter key prefix)") }
             frozenPrefix = parts[1]
@@ -139,7 +142,7 @@ extension FastVariant {
         v.frozenPrefix = v.frozenPrefix ?? o.frozenPrefix
         for k in [\FastVariant.tf32PatchEmbedding, \.swapTemperatures, \.cNoiseLn, \.timestepSinFirst, \.maskToken, \.headGELUTanh,
                   \.unpatchifyCIJ, \.teacherClean, \.edmUnweighted, \.noCentering, \.centersBeforeLoss, \.emaBeforeStep,
-                  \.emaReversed, \.adamNoBiasCorrection] as [WritableKeyPath<FastVariant, Bool>] where o[keyPath: k] {
+                  \.emaReversed, \.adamNoBiasCorrection, \.weightGTrained] as [WritableKeyPath<FastVariant, Bool>] where o[keyPath: k] {
             v[keyPath: k] = true
         }
         return v

@@ -16,14 +16,15 @@ final class FastProjectionHead: FastParameterized {
             v = T.tensor("head.last_layer.weight_v")
         }
     }
-    private var w: Weights?, dw: Weights?, weightG: FT?
+    private var w: Weights?, dw: Weights?, weightG: FT?, dWeightG: FT?
     struct Saved { var x: FT, h1: FT, g1: FT, h2: FT, g2: FT, h3: FT, u: FT, norms: FT, w: FT, vnorm: FT }
     private var saved: Saved?
 
     init(branch: String) { self.branch = branch }
 
     func bind(_ P: TensorTable, gradients G: TensorTable?) {
-        w = Weights(P); dw = G.map { Weights($0) }; weightG = P.tensor("head.last_layer.weight_g")
+        w = Weights(P); dw = G.map { Weights($0) }; weightG = P.tensor(ModelConfig.weightGKey)
+        dWeightG = G?[ModelConfig.weightGKey]   // only where weight_g is trained (a divergence)
     }
 
     /// out [R, K] from x [R, D].
@@ -75,13 +76,14 @@ final class FastProjectionHead: FastParameterized {
         let dw = ws.get(d + ".head.wn", [K, B], zero: true)
         k.linearBackward(dOut, s.u, s.w, dx: du, dw: dw, db: nil)
         try ctx.gradOut(Hd.normalized(pre), "weight-normalized last layer", du, inputs: [("d head.out", dOut)])
-        // weight norm: dv = g/||v|| (dw - vhat (vhat . dw))
+        // weight norm: dv = g/||v|| (dw - vhat (vhat . dw)); dg = vhat . dw where g is trained
         let v = w.v, gg = weightG, dv = G.v
         for kk in 0..<K {
             let n = s.vnorm.p[kk]
             var dot: Float = 0
             for i in 0..<B { dot += v.p[kk * B + i] / n * dw.p[kk * B + i] }
             for i in 0..<B { dv.p[kk * B + i] += gg.p[kk] / n * (dw.p[kk * B + i] - v.p[kk * B + i] / n * dot) }
+            dWeightG?.p[kk] += dot   // dg = vhat . dw
         }
         let dh3 = ws.get(d + ".head.h3", [R, B])
         for r in 0..<R {

@@ -9,11 +9,15 @@ import SDDiTCore
 // workspace, one pair per trainable tensor.
 final class FastAdamW {
     let lr: Float, b1: Float, b2: Float, eps: Float, wd: Float
+    /// 1 - beta1 and 1 - beta2 computed in Double, then rounded (as torch passes them as the
+    /// moments' alpha): used only without bias correction, where they do not cancel.
+    let oneMinusB1: Float, oneMinusB2: Float
     private(set) var m: TensorTable = [:], v: TensorTable = [:]
     var step = 0
 
     init(_ cfg: ModelConfig) {
         lr = Float(cfg.lr); b1 = Float(cfg.adamBeta1); b2 = Float(cfg.adamBeta2); eps = Float(cfg.adamEps); wd = Float(cfg.weightDecay)
+        oneMinusB1 = Float(1 - cfg.adamBeta1); oneMinusB2 = Float(1 - cfg.adamBeta2)
     }
 
     /// Zero moments for the trainable tensor `key` of `shape`.
@@ -33,6 +37,7 @@ final class FastAdamW {
     func apply(_ ctx: FastContext, _ param: FT, _ grad: FT, step t: Int, moments: (m: FT, v: FT)?) {
         let lr = lr, b1 = b1, b2 = b2, eps = eps, wd = wd
         let unbiased = !ctx.variant.adamNoBiasCorrection   // a divergence: no bias correction
+        let a1 = unbiased ? 1 - b1 : oneMinusB1, a2 = unbiased ? 1 - b2 : oneMinusB2
         let bc1 = unbiased ? 1 - powf(b1, Float(t)) : 1, bc2 = unbiased ? (1 - powf(b2, Float(t))).squareRoot() : 1
         let p = param.p, gp = grad.p
         if let (mt, vt) = moments {
@@ -40,8 +45,8 @@ final class FastAdamW {
             parallelRanges(grad.count) { lo, hi in
                 for i in lo..<hi {
                     p[i] *= 1 - lr * wd
-                    m[i] = b1 * m[i] + (1 - b1) * gp[i]
-                    v[i] = b2 * v[i] + (1 - b2) * gp[i] * gp[i]
+                    m[i] = b1 * m[i] + a1 * gp[i]
+                    v[i] = b2 * v[i] + a2 * gp[i] * gp[i]
                     p[i] -= lr / bc1 * m[i] / (v[i].squareRoot() / bc2 + eps)
                 }
             }
@@ -50,8 +55,8 @@ final class FastAdamW {
                 for i in lo..<hi {
                     let m0: Float = 0, v0: Float = 0
                     p[i] *= 1 - lr * wd
-                    let m = b1 * m0 + (1 - b1) * gp[i]
-                    let v = b2 * v0 + (1 - b2) * gp[i] * gp[i]
+                    let m = b1 * m0 + a1 * gp[i]
+                    let v = b2 * v0 + a2 * gp[i] * gp[i]
                     p[i] -= lr / bc1 * m / (v.squareRoot() / bc2 + eps)
                 }
             }
