@@ -56,7 +56,9 @@ _HELP = {}
 
 def _diff_options(binary):
     """The option names `oracle diff --help` lists (cached per binary)."""
-    if binary not in _HELP:
+    st = os.stat(binary)
+    key = (os.path.realpath(binary), st.st_mtime_ns, st.st_size)
+    if key not in _HELP:
         try:
             p = subprocess.run([binary, "diff", "--help"], capture_output=True, text=True, timeout=60)
         except OSError as e:
@@ -65,8 +67,8 @@ def _diff_options(binary):
         if p.returncode != 0 or "--json" not in text:
             raise OracleError(f"{binary}: too old: `oracle diff --help` does not list --json "
                               "(rebuild it from the repository: swift build -c release)")
-        _HELP[binary] = text
-    return _HELP[binary]
+        _HELP[key] = text
+    return _HELP[key]
 
 
 def _fmt(v):
@@ -82,6 +84,10 @@ def fail_lines(report, limit=5):
         line = (f"FAIL {t.get('name')} {t.get('shape_a')}  {t.get('precision_a')} vs {t.get('precision_b')}  "
                 f"{t.get('bad')} / {t.get('count')} bad; max abs {_fmt(t.get('max_abs'))} at {t.get('max_abs_index')}"
                 f", max rel {_fmt(t.get('max_rel'))}")
+        cal = t.get("calibration") or {}
+        if cal.get("failed"):
+            line += (f"; error x{_fmt(cal.get('ratio'))} the {cal.get('precision')} level "
+                     f"{_fmt(cal.get('level'))} (limit x{_fmt(cal.get('limit'))})")
         out.append(line)
     if len(bad) > limit:
         out.append(f"... and {len(bad) - limit} more failed tensors")

@@ -9,7 +9,7 @@ import numpy as np
 
 from ._version import NAME, __version__
 from .check import _attr_str, check_file
-from .convert import _is_bfloat16, to_numpy
+from .convert import _is_bfloat16, normalize_key, to_numpy
 from .spec import FORMAT, INTEGER_PATHS, PRECISION_MODES, RESULT_GROUPS, ExchangeError, load_config, config_problems
 
 
@@ -196,10 +196,24 @@ class Exchange:
         self.extra, self.attrs = {}, {}
         self.groups = ()  # SPEC groups the file has
 
-    def state_dict(self, part="student"):
-        """The student's or the teacher's state_dict (load with strict=False where your
-        module holds more, e.g. a teacher that copies the whole student)."""
-        return dict(self.student if part == "student" else self.teacher)
+    def state_dict(self, part="student", like=None, rename=None):
+        """The student's or the teacher's state_dict under SPEC's (PyTorch's) keys; with
+        like=your_module, under that module's own keys (wrapper prefixes such as `model.`,
+        weight_norm's `parametrizations.weight.original0/1`), so that
+        `module.load_state_dict(ex.state_dict("student", like=module))` loads it. A teacher
+        module holding more than SPEC's teacher (a copy of the whole student) needs
+        strict=False."""
+        sd = self.student if part == "student" else self.teacher
+        if like is None:
+            return dict(sd)
+        target = like.state_dict() if hasattr(like, "state_dict") else like
+        out = {k: sd[normalize_key(k, rename)] for k in target if normalize_key(k, rename) in sd}
+        missing = sorted(set(sd) - {normalize_key(k, rename) for k in target})
+        if missing:
+            raise ExchangeError(f"{part}: the module has no key for {', '.join(missing[:5])}"
+                                + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                                + "; map key prefixes with rename={'your prefix.': 'SPEC prefix.'}")
+        return out
 
     def _tree(self):
         return {"params": self.student, "teacher": self.teacher, "inputs": self.inputs,
