@@ -41,9 +41,10 @@ def to_numpy(x, dtype=None):
 
 
 def _to_float64(x):
+    """A float64 copy (never a view: a float64 parameter changes in place at the step)."""
     if _is_torch(x):
-        return x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
+        return np.array(x.detach().cpu().double().numpy(), dtype=np.float64)
+    return np.array(x, dtype=np.float64)
 
 
 def normalize_key(name, rename=None):
