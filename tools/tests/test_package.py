@@ -264,12 +264,15 @@ def test_pip_install_in_a_venv():
         src = os.path.join(tmp, "tools")
         shutil.copytree(TOOLS, src, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
         py = os.path.join(env, "bin", "python")
+        clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}   # the installed copy, not tools/
         p = subprocess.run([py, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps", "--no-index", src],
-                           capture_output=True, text=True, cwd=tmp)
+                           capture_output=True, text=True, cwd=tmp, env=clean)
         assert p.returncode == 0, p.stdout + p.stderr
-        p = subprocess.run([os.path.join(env, "bin", "sddit-oracle"), "--version"], capture_output=True, text=True, cwd=tmp)
+        p = subprocess.run([os.path.join(env, "bin", "sddit-oracle"), "--version"], capture_output=True, text=True,
+                           cwd=tmp, env=clean)
         assert p.returncode == 0 and p.stdout.strip() == f"sddit_oracle {so.__version__}", p.stdout + p.stderr
-        p = subprocess.run([py, "-c", "import sddit_oracle as s; print(s.__file__)"], capture_output=True, text=True, cwd=tmp)
+        p = subprocess.run([py, "-c", "import sddit_oracle as s; print(s.__file__)"], capture_output=True, text=True,
+                           cwd=tmp, env=clean)
         assert p.returncode == 0 and p.stdout.startswith(env), p.stdout + p.stderr
 
 
