@@ -4,8 +4,10 @@ import TestSupport
 import SDDiTCore
 import SDDiTExchange
 
-// The Python tooling (tools/sddit_h5.py) against this package: its own tests, a file it
-// writes read back by the Swift reader, and a file `oracle dump` writes checked by it.
+// The Python package sddit_oracle (tools/sddit_oracle, run with tools/ on PYTHONPATH, as
+// `pip install ./tools` would install it) against this package: its own tests
+// (tools/tests/run.py), a file it writes read back by the Swift reader (writer attributes
+// and all), and a file `oracle dump` writes checked by it.
 // Where python3 with numpy and h5py is not importable these tests show as skipped (with why),
 // never as passed.
 /// True when python3 can import numpy and h5py (asked once).
@@ -27,6 +29,9 @@ struct ToolsTests {
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         p.arguments = ["python3"] + args
         p.currentDirectoryURL = root
+        var env = ProcessInfo.processInfo.environment
+        env["PYTHONPATH"] = tools.path + (env["PYTHONPATH"].map { ":" + $0 } ?? "")
+        p.environment = env
         let pipe = Pipe()
         p.standardOutput = pipe; p.standardError = pipe
         do { try p.run() } catch { return nil }
@@ -37,12 +42,12 @@ struct ToolsTests {
 
 
     @Test func pythonToolSuitePasses() throws {
-        let r = try #require(Self.python([Self.tools.appendingPathComponent("test_sddit_h5.py").path]), "python3 could not run test_sddit_h5.py")
-        #expect(r.0 == 0, "python3 tools/test_sddit_h5.py exited \(r.0):\n\(r.1)")
+        let r = try #require(Self.python([Self.tools.appendingPathComponent("tests/run.py").path]), "python3 could not run tools/tests/run.py")
+        #expect(r.0 == 0, "python3 tools/tests/run.py exited \(r.0):\n\(r.1)")
         #expect(r.1.contains(" passed, 0 failed"), "no clean summary line:\n\(r.1)")
     }
 
-    /// A tiny exchange file written by sddit_h5.write_exchange (random parameters, inputs,
+    /// A tiny exchange file written by sddit_oracle.write_exchange (random parameters, inputs,
     /// float32 activations) is read by the Swift reader with the right config, types and setup.
     @Test func fileWrittenByPythonReadsInSwift() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tools-\(UUID().uuidString)")
@@ -52,7 +57,7 @@ struct ToolsTests {
         let script = """
         import sys, numpy as np
         sys.path.insert(0, sys.argv[1])
-        import sddit_h5 as sx
+        import sddit_oracle as sx
         cfg = sx.preset("tiny"); rng = np.random.default_rng(0)
         P = {k: 0.05 * rng.standard_normal(s) for k, s in sx.param_shapes(cfg, "student").items()}
         P["head.last_layer.weight_g"] = np.ones((64, 1))
@@ -66,7 +71,7 @@ struct ToolsTests {
         sx.write_exchange(sys.argv[2], cfg, P, teacher=T, inputs=I, activations=A, losses={"total": 1.25})
         """
         let r = try #require(Self.python(["-c", script, Self.tools.path, out]), "python3 could not run the write_exchange script")
-        try #require(r.0 == 0, "writing with sddit_h5.py failed (\(r.0)):\n\(r.1)")
+        try #require(r.0 == 0, "writing with sddit_oracle failed (\(r.0)):\n\(r.1)")
 
         let f = try ExchangeFile.read(out)
         #expect(f.config.hiddenSize == 32 && f.config.headOutDim == 64 && f.config.numClasses == 10, "the config the tool wrote reads back with other sizes")
@@ -82,7 +87,7 @@ struct ToolsTests {
         #expect(setup.inputs != nil, "the tool's file has no step inputs")
     }
 
-    /// A file written by `oracle dump` passes `sddit_h5.py check`.
+    /// A file written by `oracle dump` passes `python -m sddit_oracle check`.
     @Test func oracleDumpPassesPythonCheck() throws {
         var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
         var oracle: URL? = nil
@@ -105,12 +110,12 @@ struct ToolsTests {
         let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         p.waitUntilExit()
         try #require(p.terminationStatus == 0, "oracle dump failed:\n\(text)")
-        let r = try #require(Self.python([Self.tools.appendingPathComponent("sddit_h5.py").path, "check", out]), "python3 could not run sddit_h5.py check")
-        #expect(r.0 == 0, "sddit_h5.py check rejects oracle's own dump:\n\(r.1)")
+        let r = try #require(Self.python(["-m", "sddit_oracle", "check", out]), "python3 could not run python -m sddit_oracle check")
+        #expect(r.0 == 0, "python -m sddit_oracle check rejects oracle's own dump:\n\(r.1)")
     }
 
     /// The documented path for a float32 model: its state_dict through
-    /// `sddit_h5.write_exchange` (which stores parameters as float64) and its float32 results.
+    /// `sddit_oracle.write_exchange` (which stores parameters as float64) and its float32 results.
     /// The clean run passes against the reference (its fixed tables are judged as float32), and
     /// the calibrated verdict holds (issue "Verdicts calibrated to the precision a run claims").
     @Test func float32RunWrittenByTheToolsPasses() throws {
@@ -123,7 +128,7 @@ struct ToolsTests {
         let script = """
         import sys, json, h5py, numpy as np
         sys.path.insert(0, sys.argv[1])
-        import sddit_h5 as sx
+        import sddit_oracle as sx
         f = h5py.File(sys.argv[2], "r")
         cfg = json.loads(f.attrs["config"])
         grp = lambda g, t=np.float32: {k: f[g][k][()].astype(t) for k in f[g]}

@@ -1,8 +1,6 @@
 #!/usr/bin/env python3
-"""Tests of tools/sddit_h5.py; numpy + h5py only (no pytest, no torch).
-
-    python3 tools/test_sddit_h5.py        # prints "N passed, M failed"; exit 1 on failure
-"""
+"""Tests of sddit_oracle's configs, conversion, writing and checking (numpy + h5py; the
+torch ones skip without torch). Run by tools/tests/run.py."""
 
 import json
 import os
@@ -15,32 +13,14 @@ import traceback
 import h5py
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-import sddit_h5 as sx  # noqa: E402
-
-FIXTURE = os.path.join(ROOT, "fixtures", "public_train_tiny.h5")
+from common import FIXTURE, ROOT, TOOLS as HERE, Skip, cli, raises, run  # noqa: F401
+import sddit_oracle as sx  # noqa: E402
 TINY = sx.preset("tiny")
 
 
 def random_sd(cfg, part="student", seed=0, dtype=np.float64):
     rng = np.random.default_rng(seed)
     return {k: rng.standard_normal(s).astype(dtype) for k, s in sx.param_shapes(cfg, part).items()}
-
-
-def raises(exc, fn, *a, **kw):
-    try:
-        fn(*a, **kw)
-    except exc as e:
-        return e
-    raise AssertionError(f"{fn.__name__} did not raise {exc.__name__}")
-
-
-def cli(*args):
-    p = subprocess.run([sys.executable, os.path.join(HERE, "sddit_h5.py"), *args],
-                       capture_output=True, text=True)
-    return p.returncode, p.stdout + p.stderr
 
 
 def fixture_copy(tmp, name="broken.h5"):
@@ -422,10 +402,6 @@ def test_cli_convert_errors():
 
 
 # ---- torch (run only where torch is importable) -----------------------------------------
-
-class Skip(Exception):
-    pass
-
 
 def _torch():
     try:
@@ -825,26 +801,5 @@ def test_independent_step_writes_modes_and_bugs():
         assert p.returncode != 0 and "BLOCK < depth" in p.stdout + p.stderr, p.stdout + p.stderr
 
 
-def main():
-    tests = [(n, f) for n, f in sorted(globals().items(), key=lambda kv: kv[1].__code__.co_firstlineno
-                                       if callable(kv[1]) and hasattr(kv[1], "__code__") else 0)
-             if n.startswith("test_") and callable(f)]
-    passed = failed = skipped = 0
-    for name, fn in tests:
-        try:
-            fn()
-            passed += 1
-            print(f"ok   {name}")
-        except Skip as e:
-            skipped += 1
-            print(f"skip {name}: {e}")
-        except Exception:  # noqa: BLE001
-            failed += 1
-            print(f"FAIL {name}")
-            traceback.print_exc(file=sys.stdout)
-    print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run([sys.modules[__name__]]))
