@@ -26,7 +26,7 @@ public struct Divergence: Sendable {
     public var config: (key: String, value: Double)? = nil
 
     /// The config a rerun of this divergence uses.
-    func apply(_ c: inout ModelConfig) {
+    public func apply(_ c: inout ModelConfig) {
         guard let (k, v) = config else { return }
         switch k {
         case "tau_t": c.tauT = v
@@ -73,7 +73,13 @@ public enum Divergences {
             }
             var v = FastVariant()
             v.everyBlock = [kind]
-            if kind == .layerNormEps { v.layerNormEps = 1e-5 }
+            if kind == .layerNormEps {   // every LayerNorm, and the DiT blocks' alone
+                v.layerNormEps = 1e-5
+                out.append(Divergence(id: "\(id):blocks", cause: "\(words) every DiT block (encoder and decoder; not the decoder and final layers)", sources: src,
+                                      spec: "SPEC §2.6", actsFrom: "activations/" + ActivationName.encBlock(ActivationName.student, 0),
+                                      scope: "blocks.*, decoder_blocks.*", variant: v))
+                v.layerNormEpsLayers = true
+            }
             let every = kind == .layerNormEps ? "every LayerNorm (DiT blocks, decoder layer, final layer)" : "every DiT block (encoder and decoder)"
             out.append(Divergence(id: "\(id):all", cause: "\(words) \(every)", sources: src, spec: "SPEC §2.6",
                                   actsFrom: "activations/" + ActivationName.encBlock(ActivationName.student, 0),
@@ -125,7 +131,7 @@ public enum Divergences {
     }
 
     /// A config value the step used instead of the file's, as a divergence.
-    static func configValue(_ key: String, _ value: Double, _ cfg: ModelConfig) -> Divergence {
+    public static func configValue(_ key: String, _ value: Double, _ cfg: ModelConfig) -> Divergence {
         let v = String(format: "%g", value)
         switch key {
         case "tau_t":
@@ -158,8 +164,17 @@ public enum Divergences {
         }
     }
 
+    /// A mask token with the given values (fitted from the file's decoder input).
+    public static func maskToken(_ values: [Float]) -> Divergence {
+        var v = FastVariant()
+        v.maskToken = true; v.maskTokenValues = values
+        return Divergence(id: "mask-token=fitted", cause: String(format: "decoder input with a learned mask token (max |value| %.3g, read from the file) at hidden positions for SD-DiT's embedded noised tokens", Double(values.map(abs).max() ?? 0)),
+                          sources: "MaskDiT's / MAE's decoder (a learned mask_token, concatenated and unshuffled); SD-DiT's H = gather(cat(e_S, v), M)",
+                          spec: "SPEC §2.7", actsFrom: "activations/" + ActivationName.decIn, scope: "student.dec.in at hidden positions", variant: v)
+    }
+
     /// Parameters left out of the optimizer: the keys under `prefix` not updated.
-    static func frozen(_ prefix: String) -> Divergence {
+    public static func frozen(_ prefix: String) -> Divergence {
         var v = FastVariant()
         v.frozenPrefix = prefix
         return Divergence(id: "frozen:\(prefix)", cause: "\(prefix)* not updated (left out of the optimizer, or requires_grad False)",

@@ -40,6 +40,27 @@ struct ExplainFits {
             }
         }
 
+        // a mask token: one vector at every hidden position of the decoder input
+        if let h = try file("activations/" + ActivationName.decIn), let m = try file("inputs/mask"), let t = e.truth["activations/" + ActivationName.decIn]?.values {
+            let D = cfg.hiddenSize, hidden = m.indices.filter { m[$0] != 0 }
+            if !hidden.isEmpty, h.count == m.count * D, t.count == h.count {
+                let row = (0..<D).map { j in hidden.reduce(0.0) { $0 + h[$1 * D + j] } / Double(hidden.count) }
+                let scale = max(h.map(abs).max() ?? 0, .leastNormalMagnitude)
+                var spread = 0.0, fromTokens = 0.0
+                for r in hidden {
+                    for j in 0..<D {
+                        let x = h[r * D + j]
+                        spread = max(spread, abs(x - row[j])); fromTokens = max(fromTokens, abs(x - t[r * D + j]))
+                    }
+                }
+                if spread <= 1e-6 * scale, fromTokens > 1e-3 * scale, row.contains(where: { $0 != 0 }) {
+                    let d = Divergences.maskToken(row.map { Float($0) })
+                    candidates.append(d)
+                    lines.append(Explanation(kind: .fit, text: "activations/\(ActivationName.decIn) holds one vector at every hidden position: \(d.cause)", divergences: [d.id]))
+                }
+            }
+        }
+
         // the DINO temperatures
         if let Lc = try file("losses/dis_cls")?.first, let Lt = e.truth["losses/dis_cls"]?.values.first, abs(Lc - Lt) > 1e-5 * abs(Lt),
            let sc = try fileOrTruth("activations/" + ActivationName.headCls), let tc = try fileOrTruth("activations/" + ActivationName.teacherHeadCls),

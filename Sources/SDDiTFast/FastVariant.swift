@@ -24,8 +24,7 @@ public struct FastVariant: Sendable, Equatable {
 
     /// A block deviation of the fields above.
     public enum BlockDeviation: String, Sendable, CaseIterable { case exactGELU, layerNormEps, unscaledAttention, shiftScaleSwap }
-    /// Block deviations in every DiT block; `.layerNormEps` (eps `layerNormEps`) also in the
-    /// decoder layer's and the final layer's norms: every LayerNorm of the network.
+    /// Block deviations in every DiT block (`.layerNormEps`: eps `layerNormEps`).
     public var everyBlock: Set<BlockDeviation> = []
     /// c_noise = ln(sigma) for EDM's ln(sigma)/4 (student and teacher).
     public var cNoiseLn = false
@@ -34,6 +33,10 @@ public struct FastVariant: Sendable, Equatable {
     /// Decoder input: a zero mask token (MaskDiT's, zero-initialised) at hidden positions for
     /// SPEC's embedded noised tokens (no gradient reaches the patch embedding through them).
     public var maskToken = false
+    /// The mask token's values [D] (nil: zeros), as fitted from a file's decoder input.
+    public var maskTokenValues: [Float]? = nil
+    /// `.layerNormEps` in `everyBlock` reaches the decoder layer's and the final layer's norms too.
+    public var layerNormEpsLayers = false
     /// The projection head's GELUs with the tanh approximation for DINO's exact GELU.
     public var headGELUTanh = false
     /// Unpatchify reading each token vector in (c, i, j) order for (i, j, c).
@@ -66,7 +69,7 @@ public struct FastVariant: Sendable, Equatable {
     }
 
     /// The names `--plant` takes (B: an encoder block, or `all` for every block).
-    public static let plantedNames = "gelu-exact:B, ln-eps:B[:EPS], no-sqrt-d:B, shift-scale:B (B a block or all), tau-swap, tf32-conv, "
+    public static let plantedNames = "gelu-exact:B, ln-eps:B[:EPS], no-sqrt-d:B, shift-scale:B (B a block, all, or for ln-eps blocks: the DiT blocks without the decoder and final layers), tau-swap, tf32-conv, "
         + "c-noise-ln, temb-sin-first, mask-token, head-gelu-tanh, unpatchify-cij, teacher-clean, edm-no-weight, no-centering, "
         + "center-before-loss, ema-before-step, ema-reversed, no-bias-correction, weight-g-trained, frozen:PREFIX"
 
@@ -79,7 +82,11 @@ public struct FastVariant: Sendable, Equatable {
     private mutating func add(_ s: String) throws {
         let parts = s.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
         func block(_ d: BlockDeviation) throws -> Int? {
-            if parts.count >= 2, parts[1] == "all" { everyBlock.insert(d); return nil }
+            if parts.count >= 2, parts[1] == "all" || parts[1] == "blocks" {
+                everyBlock.insert(d)
+                if d == .layerNormEps && parts[1] == "all" { layerNormEpsLayers = true }   // every LayerNorm
+                return nil
+            }
             guard parts.count >= 2, let b = Int(parts[1]), b >= 0 else { throw ConfigError("--plant \(s): expected \(parts[0]):BLOCK or \(parts[0]):all") }
             return b
         }
@@ -122,7 +129,10 @@ public struct FastVariant: Sendable, Equatable {
     func exactGELU(_ key: String) -> Bool { inBlock(.exactGELU, exactGELUBlock, key) }
     /// The LayerNorm eps of the block (or decoder / final layer) with parameter prefix `key`:
     /// SPEC's 1e-6 but where planted.
-    func layerNormEps(_ key: String) -> Float { inBlock(.layerNormEps, layerNormEpsBlock, key) ? layerNormEps : 1e-6 }
+    func layerNormEps(_ key: String) -> Float {
+        let layer = key == "decoder_layer." || key == "final_layer."
+        return (layer ? layerNormEpsLayers : inBlock(.layerNormEps, layerNormEpsBlock, key)) ? layerNormEps : 1e-6
+    }
     /// EDM's c_noise(sigma) = ln(sigma)/4, or ln(sigma) under `cNoiseLn`.
     func cNoise(_ e: EDMCoefficients<Double>) -> Double { cNoiseLn ? 4 * e.cNoise : e.cNoise }
     /// Whether the parameter `key` takes AdamW's step.
@@ -140,6 +150,8 @@ extension FastVariant {
         v.shiftScaleSwapBlock = v.shiftScaleSwapBlock ?? o.shiftScaleSwapBlock
         v.everyBlock.formUnion(o.everyBlock)
         v.frozenPrefix = v.frozenPrefix ?? o.frozenPrefix
+        v.maskTokenValues = v.maskTokenValues ?? o.maskTokenValues
+        v.layerNormEpsLayers = v.layerNormEpsLayers || o.layerNormEpsLayers
         for k in [\FastVariant.tf32PatchEmbedding, \.swapTemperatures, \.cNoiseLn, \.timestepSinFirst, \.maskToken, \.headGELUTanh,
                   \.unpatchifyCIJ, \.teacherClean, \.edmUnweighted, \.noCentering, \.centersBeforeLoss, \.emaBeforeStep,
                   \.emaReversed, \.adamNoBiasCorrection, \.weightGTrained] as [WritableKeyPath<FastVariant, Bool>] where o[keyPath: k] {

@@ -100,12 +100,12 @@ def fail_lines(report, limit=5):
 
 
 def _explanation(report):
-    lines = []
-    for k in ("explanation", "explain"):
-        v = report.get(k)
-        if v:
-            lines += v if isinstance(v, list) else [v if isinstance(v, str) else json.dumps(v)]
-    return [str(x) for x in lines] + [str(x) for x in report.get("diagnosis") or []]
+    """The report's explanation lines (`--explain`: what named the cause, the fitted values),
+    as `oracle diff` prints them, then its diagnosis."""
+    prefix = {"explained": "explained by: ", "fit": "fit: ", "not_explained": ""}
+    lines = [prefix[e["kind"]] + e["text"] for e in report.get("explanations") or []
+             if isinstance(e, dict) and e.get("kind") in prefix]
+    return lines + [str(x) for x in report.get("diagnosis") or []]
 
 
 def assert_conforms(path, against="ref", allow_missing=False, args=(), oracle=None, explain=True,

@@ -181,7 +181,7 @@ printf '%s\\n' '{json_text}'; exit {rc}
 
 def test_assert_conforms_with_stand_in_binaries():
     report = ('{"passed": false, "compared": 3, "failed": 1, "mode": "float32", "diagnosis": ["a bug at X?"],'
-              ' "explanation": ["block 1: LayerNorm eps"], "tensors": [{"name": "activations/student.c", "passed": true},'
+              ' "explanations": [{"kind": "explained", "text": "block 1: LayerNorm eps"}, {"kind": "tried", "text": "GELU"}], "tensors": [{"name": "activations/student.c", "passed": true},'
               ' {"name": "grads/cls_token", "passed": false, "shape_a": [1, 1, 32], "bad": 3, "count": 32}]}')
     with tempfile.TemporaryDirectory() as tmp:
         run_h5 = os.path.join(tmp, "run.h5")
@@ -189,7 +189,8 @@ def test_assert_conforms_with_stand_in_binaries():
         fake = fake_oracle(tmp, "  --json  --explain  --allow-missing", report)
         e = raises(AssertionError, so.assert_conforms, run_h5, oracle=fake)
         assert "FAIL grads/cls_token" in str(e) and "student.c" not in str(e), str(e)
-        assert "block 1: LayerNorm eps" in str(e) and "a bug at X?" in str(e), str(e)
+        assert "explained by: block 1: LayerNorm eps" in str(e) and "a bug at X?" in str(e), str(e)
+        assert "GELU" not in str(e), str(e)   # the tried divergences stay in the report
         assert e.report["failed"] == 1
         assert "--explain" in open(os.path.join(tmp, "args.txt")).read().splitlines()[-1]
         os.remove(os.path.join(tmp, "args.txt"))

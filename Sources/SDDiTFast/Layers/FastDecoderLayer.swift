@@ -23,7 +23,11 @@ final class FastDecoderLayer: FastParameterized {
         let k = ctx.k, ws = ctx.ws, cfg = ctx.cfg, name = ActivationName.decLayer
         let N = tokens.shape[0], Tn = cfg.tokens, D = cfg.hiddenSize, Dd = cfg.decoderHiddenSize, V = keep[0].count
         let H = ws.get(ActivationName.decIn, [N, Tn, D])
-        if ctx.variant.maskToken { H.zero() } else { H.p.update(from: tokens.p, count: N * Tn * D) }   // a divergence: MaskDiT's zero mask token
+        if ctx.variant.maskToken {   // a divergence: MaskDiT's mask token (zeros, or the fitted values)
+            if let mt = ctx.variant.maskTokenValues, mt.count == D {
+                for r in 0..<(N * Tn) { (H.p + r * D).update(from: mt, count: D) }
+            } else { H.zero() }
+        } else { H.p.update(from: tokens.p, count: N * Tn * D) }
         for n in 0..<N { for (v, t) in keep[n].enumerated() {
             (H.p + (n * Tn + t) * D).update(from: encOut.p + (n * (1 + V) + 1 + v) * D, count: D)
         } }
