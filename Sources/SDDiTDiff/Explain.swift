@@ -211,7 +211,7 @@ final class ExplainRuns {
     /// The ratio at path `p` in words.
     func level(_ a: Agreement, at p: String) -> String {
         guard let r = a.ratios[p] else { return "" }
-        return String(format: ", x%.2g the %@ level at %@", r, mode.rawValue, p)
+        return String(format: "; x%.2g the %@ level at %@", r, mode.rawValue, p)
     }
 
     func explain() throws -> [Explanation] {
@@ -241,8 +241,8 @@ final class ExplainRuns {
             if round == 0 {
                 for (d, a) in results.prefix(12) {
                     out.append(Explanation(kind: .tried, text: "\(d.cause): " + (a.first == nil ? "agrees everywhere" :
-                        a.rank > at ? "agrees up to \(name(a.rank - 1)), parts at \(parting(a))" : "parts at \(parting(a)) already")
-                        + level(a, at: paths[at]), divergences: [d.id],
+                        a.rank > at ? "agrees up to \(name(a.rank - 1)), parts at \(parting(a))" + level(a, at: paths[at]) : "parts at \(parting(a)) already"),
+                        divergences: [d.id],
                         agreesUpTo: a.first == nil ? paths.last : a.rank > 0 ? name(a.rank - 1) : nil, firstDisagreement: a.first.map { paths[$0] }))
                 }
                 if results.count > 12 { out.append(Explanation(kind: .tried, text: "... and \(results.count - 12) more, none further")) }

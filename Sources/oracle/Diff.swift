@@ -27,6 +27,8 @@ struct Diff: ParsableCommand {
 
         Calibration: a file is judged in its precision mode (\(PrecisionMode.allCases.filter { $0 != .float64 }.map(\.rawValue).joined(separator: ", "))), taken from --b fast-MODE, from the file's root attribute precision_mode, or from its values; each tensor's norm-wise error must stay within the mode's limit (x\(short(L.float32)) float32 and tf32-conv, x\(short(L.tf32)) tf32, x\(short(L.half)) fp16 / bf16 and x\(short(L.halfGradients)) their gradients, x\(short(L.sampler)) sampler states; against the mode's own backend one more) of the fast path's error in that mode on the file's setup. A reduced mode's report states, per group, the least change a pass could have missed; a failing file gets a diagnosis naming the mode that explains its errors, or none. If the calibration cannot run (memory) the verdict fails unless --uncalibrated.
 
+        Naming the bug (--explain): when a file fails against a backend, the fast path is rerun on its setup with each known divergence that can act where the file first parts from a correct rerun (exact GELU, LayerNorm eps 1e-5, c_noise, a mask token, DINO temperatures and centering, AdamW's lr / weight decay / eps fitted from the file, the EMA's beta and order, ...; README "Naming the bug"); one (or up to three together) that the file agrees with everywhere is printed as "explained by: ...", else "not explained by any of N known divergences".
+
         Examples:
           oracle diff --a fixtures/public_train_tiny.h5 --b ref
           oracle diff --a fast --b ref --config tiny

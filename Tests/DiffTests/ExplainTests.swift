@@ -105,4 +105,14 @@ struct ExplainTests {
         #expect(!r3.passed && Self.named(e3) == nil, "LayerNorm eps 1e-3 named as \(Self.named(e3) ?? [])")
         #expect(e3.first?.text.hasPrefix("not explained by any of") == true, "\(Self.lines(e3))")
     }
+
+    /// The README's table names every entry of the catalogue (block entries as `KIND:B`) and
+    /// every kind of fitted value.
+    @Test func readmeListsTheCatalogue() throws {
+        let readme = try String(contentsOf: repoRoot.appendingPathComponent("README.md"), encoding: .utf8)
+        let section = try #require(readme.components(separatedBy: "## Naming the bug").dropFirst().first, "README has no \"Naming the bug\" section")
+        var ids = Set(Divergences.catalogue(.tiny).map { $0.id.replacingOccurrences(of: #":\d+$"#, with: ":B", options: .regularExpression) })
+        ids.formUnion(["lr=X", "weight_decay=X", "adam_eps=X", "tau_t=X", "tau_s=X", "ema_beta=X", "center_momentum=X", "frozen:PREFIX", "mask-token=fitted"])
+        for id in ids.sorted() { #expect(section.contains("`\(id)`"), "README \"Naming the bug\" does not list `\(id)`") }
+    }
 }

@@ -149,3 +149,32 @@ struct CLITests {
         #expect(Int(parts[2]) == 3 * 8, "h5py mask sum \(parts[2]), expected 3 samples x 8 hidden tokens")
     }
 }
+
+/// `oracle diff --explain` on the command line: a planted file's cause printed and in the
+/// JSON; a clean file gets none; --plant joins divergences with + and refuses unknown ones.
+@Suite("oracle diff --explain (CLI)")
+struct ExplainCLITests {
+    @Test func explainNamesAPlantedBug() throws {
+        let dir = tempDir()
+        let bug = dir.appendingPathComponent("explain-cli-bug.h5").path, clean = dir.appendingPathComponent("explain-cli-clean.h5").path
+        for (plant, out) in [("c-noise-ln+ema-reversed", bug), (nil, clean)] as [(String?, String)] {
+            let (rc, _, err) = try runOracle(["dump", "--backend", "fast", "--config", "tiny", "--seed", "2", "--sample", "0", "--out", out]
+                                             + (plant.map { ["--plant", $0] } ?? []))
+            try #require(rc == 0, "oracle dump \(plant ?? "clean") exited \(rc): \(err)")
+        }
+        let (rc, out, _) = try runOracle(["diff", "--a", bug, "--b", "ref", "--explain"])
+        #expect(rc == 1, "a planted bug must fail (exit \(rc))")
+        let line = out.split(separator: "\n").first { $0.hasPrefix("explained by: ") }
+        #expect(line?.contains("c_noise = ln(sigma)") == true && line?.contains("EMA reversed") == true, "no explanation naming both: \(out.suffix(3000))")
+        let (_, js, _) = try runOracle(["diff", "--a", bug, "--b", "ref", "--explain", "--json"])
+        let j = try #require(try JSONSerialization.jsonObject(with: Data(js.utf8)) as? [String: Any], "--json printed no object")
+        let ex = try #require(j["explanations"] as? [[String: Any]], "no explanations array")
+        #expect(ex.first?["kind"] as? String == "explained" && (ex.first?["divergences"] as? [String]).map(Set.init) == ["c-noise-ln", "ema-reversed"],
+                "first explanation: \(String(describing: ex.first))")
+        let (rcClean, outClean, _) = try runOracle(["diff", "--a", clean, "--b", "ref", "--explain"])
+        #expect(rcClean == 0 && !outClean.contains("explained"), "a clean file is explained or fails (exit \(rcClean)): \(outClean.suffix(500))")
+        let (rcBad, _, errBad) = try runOracle(["dump", "--backend", "fast", "--config", "tiny", "--plant", "gelu-exact:0+nonsense", "--out", dir.appendingPathComponent("x.h5").path])
+        let first = errBad.split(separator: "\n").first ?? ""
+        #expect(rcBad != 0 && first.contains("--plant nonsense: unknown") && !errBad.contains("Backtrace"), "an unknown divergence: exit \(rcBad), \(errBad)")
+    }
+}
