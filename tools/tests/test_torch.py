@@ -8,7 +8,7 @@ import tempfile
 
 import numpy as np
 
-from common import ROOT, oracle_or_skip, raises, run, torch_or_skip
+from common import ROOT, Skip, oracle_or_skip, raises, run, torch_or_skip
 import sddit_oracle as so
 
 
@@ -151,3 +151,36 @@ def test_torch_tensors_round_trip_with_bfloat16():
 
 if __name__ == "__main__":
     sys.exit(run([sys.modules[__name__]]))
+
+
+def test_explain_names_independent_float64_bugs():
+    # `oracle diff --explain` on float64 steps from tools/independent_step.py (PyTorch, written
+    # from SPEC apart from the Swift code), through assert_conforms: each cause named in words
+    torch_or_skip()
+    import subprocess
+    binary = oracle_or_skip()
+    if "--explain" not in subprocess.run([binary, "diff", "--help"], capture_output=True, text=True).stdout:
+        raise Skip("this oracle has no --explain")
+    cases = {"none": None, "ln-eps:1": "LayerNorm eps 1e-5", "weight-decay:0.01": "AdamW weight decay 0.01",
+             "tau-t:0.04": "teacher temperature tau_T 0.04", "ema-reversed": "EMA reversed",
+             "gelu-exact:0,lr:1e-3": ("GELU exact", "AdamW lr 0.001")}
+    with tempfile.TemporaryDirectory() as tmp:
+        setup_h5 = os.path.join(tmp, "setup.h5")
+        subprocess.run([binary, "dump", "--backend", "ref", "--config", "tiny", "--seed", "1", "--mask-ratio", "0.5", "--sample", "0",
+                        "--out", setup_h5], check=True, capture_output=True)
+        plan = os.path.join(tmp, "plan.txt")
+        with open(plan, "w") as f:
+            for i, bug in enumerate(cases):
+                bugs = "" if bug == "none" else " ".join(f"--bug {b}" for b in bug.split(","))
+                f.write(f"--setup {setup_h5} --mode float64 {bugs} --out {os.path.join(tmp, f'{i}.h5')}\n")
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "independent_step.py"), "--plan", plan], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr[-2000:]
+        for i, (bug, words) in enumerate(cases.items()):
+            path = os.path.join(tmp, f"{i}.h5")
+            if words is None:
+                assert so.assert_conforms(path, oracle=binary)["passed"], bug
+                continue
+            e = raises(AssertionError, so.assert_conforms, path, oracle=binary)
+            line = next((l for l in str(e).splitlines() if l.startswith("explained by: ")), "")
+            for w in (words if isinstance(words, tuple) else (words,)):
+                assert w in line, f"{bug}: {w!r} not in the explanation:\n{str(e)[-1500:]}"
