@@ -60,6 +60,26 @@ public enum PrecisionMode: String, CaseIterable, Sendable, CustomStringConvertib
         }
     }
 
+    /// The precision of the step's results in this mode: AdamW on the master parameters,
+    /// the EMA and the centers run in float32 under autocast and TF32 (only the products are
+    /// reduced), in the half type in the pure modes. The after-step rule's slack is this
+    /// type's: the mode's `label` there (2^-11 for TF32) would pass an extra weight decay.
+    public var stepLabel: Precision {
+        switch self {
+        case .float64: return .float64
+        case .fp16Pure: return .float16
+        case .bf16Pure: return .bfloat16
+        default: return .float32
+        }
+    }
+
+    /// The label a file's dataset `path` is judged at: `stepLabel` for the updated student and
+    /// teacher (the after-step rule's own arithmetic), `label` for everything else (the
+    /// centers blend the teacher's rows, products of the mode).
+    public func resultLabel(_ path: String) -> Precision {
+        path.hasPrefix("after_step/params/") || path.hasPrefix("after_step/teacher/") ? stepLabel : label
+    }
+
     /// Whether a file in this mode stores its products as values of a half type (checkable
     /// from the values: every element exactly representable).
     public var storesHalf: Precision? {

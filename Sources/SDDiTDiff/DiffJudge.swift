@@ -64,7 +64,8 @@ final class TensorJudge {
         let judgedHere = judging.mode != nil && !ExchangeFile.isSetup(p) && !p.hasPrefix("params/") && p != "sampler/sigmas"
         // the file side is judged in its mode's precision (the blanket rule is the ceiling)
         if judgedHere, let m = judging.mode {
-            if judging.fileIsA { x.precision = min(x.precision, m.label) } else { y.precision = min(y.precision, m.label) }
+            let cap = m.resultLabel(p)
+            if judging.fileIsA { x.precision = min(x.precision, cap) } else { y.precision = min(y.precision, cap) }
         }
         var c = DiffEngine.verdict(p, x, y, try context(p), lr: inputs.config.lr, rtol: o.rtol, atol: o.atol)
         if judgedHere, let m = judging.mode, let t = truth, let run = sides.calibrationRun, Calibration.applies(c, p), let f = try run.tensor(p) {

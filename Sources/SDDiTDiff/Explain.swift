@@ -152,7 +152,7 @@ final class ExplainRuns {
         let limitExtra = CalibrationLimits.againstModeExtra
         for (i, p) in paths.enumerated() {
             guard var x = try side.forComparison(p), let y = r[p] else { continue }
-            x.precision = min(x.precision, mode.label)
+            x.precision = min(x.precision, mode.resultLabel(p))
             let ctx = try afterStepContext(p, r, c, ds)
             let v = DiffEngine.verdict(p, x, y, ctx, lr: c.lr)
             var ok = v.passed

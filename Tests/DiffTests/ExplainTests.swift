@@ -115,4 +115,24 @@ struct ExplainTests {
         ids.formUnion(["lr=X", "weight_decay=X", "adam_eps=X", "tau_t=X", "tau_s=X", "ema_beta=X", "center_momentum=X", "frozen:PREFIX", "mask-token=fitted"])
         for id in ids.sorted() { #expect(section.contains("`\(id)`"), "README \"Naming the bug\" does not list `\(id)`") }
     }
+
+    /// An extra weight decay in a TF32 or bf16-autocast file fails (AdamW runs in float32 on
+    /// the master parameters there: the after-step rule's slack is float32's, not the mode's)
+    /// and is named; the clean file of the mode passes.
+    @Test(arguments: [(PrecisionMode.tf32, FastPrecision.tf32), (.bf16Autocast, .bf16)])
+    func extraWeightDecayInAReducedMode(_ mode: PrecisionMode, _ fp: FastPrecision) throws {
+        let wd = Divergences.configValue("weight_decay", 0.01, Self.setup.config)
+        var s = Self.setup
+        wd.apply(&s.config)
+        for (name, setup) in [("clean", Self.setup), ("wd", s)] {
+            let results = try FastBackend.run(setup.fastSetup, precision: fp, variant: FastVariant())
+            let path = try writeExchangeFile(Self.setup, results, params: .float32, name: "explain-\(mode)-\(name)", mode: mode)
+            let r = try DiffEngine.run(a: .file(path), b: .backend(.ref), options: DiffOptions())
+            if name == "clean" { #expect(r.passed, "clean \(mode): \(r.summary)"); continue }
+            #expect(r.comparisons.first { !$0.passed }?.name.hasPrefix("after_step/params/") == true,
+                    "weight decay 0.01 in \(mode): first FAIL \(r.comparisons.first { !$0.passed }?.name ?? "none")")
+            let e = try Explainer.explain(path, report: r, options: DiffOptions())
+            #expect(Self.named(e) == [wd.id], "\(mode): \(Self.lines(e))")
+        }
+    }
 }
