@@ -37,12 +37,4 @@ for seed in 0 1 2 3 4 5; do
     fi
   done
 done
-n=$(wc -l < "$PLAN")
-echo "$n runs in $PLAN, $JOBS processes"
-[ "$n" -gt 0 ] || exit 0
-split -n "l/$JOBS" -d "$PLAN" "$OUT/plan.part."
-status=0
-for part in "$OUT"/plan.part.*; do python3 "$HERE/independent_step.py" --plan "$part" & done
-for job in $(jobs -p); do wait "$job" || status=1; done
-rm -f "$OUT"/plan.part.*
-exit $status
+exec bash "$HERE/run-plan.sh" "$PLAN" "$JOBS"

@@ -51,12 +51,4 @@ for seed in 0 1; do
     done
   done
 done
-n=$(wc -l < "$PLAN")
-echo "$n runs in $PLAN, $JOBS processes"
-[ "$n" -gt 0 ] || exit 0
-split -n "l/$JOBS" -d "$PLAN" "$OUT/plan.part."
-status=0
-for part in "$OUT"/plan.part.*; do python3 "$HERE/independent_step.py" --plan "$part" & done
-for job in $(jobs -p); do wait "$job" || status=1; done
-rm -f "$OUT"/plan.part.*
-exit $status
+exec bash "$HERE/run-plan.sh" "$PLAN" "$JOBS"

@@ -130,38 +130,29 @@ public enum Divergences {
         return out
     }
 
+    /// The config values a step can be run with: (key, what it is, its config value, where
+    /// upstream code or a default differs, SPEC's section, the first dataset, where it acts).
+    static let configValues: [(key: String, what: String, value: @Sendable (ModelConfig) -> Double, sources: String, spec: String, acts: String, scope: String)] = [
+        ("tau_t", "DINO teacher temperature tau_T", { $0.tauT }, "DINO's teacher_temp 0.04 (warm-up to 0.07), or the tau_T schedule read at another step",
+         "SPEC §4-5", "losses/dis_cls", "L_D^cls, L_D^patch"),
+        ("tau_s", "DINO student temperature tau_S", { $0.tauS }, "DINO's student_temp 0.1", "SPEC §4", "losses/dis_cls", "L_D^cls, L_D^patch"),
+        ("lr", "AdamW lr", { $0.lr }, "torch.optim.AdamW's default lr 1e-3, or a schedule (warm-up, batch scaling) the config does not record",
+         "SPEC §5", "after_step/params/", "every trained tensor"),
+        ("weight_decay", "AdamW weight decay", { $0.weightDecay }, "torch.optim.AdamW's default weight_decay=0.01; SD-DiT and DiT train with 0",
+         "SPEC §5", "after_step/params/", "every trained tensor"),
+        ("adam_eps", "AdamW eps", { $0.adamEps }, "torch's default eps 1e-8; other recipes use 1e-6 or 1e-15", "SPEC §5", "after_step/params/", "every trained tensor"),
+        ("ema_beta", "EMA beta", { $0.emaBeta }, "DiT's update_ema decay 0.9999; DINO's momentum_teacher 0.996 -> 1 (cosine), read at another step",
+         "SPEC §5", "after_step/teacher/", "every teacher tensor"),
+        ("center_momentum", "center momentum", { $0.centerMomentum }, "DINO's and iBOT's center_momentum 0.9", "SPEC §5", "after_step/center_cls",
+         "after_step/center_cls, center_patch"),
+    ]
+
     /// A config value the step used instead of the file's, as a divergence.
     public static func configValue(_ key: String, _ value: Double, _ cfg: ModelConfig) -> Divergence {
+        guard let c = configValues.first(where: { $0.key == key }) else { preconditionFailure("Divergences: no config key \(key)") }
         let v = String(format: "%g", value)
-        switch key {
-        case "tau_t":
-            return Divergence(id: "tau_t=\(v)", cause: String(format: "DINO teacher temperature tau_T %@ (config: %g)", v, cfg.tauT),
-                              sources: "DINO's teacher_temp 0.04 (warm-up to 0.07), or the tau_T schedule read at another step", spec: "SPEC §4-5",
-                              actsFrom: "losses/dis_cls", scope: "L_D^cls, L_D^patch", config: (key, value))
-        case "tau_s":
-            return Divergence(id: "tau_s=\(v)", cause: String(format: "DINO student temperature tau_S %@ (config: %g)", v, cfg.tauS),
-                              sources: "DINO's student_temp 0.1", spec: "SPEC §4", actsFrom: "losses/dis_cls", scope: "L_D^cls, L_D^patch", config: (key, value))
-        case "lr":
-            return Divergence(id: "lr=\(v)", cause: String(format: "AdamW lr %@ (config: %g)", v, cfg.lr),
-                              sources: "torch.optim.AdamW's default lr 1e-3, or a schedule (warm-up, batch scaling) the config does not record",
-                              spec: "SPEC §5", actsFrom: "after_step/params/", scope: "every trained tensor", config: (key, value))
-        case "weight_decay":
-            return Divergence(id: "weight_decay=\(v)", cause: String(format: "AdamW weight decay %@ (config: %g)", v, cfg.weightDecay),
-                              sources: "torch.optim.AdamW's default weight_decay=0.01; SD-DiT and DiT train with 0", spec: "SPEC §5",
-                              actsFrom: "after_step/params/", scope: "every trained tensor", config: (key, value))
-        case "adam_eps":
-            return Divergence(id: "adam_eps=\(v)", cause: String(format: "AdamW eps %@ (config: %g)", v, cfg.adamEps),
-                              sources: "torch's default eps 1e-8; other recipes use 1e-6 or 1e-15", spec: "SPEC §5",
-                              actsFrom: "after_step/params/", scope: "every trained tensor", config: (key, value))
-        case "ema_beta":
-            return Divergence(id: "ema_beta=\(v)", cause: String(format: "EMA beta %@ (config: %g)", v, cfg.emaBeta),
-                              sources: "DiT's update_ema decay 0.9999; DINO's momentum_teacher 0.996 -> 1 (cosine), read at another step",
-                              spec: "SPEC §5", actsFrom: "after_step/teacher/", scope: "every teacher tensor", config: (key, value))
-        default:
-            return Divergence(id: "center_momentum=\(v)", cause: String(format: "center momentum %@ (config: %g)", v, cfg.centerMomentum),
-                              sources: "DINO's and iBOT's center_momentum 0.9", spec: "SPEC §5",
-                              actsFrom: "after_step/center_cls", scope: "after_step/center_cls, center_patch", config: ("center_momentum", value))
-        }
+        return Divergence(id: "\(key)=\(v)", cause: String(format: "%@ %@ (config: %g)", c.what, v, c.value(cfg)),
+                          sources: c.sources, spec: c.spec, actsFrom: c.acts, scope: c.scope, config: (key, value))
     }
 
     /// A mask token with the given values (fitted from the file's decoder input).
