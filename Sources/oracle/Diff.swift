@@ -65,7 +65,10 @@ struct Diff: ParsableCommand {
         if explain, !report.passed {
             switch (a, b) {
             case (.file(let p), .backend), (.backend, .file(let p)):
-                report.explanations = try reportingErrors { try Explainer.explain(p, report: report, options: o) }
+                // the verdict stands whatever happens here; what stopped the explanation is said
+                do { report.explanations = try Explainer.explain(p, report: report, options: o) } catch {
+                    report.notes.append("note: --explain could not run: \(error)")
+                }
             default:
                 report.notes.append("note: --explain names causes for one file against a backend; not run here")
             }
