@@ -70,6 +70,14 @@ public enum Divergences {
                 out.append(Divergence(id: "\(id):\(b)", cause: "\(words) encoder block \(b)", sources: src, spec: "SPEC §2.6",
                                       actsFrom: "activations/" + ActivationName.encBlock(ActivationName.student, b),
                                       scope: "student and teacher blocks.\(b)", variant: v))
+                if kind == .layerNormEps {   // one of the block's two norms
+                    for n in 1...2 {
+                        v.layerNormEpsNorm = n
+                        out.append(Divergence(id: "\(id):\(b):norm\(n)", cause: "\(words) encoder block \(b)'s norm\(n) (before the \(n == 1 ? "attention" : "MLP")) alone",
+                                              sources: src, spec: "SPEC §2.6", actsFrom: "activations/" + ActivationName.encBlock(ActivationName.student, b),
+                                              scope: "student and teacher blocks.\(b).norm\(n)", variant: v))
+                    }
+                }
             }
             var v = FastVariant()
             v.everyBlock = [kind]

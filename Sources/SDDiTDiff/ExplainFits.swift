@@ -29,7 +29,9 @@ struct ExplainFits {
         // a forward tensor off by a factor or a permutation
         if let i = e.base.first, e.paths[i].hasPrefix("activations/"), let x = try file(e.paths[i]), let t = e.truth[e.paths[i]]?.values,
            x.count == t.count, let l = e.levels[e.paths[i]] {
-            let p = e.paths[i], lim = CalibrationLimits.limit(e.mode, path: p) + CalibrationLimits.againstModeExtra
+            // within twice a correct run's level (the limit would let a coarse mode's sorted
+            // values of a different tensor pass for a permutation)
+            let p = e.paths[i], lim = Self.closedFormLevels
             let tt = t.reduce(0) { $0 + $1 * $1 }, xt = zip(x, t).reduce(0) { $0 + $1.0 * $1.1 }
             let alpha = tt > 0 ? xt / tt : 1
             if abs(alpha - 1) > 1e-3, let n = Calibration.normwise(x, t.map { $0 * alpha }), n / l <= lim {
@@ -140,7 +142,10 @@ struct ExplainFits {
                     }
                 }
                 let wd = fit.decay / fit.lr
-                if abs(fit.decay - fit.lr * cfg.weightDecay) > max(6 * fit.decaySigma, 1e-3 * fit.lr * max(cfg.weightDecay, 1e-4)) {
+                // a decay the after-step rule could see: beyond twice its slack u 4 |p0| (else a
+                // fit of rounding), and six standard errors
+                let u = (try trained.compactMap { try e.side.get("after_step/params/" + $0)?.precision.unitRoundoff }.max()) ?? 0
+                if abs(fit.decay - fit.lr * cfg.weightDecay) > max(6 * fit.decaySigma, 8 * u, 1e-3 * fit.lr * max(cfg.weightDecay, 1e-4)) {
                     let dv = Divergences.configValue("weight_decay", Self.nice(wd, rel: 0.02), cfg)
                     candidates.append(dv)
                     lines.append(Explanation(kind: .fit, text: String(format: "after_step/params consistent with %@ (p0 shrunk by lr wd = %.3g)", dv.cause, fit.decay), divergences: [dv.id]))
@@ -175,7 +180,8 @@ struct ExplainFits {
                 let beta = 1 - kappa
                 let student = before ? "the student before the AdamW step" : "the student after the step"
                 if before {
-                    lines.append(Explanation(kind: .fit, text: String(format: "after_step/teacher consistent with an EMA from %@ (beta %.6g; the residual from the student after it is x%.3g larger)", student, beta, res[0] / max(res[1], .leastNormalMagnitude)), divergences: ["ema-before-step"]))
+                    let worse = res[1] > 0 ? String(format: "x%.3g", res[0] / res[1]) : "infinitely"
+                    lines.append(Explanation(kind: .fit, text: String(format: "after_step/teacher consistent with an EMA from %@ (beta %.6g; the residual from the student after it is %@ larger)", student, beta, worse), divergences: ["ema-before-step"]))
                 }
                 if abs(kappa - cfg.emaBeta) < 1e-3 * cfg.emaBeta {
                     lines.append(Explanation(kind: .fit, text: String(format: "after_step/teacher moved by %.6g of the way to %@: the EMA reversed (beta for 1 - beta, config beta %g)", kappa, student, cfg.emaBeta), divergences: ["ema-reversed"]))
@@ -207,6 +213,9 @@ struct ExplainFits {
             }
         }
     }
+
+    /// How close, in levels of a correct run, a closed form must bring a forward tensor.
+    static let closedFormLevels = 2.0
 
     /// The mean of the rows (length K) of `x`.
     static func rowMean(_ x: [Double], _ K: Int) -> [Double] {

@@ -37,6 +37,9 @@ public struct FastVariant: Sendable, Equatable {
     public var maskTokenValues: [Float]? = nil
     /// `.layerNormEps` in `everyBlock` reaches the decoder layer's and the final layer's norms too.
     public var layerNormEpsLayers = false
+    /// Which of a block's two norms (1: before attention, 2: before the MLP) a block
+    /// `layerNormEps` reaches (nil: both, as one LayerNorm class would).
+    public var layerNormEpsNorm: Int? = nil
     /// The projection head's GELUs with the tanh approximation for DINO's exact GELU.
     public var headGELUTanh = false
     /// Unpatchify reading each token vector in (c, i, j) order for (i, j, c).
@@ -69,7 +72,7 @@ public struct FastVariant: Sendable, Equatable {
     }
 
     /// The names `--plant` takes (B: an encoder block, or `all` for every block).
-    public static let plantedNames = "gelu-exact:B, ln-eps:B[:EPS], no-sqrt-d:B, shift-scale:B (B a block, all, or for ln-eps blocks: the DiT blocks without the decoder and final layers), tau-swap, tf32-conv, "
+    public static let plantedNames = "gelu-exact:B, ln-eps:B[:norm1|norm2][:EPS], no-sqrt-d:B, shift-scale:B (B a block, all, or for ln-eps blocks: the DiT blocks without the decoder and final layers), tau-swap, tf32-conv, "
         + "c-noise-ln, temb-sin-first, mask-token, head-gelu-tanh, unpatchify-cij, teacher-clean, edm-no-weight, no-centering, "
         + "center-before-loss, ema-before-step, ema-reversed, no-bias-correction, weight-g-trained, frozen:PREFIX"
 
@@ -94,7 +97,12 @@ public struct FastVariant: Sendable, Equatable {
         case "gelu-exact", "exact-gelu": exactGELUBlock = try block(.exactGELU) ?? exactGELUBlock
         case "ln-eps", "layernorm-eps":
             layerNormEpsBlock = try block(.layerNormEps) ?? layerNormEpsBlock
-            layerNormEps = parts.count > 2 ? (Float(parts[2]) ?? .nan) : 1e-5
+            var rest = parts.count > 2 ? parts[2] : "1e-5"
+            if rest == "norm1" || rest == "norm2" {   // ln-eps:B:normK[:EPS]
+                layerNormEpsNorm = rest == "norm1" ? 1 : 2
+                rest = parts.count > 3 ? parts[3] : "1e-5"
+            }
+            layerNormEps = Float(rest) ?? .nan
             guard layerNormEps.isFinite, layerNormEps > 0 else { throw ConfigError("--plant \(s): eps must be a positive number") }
         case "no-sqrt-d": unscaledAttentionBlock = try block(.unscaledAttention) ?? unscaledAttentionBlock
         case "shift-scale": shiftScaleSwapBlock = try block(.shiftScaleSwap) ?? shiftScaleSwapBlock
@@ -129,9 +137,10 @@ public struct FastVariant: Sendable, Equatable {
     func exactGELU(_ key: String) -> Bool { inBlock(.exactGELU, exactGELUBlock, key) }
     /// The LayerNorm eps of the block (or decoder / final layer) with parameter prefix `key`:
     /// SPEC's 1e-6 but where planted.
-    func layerNormEps(_ key: String) -> Float {
+    func layerNormEps(_ key: String, norm: Int? = nil) -> Float {
         let layer = key == "decoder_layer." || key == "final_layer."
-        return (layer ? layerNormEpsLayers : inBlock(.layerNormEps, layerNormEpsBlock, key)) ? layerNormEps : 1e-6
+        let here = layer ? layerNormEpsLayers : inBlock(.layerNormEps, layerNormEpsBlock, key) && (layerNormEpsNorm.map { $0 == norm } ?? true)
+        return here ? layerNormEps : 1e-6
     }
     /// EDM's c_noise(sigma) = ln(sigma)/4, or ln(sigma) under `cNoiseLn`.
     func cNoise(_ e: EDMCoefficients<Double>) -> Double { cNoiseLn ? 4 * e.cNoise : e.cNoise }
@@ -152,6 +161,7 @@ extension FastVariant {
         v.frozenPrefix = v.frozenPrefix ?? o.frozenPrefix
         v.maskTokenValues = v.maskTokenValues ?? o.maskTokenValues
         v.layerNormEpsLayers = v.layerNormEpsLayers || o.layerNormEpsLayers
+        v.layerNormEpsNorm = v.layerNormEpsNorm ?? o.layerNormEpsNorm
         for k in [\FastVariant.tf32PatchEmbedding, \.swapTemperatures, \.cNoiseLn, \.timestepSinFirst, \.maskToken, \.headGELUTanh,
                   \.unpatchifyCIJ, \.teacherClean, \.edmUnweighted, \.noCentering, \.centersBeforeLoss, \.emaBeforeStep,
                   \.emaReversed, \.adamNoBiasCorrection, \.weightGTrained] as [WritableKeyPath<FastVariant, Bool>] where o[keyPath: k] {

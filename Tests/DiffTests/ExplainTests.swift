@@ -111,7 +111,7 @@ struct ExplainTests {
     @Test func readmeListsTheCatalogue() throws {
         let readme = try String(contentsOf: repoRoot.appendingPathComponent("README.md"), encoding: .utf8)
         let section = try #require(readme.components(separatedBy: "## Naming the bug").dropFirst().first, "README has no \"Naming the bug\" section")
-        var ids = Set(Divergences.catalogue(.tiny).map { $0.id.replacingOccurrences(of: #":\d+$"#, with: ":B", options: .regularExpression) })
+        var ids = Set(Divergences.catalogue(.tiny).map { $0.id.replacingOccurrences(of: #":\d+(:|$)"#, with: ":B$1", options: .regularExpression) })
         ids.formUnion(["lr=X", "weight_decay=X", "adam_eps=X", "tau_t=X", "tau_s=X", "ema_beta=X", "center_momentum=X", "frozen:PREFIX", "mask-token=fitted"])
         for id in ids.sorted() { #expect(section.contains("`\(id)`"), "README \"Naming the bug\" does not list `\(id)`") }
     }

@@ -64,7 +64,7 @@ final class FastDiTBlock: FastParameterized {
     func forwardSteps(_ c: FastContext, _ x: FT, _ siluC: FT) -> (steps: [Step], y: FT) {
         let k = c.k, ws = c.ws, B = ActivationName.Block.self, name = self.name, heads = self.heads, w = weights
         let N = x.shape[0], L = x.shape[1], W = x.last, hm = w.fc1.weight.shape[0]
-        let eps = c.variant.layerNormEps(key), unscaled = c.variant.unscaledAttention(key), exact = c.variant.exactGELU(key)
+        let eps1 = c.variant.layerNormEps(key, norm: 1), eps2 = c.variant.layerNormEps(key, norm: 2), unscaled = c.variant.unscaledAttention(key), exact = c.variant.exactGELU(key)
         let swap = c.variant.swapsShiftScale(key)   // a planted bug: (shift, scale) chunks swapped
         let mod = ws.get(name + ".mod", [N, 6 * W])
         let m1 = ws.get(name + ".m1", [N, L, W]), mean1 = ws.get(name + ".mean1", [N * L]), rstd1 = ws.get(name + ".rstd1", [N * L])
@@ -81,7 +81,7 @@ final class FastDiTBlock: FastParameterized {
                 try c.out(B.adaLN(name), "adaLN_modulation Linear(SiLU(c))", mod, [("SiLU(c)", siluC)])
             },
             Step(name: "fwd norm1 LN + modulate") {
-                k.lnModulate(x, mod, shiftChunk: swap ? 1 : 0, scaleChunk: swap ? 0 : 1, chunks: 6, m1, mean: mean1, rstd: rstd1, eps: eps)
+                k.lnModulate(x, mod, shiftChunk: swap ? 1 : 0, scaleChunk: swap ? 0 : 1, chunks: 6, m1, mean: mean1, rstd: rstd1, eps: eps1)
                 try c.out(B.norm1(name), "modulate(LayerNorm(x), shift1, scale1)", m1, [("x", x)])
             },
             Step(name: "fwd qkv Linear") {
@@ -109,7 +109,7 @@ final class FastDiTBlock: FastParameterized {
                 try c.out(B.x1(name), "x + gate1 * attn", x1, [("x", x), ("attn.proj", proj)])
             },
             Step(name: "fwd norm2 LN + modulate") {
-                k.lnModulate(x1, mod, shiftChunk: swap ? 4 : 3, scaleChunk: swap ? 3 : 4, chunks: 6, m2, mean: mean2, rstd: rstd2, eps: eps)
+                k.lnModulate(x1, mod, shiftChunk: swap ? 4 : 3, scaleChunk: swap ? 3 : 4, chunks: 6, m2, mean: mean2, rstd: rstd2, eps: eps2)
                 try c.out(B.norm2(name), "modulate(LayerNorm(x1), shift2, scale2)", m2, [("x1", x1)])
             },
             Step(name: "fwd fc1 Linear") {
