@@ -11,7 +11,10 @@ import SDDiTFast
 // the rerun's own rounding), where the rerun without it did not. Candidates are the
 // divergences that can act at the first dataset the file disagrees at; when the best one
 // moves that point on without reaching the end, the search goes on from there with it (up to
-// three together), so two bugs are named together or not at all. Closed-form fits of the
+// three together), so two bugs are named together or not at all. A best candidate that parts
+// late within x4 of its limit is judged again at its own conditioning (`conditioning`, at most
+// x4 a correct run's level): a divergence can make the network amplify rounding more than a
+// correct one (docs/DECISIONS.md 44). Closed-form fits of the
 // step (AdamW's lr, weight decay and eps, the EMA's beta and order, the centers' momentum),
 // of the DINO temperatures and of a forward tensor's factor or permutation give the values
 // the config-value candidates carry, and are reported as they are.
@@ -109,7 +112,8 @@ final class ExplainRuns {
     /// factor on the level of a correct run; `perturbed`: x0 moved by one float32 rounding).
     func rerun(_ ds: [Divergence], scale: [String: Double] = [:], perturbed: Bool = false) throws -> (results: [String: NamedTensor], agreement: Agreement) {
         var s = setup, v = FastVariant()
-        for d in ds { d.apply(&s.config); v = v.merged(with: d.variant) }
+        s.config = configured(ds)
+        for d in ds { v = v.merged(with: d.variant) }
         if perturbed, var I = s.inputs {
             // x0 (1 + 2^-24 r), r = +-1 alternating with a fixed pattern: the float32 input
             // rounds differently in about half its elements, the run's own rounding noise
@@ -119,6 +123,13 @@ final class ExplainRuns {
         reruns += 1
         let r = try backend.run(s, memory: memory, variant: v)
         return (r, try agreement(r, s.config, ds, scale: scale))
+    }
+
+    /// The file's config with the values of `ds`.
+    func configured(_ ds: [Divergence]) -> ModelConfig {
+        var c = cfg
+        for d in ds { d.apply(&c) }
+        return c
     }
 
     /// How much more a rerun with `ds` amplifies rounding than a correct run, per path: the
@@ -192,8 +203,10 @@ final class ExplainRuns {
         return AfterStepContext(c, before: bef, sideA: dA, sideB: dB, sideAHasGradients: side.hasGradients, sideBHasGradients: true)
     }
 
-    /// The catalogue entries that can act at path index `at`: their first dataset is at or
-    /// before it, and is not a dataset the file recorded and agreed at.
+    /// The catalogue entries (and fitted values) that can act at path index `at`: their first
+    /// dataset is at or before it, and is it, is not recorded, or agreed there while already a
+    /// quarter of the limit off a correct rerun; a group (`after_step/params/`) holds it, or is
+    /// unrecorded and comes before it.
     func candidates(at i: Int, fitted: [Divergence]) -> [Divergence] {
         let f = paths[i], fk = DatasetOrder.sortKey(f, cfg)
         return (catalogue + fitted).filter { d in
@@ -235,7 +248,7 @@ final class ExplainRuns {
             if case (let d, var a)? = results.first, let f = a.first, f > at, let r = a.ratios[paths[f]],
                r <= Self.maxConditioning * CalibrationLimits.limit(mode, path: paths[f]) {
                 let run = try rerun(chosen + [d]).results
-                a = try rerun(chosen + [d], scale: try conditioning(chosen + [d], run)).agreement
+                a = try agreement(run, configured(chosen + [d]), chosen + [d], scale: try conditioning(chosen + [d], run))
                 if a.rank > results[0].1.rank { results[0] = (d, a); conditioned.insert(d.id) }
             }
             if round == 0 {
