@@ -53,6 +53,24 @@ final class FastDiTBlock: FastParameterized {
         c.ws.release { $0.hasPrefix(self.name + ".") || $0.hasPrefix("d." + self.name + ".") }
     }
 
+    /// A Linear's step: y = x W^T + b, checked as `out` (its input named `input`).
+    private func linearStep(_ c: FastContext, _ title: String, _ x: FT, _ p: LinearParameters, _ y: FT,
+                            out: String, _ what: String, input: String) -> Step {
+        Step(name: title) {
+            c.k.linear(x, p, y)
+            try c.out(out, what, y, [(input, x)])
+        }
+    }
+
+    /// A gated residual's step: y = x + gate h, the gate chunk `gate` of mod's six.
+    private func residualStep(_ c: FastContext, _ title: String, _ x: FT, _ mod: FT, gate: Int, _ h: FT, _ y: FT,
+                              out: String, _ what: String, inputs: (String, String)) -> Step {
+        Step(name: title) {
+            c.k.gatedResidual(x, mod, chunk: gate, chunks: 6, h, y)
+            try c.out(out, what, y, [(inputs.0, x), (inputs.1, h)])
+        }
+    }
+
     func forward(_ c: FastContext, _ x: FT, _ siluC: FT) throws -> FT {
         let (steps, y) = forwardSteps(c, x, siluC)
         for s in steps { try s.run() }
@@ -76,18 +94,12 @@ final class FastDiTBlock: FastParameterized {
         saved = Saved(x: x, siluC: siluC, mod: mod, m1: m1, mean1: mean1, rstd1: rstd1, qkv: qkv, probs: probs, a: a, proj: proj,
                       x1: x1, m2: m2, mean2: mean2, rstd2: rstd2, f1: f1, gl: gl, f2: f2)
         let steps = [
-            Step(name: "fwd adaLN Linear") {
-                k.linear(siluC, w.adaLN, mod)
-                try c.out(B.adaLN(name), "adaLN_modulation Linear(SiLU(c))", mod, [("SiLU(c)", siluC)])
-            },
+            linearStep(c, "fwd adaLN Linear", siluC, w.adaLN, mod, out: B.adaLN(name), "adaLN_modulation Linear(SiLU(c))", input: "SiLU(c)"),
             Step(name: "fwd norm1 LN + modulate") {
                 k.lnModulate(x, mod, shiftChunk: swap ? 1 : 0, scaleChunk: swap ? 0 : 1, chunks: 6, m1, mean: mean1, rstd: rstd1, eps: eps1)
                 try c.out(B.norm1(name), "modulate(LayerNorm(x), shift1, scale1)", m1, [("x", x)])
             },
-            Step(name: "fwd qkv Linear") {
-                k.linear(m1, w.qkv, qkv)
-                try c.out(B.qkv(name), "attn.qkv Linear", qkv, [("norm1", m1)])
-            },
+            linearStep(c, "fwd qkv Linear", m1, w.qkv, qkv, out: B.qkv(name), "attn.qkv Linear", input: "norm1"),
             Step(name: "fwd attention q k^T (sgemm per sample, head)") {
                 k.attentionLogits(qkv, heads: heads, probs, unscaled: unscaled)
                 try c.out(B.logits(name), "q k^T / sqrt(d) (matmul)", probs, [("q,k", qkv)])
@@ -100,34 +112,19 @@ final class FastDiTBlock: FastParameterized {
                 k.attentionOutput(qkv, heads: heads, probs, a)
                 try c.out(B.attnOut(name), "P v (matmul)", a, [("v", qkv)])
             },
-            Step(name: "fwd proj Linear") {
-                k.linear(a, w.proj, proj)
-                try c.out(B.proj(name), "attn.proj Linear", proj, [("attn.out", a)])
-            },
-            Step(name: "fwd gated residual (attn branch)") {
-                k.gatedResidual(x, mod, chunk: 2, chunks: 6, proj, x1)
-                try c.out(B.x1(name), "x + gate1 * attn", x1, [("x", x), ("attn.proj", proj)])
-            },
+            linearStep(c, "fwd proj Linear", a, w.proj, proj, out: B.proj(name), "attn.proj Linear", input: "attn.out"),
+            residualStep(c, "fwd gated residual (attn branch)", x, mod, gate: 2, proj, x1, out: B.x1(name), "x + gate1 * attn", inputs: ("x", "attn.proj")),
             Step(name: "fwd norm2 LN + modulate") {
                 k.lnModulate(x1, mod, shiftChunk: swap ? 4 : 3, scaleChunk: swap ? 3 : 4, chunks: 6, m2, mean: mean2, rstd: rstd2, eps: eps2)
                 try c.out(B.norm2(name), "modulate(LayerNorm(x1), shift2, scale2)", m2, [("x1", x1)])
             },
-            Step(name: "fwd fc1 Linear") {
-                k.linear(m2, w.fc1, f1)
-                try c.out(B.fc1(name), "mlp.fc1 Linear", f1, [("norm2", m2)])
-            },
+            linearStep(c, "fwd fc1 Linear", m2, w.fc1, f1, out: B.fc1(name), "mlp.fc1 Linear", input: "norm2"),
             Step(name: exact ? "fwd GELU erf" : "fwd GELU tanh") {
                 if exact { k.geluErf(f1, gl) } else { k.geluTanh(f1, gl) }
                 try c.out(B.gelu(name), "GELU(tanh)", gl, [("mlp.fc1", f1)])
             },
-            Step(name: "fwd fc2 Linear") {
-                k.linear(gl, w.fc2, f2)
-                try c.out(B.fc2(name), "mlp.fc2 Linear", f2, [("mlp.gelu", gl)])
-            },
-            Step(name: "fwd gated residual (MLP branch)") {
-                k.gatedResidual(x1, mod, chunk: 5, chunks: 6, f2, y)
-                try c.out(name, "x1 + gate2 * mlp", y, [("x1", x1), ("mlp.fc2", f2)])
-            },
+            linearStep(c, "fwd fc2 Linear", gl, w.fc2, f2, out: B.fc2(name), "mlp.fc2 Linear", input: "mlp.gelu"),
+            residualStep(c, "fwd gated residual (MLP branch)", x1, mod, gate: 5, f2, y, out: name, "x1 + gate2 * mlp", inputs: ("x1", "mlp.fc2")),
         ]
         return (steps, y)
     }
