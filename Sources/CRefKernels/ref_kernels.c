@@ -143,6 +143,7 @@ void sddit_ref_block(const double *A, long rs, long cs, long rows, const double 
                      const double *s0, double *C, long ldc, long width, int add) {
     chosen(A, rs, cs, rows, panel, K, s0, C, ldc, width, add);
 }
+#define chosen_block chosen
 
 const char *sddit_ref_isa(void) { return chosen_name; }
 
@@ -161,8 +162,42 @@ void sddit_ref_block(const double *A, long rs, long cs, long rows, const double 
     }
 }
 int sddit_ref_set_isa(const char *name) { return !strcmp(name, "scalar"); }
+#define chosen_block sddit_ref_block
 const char *sddit_ref_isa(void) { return "scalar"; }
 #endif
+
+// Packing, so that the block kernel reads both operands as contiguous streams:
+// pa[mb * 8 K + k * 8 + r] = A(8 mb + r, k) and pb[nb * 8 K + k * 8 + j] = B(k, 8 nb + j), zero
+// past M or N (those lanes are computed and dropped). Copies only: no arithmetic.
+void sddit_ref_pack(const double *A, long rs, long cs, long M, long K, double *pa, long b0, long b1) {
+    for (long b = b0; b < b1; b++) {
+        double *d = pa + b * 8 * K;
+        long rows = M - 8 * b < 8 ? M - 8 * b : 8;
+        const double *a = A + 8 * b * rs;
+        if (rows == 8 && cs == 1) {
+            for (long k = 0; k < K; k++)
+                for (int r = 0; r < 8; r++) d[k * 8 + r] = a[r * rs + k];
+        } else if (rows == 8 && rs == 1) {
+            for (long k = 0; k < K; k++) memcpy(d + k * 8, a + k * cs, 8 * sizeof(double));
+        } else {
+            for (long k = 0; k < K; k++)
+                for (int r = 0; r < 8; r++) d[k * 8 + r] = r < rows ? a[r * rs + k * cs] : 0;
+        }
+    }
+}
+
+void sddit_ref_tile(long M, long N, long K, const double *pa, const double *pb, const double *start,
+                    double *C, long ldc, int add, long mb0, long mb1, long nb0, long nb1) {
+    double s0[8];
+    for (long nb = nb0; nb < nb1; nb++) {
+        long n0 = nb * 8, width = N - n0 < 8 ? N - n0 : 8;
+        for (long j = 0; j < 8; j++) s0[j] = start && j < width ? start[n0 + j] : 0;
+        for (long mb = mb0; mb < mb1; mb++) {
+            long rows = M - mb * 8 < 8 ? M - mb * 8 : 8;
+            chosen_block(pa + mb * 8 * K, 1, 8, rows, pb + nb * 8 * K, K, s0, C + mb * 8 * ldc + n0, ldc, width, add);
+        }
+    }
+}
 
 #include <malloc.h>
 void sddit_keep_freed_memory(void) {

@@ -13,6 +13,16 @@ enum Parallel {
             DispatchQueue.concurrentPerform(iterations: t) { c in box.value(n * c / t, n * (c + 1) / t) }
         }
     }
+
+    /// body(lo, hi) over [0, n) tasks of uneven cost, handed out one at a time to whichever
+    /// thread is free (each task writes its own outputs, so who runs it changes nothing).
+    static func tasks(_ n: Int, _ body: (Int, Int) -> Void) {
+        if Product.threads <= 1 || n <= 1 { body(0, n); return }
+        withoutActuallyEscaping(body) { f in
+            let box = UncheckedBox(f)
+            DispatchQueue.concurrentPerform(iterations: n) { i in box.value(i, i + 1) }
+        }
+    }
 }
 
 extension Tensor where T: RefScalar {
