@@ -51,7 +51,11 @@ let package = Package(
         // The float32 / mixed-precision fast path: OpenBLAS sgemm, fused loops, reused buffers.
         // Built with bounds and overflow checks like everything else: -Ounchecked bought nothing
         // measurable on `oracle bench` (docs/DECISIONS.md, 39).
-        .target(name: "SDDiTFast", dependencies: ["SDDiTCore", "COpenBLAS"]),
+        .target(name: "SDDiTFast", dependencies: ["SDDiTCore", "COpenBLAS", "CFastKernels"]),
+        // The fast path's element-wise and row-wise loops (GELU, softmax) for AVX-512F / AVX2 /
+        // SSE2, picked at load time: the Swift loops' operations in their order, no fused
+        // multiply-add (-ffp-contract=off), so the same bits at any vector width.
+        .target(name: "CFastKernels", cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]),
         // The SPEC §7 exchange layout ("sddit-oracle/1") over HDF5IO: read, validate, write.
         .target(name: "SDDiTExchange", dependencies: ["SDDiTCore", "HDF5IO"]),
         // Backends by name, seeded setups, the tensor-by-tensor diff engine and its calibrated
@@ -85,7 +89,7 @@ let package = Package(
         // layers, the whole step against the reference, same bits at any thread count.
         .testTarget(
             name: "SDDiTFastTests",
-            dependencies: ["SDDiTCore", "SDDiTReference", "SDDiTFast", "SDDiTExchange", "SDDiTDiff", "SDDiTTraining", "TestSupport", "oracle"]),
+            dependencies: ["SDDiTCore", "SDDiTReference", "SDDiTFast", "CFastKernels", "SDDiTExchange", "SDDiTDiff", "SDDiTTraining", "TestSupport", "oracle"]),
         // The diff engine and its verdicts: conformance with the PyTorch fixtures, Float80,
         // calibration, after-step rule, robustness against damaged files.
         .testTarget(
@@ -96,7 +100,7 @@ let package = Package(
             dependencies: ["SDDiTCore", "SDDiTFast", "SDDiTExchange", "SDDiTDiff", "SDDiTTraining", "TestSupport", "oracle"]),
         .testTarget(name: "RegressTests", dependencies: ["SDDiTCore", "SDDiTRegress", "TestSupport", "oracle"]),
         // The command line, the Python tools, and the docs (named paths exist, quoted limits are the code's).
-        .testTarget(name: "OracleTests", dependencies: ["SDDiTCore", "SDDiTExchange", "SDDiTDiff", "TestSupport", "oracle", "h5probe"]),
+        .testTarget(name: "OracleTests", dependencies: ["SDDiTCore", "SDDiTExchange", "SDDiTDiff", "SDDiTBench", "TestSupport", "oracle", "h5probe"]),
         .testTarget(
             name: "HDF5IOTests",
             dependencies: ["HDF5IO", "h5probe"],

@@ -1,3 +1,4 @@
+import CFastKernels
 import COpenBLAS
 import Glibc
 
@@ -38,15 +39,8 @@ extension Kernels {
     /// Row softmax in float32, in place (the probabilities are rounded again as PV operands).
     public func softmaxRows(_ P: FT) {
         let L = P.last, p = P.p
-        parallelRanges(P.rows, minPerThread: 64) { lo, hi in
-            for r in lo..<hi {
-                let row = p + r * L
-                let m = vmax(row, L)
-                for j in 0..<L { row[j] = vexp(row[j] - m) }
-                let inv = 1 / vsum(row, L)
-                for j in 0..<L { row[j] *= inv }
-            }
-        }
+        // p = exp(p - max) / sum per row (`vmax`, `vexp`, `vsum`; CFastKernels)
+        parallelRanges(P.rows, minPerThread: 64) { lo, hi in sddit_fast_softmax_rows(p, L, lo, hi) }
     }
 
     public func attentionOutput(_ qkv: FT, heads H: Int, _ P: FT, _ out: FT) {
@@ -79,11 +73,7 @@ extension Kernels {
                 let dO = dout.p + n * L * W + h * hd, p = P.p + (n * H + h) * L * L
                 gemm(true, false, L, hd, L, 1, p, L, dO, W, dv, 3 * W, accumulate: false, scratch: names[w], serial: true)
                 gemm(false, true, L, L, hd, 1, dO, W, v, 3 * W, dS.p, L, accumulate: false, scratch: names[w], serial: true)
-                for i in 0..<L {
-                    let ds = dS.p + i * L, pr = p + i * L
-                    let dot = vdot(ds, pr, L)
-                    for j in 0..<L { ds[j] = pr[j] * (ds[j] - dot) }
-                }
+                sddit_fast_softmax_backward_rows(dS.p, p, L, 0, L)   // dS = P (dP - rowsum(dP P))
                 gemm(false, false, L, hd, L, scale, dS.p, L, k, 3 * W, dq, 3 * W, accumulate: false, scratch: names[w], serial: true)
                 gemm(true, false, L, hd, L, scale, dS.p, L, q, 3 * W, dk, 3 * W, accumulate: false, scratch: names[w], serial: true)
             }

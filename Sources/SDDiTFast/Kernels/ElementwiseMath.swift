@@ -139,3 +139,45 @@ public enum FastMath {
     public static func roundBF16(_ x: Float) -> Float { vroundBF16(x) }
 }
 
+
+/// The Swift definitions of the loops that CFastKernels runs vectorized (GELU, softmax): the
+/// C kernels must give these bits exactly, on every instruction set (Tests/SDDiTFastTests).
+public enum FastLoops {
+    /// GELU tanh form: v / (1 + exp(-2c (v + a v^3))).
+    public static func geluTanh(_ v: Float) -> Float {
+        let c2: Float = 2 * 0.7978845608028654, a: Float = 0.044715
+        return v / (1 + vexp(-c2 * (v + a * v * v * v)))
+    }
+    /// Its derivative (dx = dy * this): s + 2 v s (1 - s) c (1 + 3 a v^2), s = 1 / (1 + exp(-2u)).
+    public static func geluTanhDerivative(_ v: Float) -> Float {
+        let c: Float = 0.7978845608028654, a: Float = 0.044715
+        let s = 1 / (1 + vexp(-2 * c * (v + a * v * v * v)))
+        return s + 2 * v * s * (1 - s) * c * (1 + 3 * a * v * v)
+    }
+    /// GELU exact: 0.5 v (1 + erf(v / sqrt 2)).
+    public static func geluErf(_ v: Float) -> Float { 0.5 * v * (1 + verf(v * 0.70710678118654752)) }
+    /// Its derivative (dx = dy * this).
+    public static func geluErfDerivative(_ v: Float) -> Float {
+        0.5 * (1 + verf(v * 0.70710678118654752)) + v * 0.3989422804014327 * vexp(-0.5 * v * v)
+    }
+    /// row = exp(row - max) / sum, in place.
+    public static func softmaxRow(_ row: UnsafeMutablePointer<Float>, _ L: Int) {
+        let m = vmax(row, L)
+        for j in 0..<L { row[j] = vexp(row[j] - m) }
+        let inv = 1 / vsum(row, L)
+        for j in 0..<L { row[j] *= inv }
+    }
+    /// ds = p (ds - sum_j ds p), in place (softmax backward of one row).
+    public static func softmaxBackwardRow(_ ds: UnsafeMutablePointer<Float>, _ p: UnsafePointer<Float>, _ L: Int) {
+        let dot = vdot(ds, p, L)
+        for j in 0..<L { ds[j] = p[j] * (ds[j] - dot) }
+    }
+    /// AdamW on one element (h as for CFastKernels' sddit_fast_adamw:
+    /// {1 - lr wd, b1, a1, b2, a2, lr / bc1, bc2, eps}); m, v nil: from zero moments.
+    public static func adamW(p: inout Float, g: Float, m: inout Float, v: inout Float, _ h: [Float]) {
+        p *= h[0]
+        m = h[1] * m + h[2] * g
+        v = h[3] * v + h[4] * g * g
+        p -= h[5] * m / (v.squareRoot() / h[6] + h[7])
+    }
+}

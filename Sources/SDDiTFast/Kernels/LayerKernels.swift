@@ -1,3 +1,4 @@
+import CFastKernels
 import Glibc
 
 // Element-wise and row-wise layer kernels: fused LayerNorm + modulate, the gated residual,
@@ -76,45 +77,31 @@ extension Kernels {
     }
 
     /// GELU, tanh approximation: 0.5 v (1 + tanh(u)), u = c (v + a v^3), computed as the equal
-    /// v sigmoid(2u) = v / (1 + exp(-2u)) with a vectorizable exp (`vexp`), split over the
-    /// BLAS threads. (For large negative v this form avoids the cancellation in 1 + tanh.)
+    /// v sigmoid(2u) = v / (1 + exp(-2u)) with a vectorizable exp (`vexp`; CFastKernels), split
+    /// over the fast path's threads. (For large negative v this form avoids the cancellation in
+    /// 1 + tanh.)
     public func geluTanh(_ x: FT, _ y: FT) {
-        let c2: Float = 2 * 0.7978845608028654, a: Float = 0.044715
         let xp = x.p, yp = y.p
-        parallelRanges(x.count) { lo, hi in
-            for i in lo..<hi { let v = xp[i]; yp[i] = v / (1 + vexp(-c2 * (v + a * v * v * v))) }
-        }
+        parallelRanges(x.count) { lo, hi in sddit_fast_gelu_tanh(xp, yp, lo, hi) }
         if let e = KernelPerturbation.gelu { for i in 0..<y.count { yp[i] *= 1 + e } }
         roundHalf(y.p, y.count)
     }
     /// d/dv = s + 2 v s (1 - s) c (1 + 3 a v^2), s = sigmoid(2u) (= 0.5 (1 + tanh u)).
     public func geluTanhBackward(_ dy: FT, _ x: FT, _ dx: FT) {
-        let c: Float = 0.7978845608028654, a: Float = 0.044715
         let xp = x.p, dyp = dy.p, dxp = dx.p
-        parallelRanges(x.count) { lo, hi in
-            for i in lo..<hi {
-                let v = xp[i], s = 1 / (1 + vexp(-2 * c * (v + a * v * v * v)))
-                dxp[i] = dyp[i] * (s + 2 * v * s * (1 - s) * c * (1 + 3 * a * v * v))
-            }
-        }
+        parallelRanges(x.count) { lo, hi in sddit_fast_gelu_tanh_backward(dyp, xp, dxp, lo, hi) }
         roundHalf(dx.p, dx.count)
     }
-    /// GELU, exact (erf; vectorized erf, `verf`; split over the BLAS threads).
+    /// GELU, exact: 0.5 v (1 + erf(v / sqrt 2)) (vectorized erf, `verf`; CFastKernels).
     public func geluErf(_ x: FT, _ y: FT) {
         let xp = x.p, yp = y.p
-        parallelRanges(x.count) { lo, hi in
-            for i in lo..<hi { let v = xp[i]; yp[i] = 0.5 * v * (1 + verf(v * 0.70710678118654752)) }
-        }
+        parallelRanges(x.count) { lo, hi in sddit_fast_gelu_erf(xp, yp, lo, hi) }
         roundHalf(y.p, y.count)
     }
+    /// d/dv = Phi(v) + v phi(v) = 0.5 (1 + erf(v / sqrt 2)) + v exp(-v^2 / 2) / sqrt(2 pi).
     public func geluErfBackward(_ dy: FT, _ x: FT, _ dx: FT) {
         let xp = x.p, dyp = dy.p, dxp = dx.p
-        parallelRanges(x.count) { lo, hi in
-            for i in lo..<hi {
-                let v = xp[i]
-                dxp[i] = dyp[i] * (0.5 * (1 + verf(v * 0.70710678118654752)) + v * 0.3989422804014327 * vexp(-0.5 * v * v))
-            }
-        }
+        parallelRanges(x.count) { lo, hi in sddit_fast_gelu_erf_backward(dyp, xp, dxp, lo, hi) }
         roundHalf(dx.p, dx.count)
     }
     public func silu(_ x: FT, _ y: FT) { for i in 0..<x.count { let v = x.p[i]; y.p[i] = v / (1 + expf(-v)) } }

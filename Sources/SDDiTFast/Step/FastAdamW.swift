@@ -1,3 +1,4 @@
+import CFastKernels
 import Glibc
 import SDDiTCore
 
@@ -39,27 +40,13 @@ final class FastAdamW {
         let unbiased = !ctx.variant.adamNoBiasCorrection   // a divergence: no bias correction
         let a1 = unbiased ? 1 - b1 : oneMinusB1, a2 = unbiased ? 1 - b2 : oneMinusB2
         let bc1 = unbiased ? 1 - powf(b1, Float(t)) : 1, bc2 = unbiased ? (1 - powf(b2, Float(t))).squareRoot() : 1
-        let p = param.p, gp = grad.p
-        if let (mt, vt) = moments {
-            let m = mt.p, v = vt.p
-            parallelRanges(grad.count) { lo, hi in
-                for i in lo..<hi {
-                    p[i] *= 1 - lr * wd
-                    m[i] = b1 * m[i] + a1 * gp[i]
-                    v[i] = b2 * v[i] + a2 * gp[i] * gp[i]
-                    p[i] -= lr / bc1 * m[i] / (v[i].squareRoot() / bc2 + eps)
-                }
-            }
-        } else {
-            parallelRanges(grad.count) { lo, hi in
-                for i in lo..<hi {
-                    let m0: Float = 0, v0: Float = 0
-                    p[i] *= 1 - lr * wd
-                    let m = b1 * m0 + a1 * gp[i]
-                    let v = b2 * v0 + a2 * gp[i] * gp[i]
-                    p[i] -= lr / bc1 * m / (v.squareRoot() / bc2 + eps)
-                }
-            }
+        // p *= 1 - lr wd; m = b1 m + a1 g; v = b2 v + a2 g g; p -= (lr / bc1) m / (sqrt(v) / bc2 + eps)
+        // (CFastKernels; the definition in Swift: `FastLoops.adamW`)
+        let h: [Float] = [1 - lr * wd, b1, a1, b2, a2, lr / bc1, bc2, eps]
+        let p = param.p, gp = grad.p, m = moments?.m.p, v = moments?.v.p
+        h.withUnsafeBufferPointer { hp in
+            let hb = hp.baseAddress!
+            parallelRanges(grad.count) { lo, hi in sddit_fast_adamw(p, gp, m, v, hb, lo, hi) }
         }
         if ctx.prec.isPure { ctx.prec.round(p, grad.count) }
     }
