@@ -62,11 +62,17 @@ public enum Linear {
     /// db[o] += sum_r dy[r, o]
     static func biasGradient<T: RefScalar>(dy: Tensor<T>, db: inout Tensor<T>) {
         let O = dy.lastDim, R = dy.rows
-        for o in 0..<O {
-            var s: T = 0
-            for r in 0..<R { s += dy.data[r * O + o] }
-            db.data[o] += s
-        }
+        // s[o] = 0 + dy[0, o] + dy[1, o] + ... (r ascending, as the plain loop): every column at
+        // once, row by row, in ranges of columns over the cores
+        var s = [T](repeating: 0, count: O)
+        dy.data.withUnsafeBufferPointer { g in s.withUnsafeMutableBufferPointer { sp in
+            let io = UncheckedBox((g.baseAddress!, sp.baseAddress!))
+            Parallel.ranges(O, minimum: max(8, (1 << 14) / max(R, 1))) { lo, hi in
+                let (g, s) = io.value
+                for r in 0..<R { for o in lo..<hi { s[o] += g[r * O + o] } }
+            }
+        } }
+        for o in 0..<O { db.data[o] += s[o] }
     }
 
     // MARK: the plain loops: the definition

@@ -29,13 +29,23 @@ public struct AdamW<T: RefScalar>: Sendable {
     /// The step above on one tensor, at the current `step` (already counted).
     public func apply(_ p: inout Tensor<T>, grad g: Tensor<T>, m mk: inout Tensor<T>, v vk: inout Tensor<T>) {
         let bc1 = 1 - T.pow(beta1, step), bc2 = 1 - T.pow(beta2, step)
-        for i in 0..<p.count {
-            p.data[i] *= 1 - lr * weightDecay
-            mk.data[i] = beta1 * mk.data[i] + (1 - beta1) * g.data[i]
-            vk.data[i] = beta2 * vk.data[i] + (1 - beta2) * g.data[i] * g.data[i]
-            let denom = vk.data[i].squareRoot() / bc2.squareRoot() + eps
-            p.data[i] -= lr / bc1 * mk.data[i] / denom
-        }
+        let lr = lr, beta1 = beta1, beta2 = beta2, eps = eps, weightDecay = weightDecay
+        // element by element, in ranges over the cores (each element's arithmetic as written)
+        p.data.withUnsafeMutableBufferPointer { pb in mk.data.withUnsafeMutableBufferPointer { mb in
+            vk.data.withUnsafeMutableBufferPointer { vb in g.data.withUnsafeBufferPointer { gb in
+                let io = UncheckedBox((pb.baseAddress!, mb.baseAddress!, vb.baseAddress!, gb.baseAddress!))
+                Parallel.ranges(pb.count) { lo, hi in
+                    let (p, m, v, g) = io.value
+                    for i in lo..<hi {
+                        p[i] *= 1 - lr * weightDecay
+                        m[i] = beta1 * m[i] + (1 - beta1) * g[i]
+                        v[i] = beta2 * v[i] + (1 - beta2) * g[i] * g[i]
+                        let denom = v[i].squareRoot() / bc2.squareRoot() + eps
+                        p[i] -= lr / bc1 * m[i] / denom
+                    }
+                }
+            } }
+        } }
     }
 }
 
@@ -51,7 +61,13 @@ public enum EMA {
 
     /// t <- beta t + (1 - beta) s, one tensor.
     public static func blend<T: RefScalar>(_ t: inout Tensor<T>, _ s: Tensor<T>, beta: T) {
-        for i in 0..<t.count { t.data[i] = beta * t.data[i] + (1 - beta) * s.data[i] }
+        t.data.withUnsafeMutableBufferPointer { tb in s.data.withUnsafeBufferPointer { sb in
+            let io = UncheckedBox((tb.baseAddress!, sb.baseAddress!))
+            Parallel.ranges(tb.count) { lo, hi in
+                let (t, s) = io.value
+                for i in lo..<hi { t[i] = beta * t[i] + (1 - beta) * s[i] }
+            }
+        } }
     }
 }
 
