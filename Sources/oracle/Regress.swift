@@ -34,7 +34,7 @@ struct Regress: ParsableCommand {
             fixtures/*.h5 rerun by ref and by fast; directional gradient
             checks of the reference; tiny timings (median of --reps).
             standard: quick + SD-DiT-S/2 at batch 1, every fast mode against
-            the reference (the float64 S/2 step takes 1.5-2 minutes here),
+            the reference (the float64 S/2 batch-1 step takes about 5 s),
             and S/2 batch-8 timings as oracle bench runs them.
             """)
         @OptionGroup var s: StoreOption
