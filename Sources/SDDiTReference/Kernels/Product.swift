@@ -20,7 +20,6 @@ public struct StridedMatrix: @unchecked Sendable {
     public init(_ base: UnsafePointer<Double>, rowStride: Int, colStride: Int) {
         self.base = base; self.rowStride = rowStride; self.colStride = colStride
     }
-    @inline(__always) func at(_ i: Int, _ j: Int) -> Double { base[i * rowStride + j * colStride] }
 }
 
 public enum Product {
